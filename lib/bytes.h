@@ -1,0 +1,30 @@
+// Byte buffers and their printable forms. Messages are opaque bytes everywhere except in the
+// classifier, so one alias and a hex helper serve the whole program.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pkirelay {
+
+using Bytes = std::vector<std::uint8_t>;
+using ByteView = std::span<const std::uint8_t>;
+
+// Lower-case hex without separators ("0a1b").
+std::string toHex(ByteView bytes);
+
+inline ByteView asBytes(std::string_view s) {
+    return {reinterpret_cast<const std::uint8_t *>(s.data()), s.size()};
+}
+
+inline std::string_view asChars(ByteView b) {
+    return {reinterpret_cast<const char *>(b.data()), b.size()};
+}
+
+// SHA-256 of the bytes, as lower-case hex: the content hash of an item in the store.
+std::string sha256Hex(ByteView bytes);
+
+} // namespace pkirelay

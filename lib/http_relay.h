@@ -1,0 +1,80 @@
+// HTTP(S) relaying of PKI messages with libcurl's multi interface: POST with the Content-Type of
+// the message's kind (RFC 10003 §4 for CMC, RFC 9811 §3 for CMP), several requests in flight,
+// connections kept alive and reused. The outcome of each exchange is a value the store records:
+// a response to deliver, a transient failure to retry, or a permanent one.
+//
+// Outcome rules (../shared/DESIGN.md, "Transports" and "Failures"):
+// - 200 with a body that classifies as a PKI message: the response.
+// - any 4xx/5xx whose body is a PKI message: also the response (RFC 9811 §3: a CMP server may
+//   carry an error PKIMessage with an error status; it is delivered, not retried).
+// - 201 with an empty body (CMP announcements): done, nothing to deliver; 202: transient.
+// - connection refused, timeouts, TLS failures, 5xx without a PKI body: transient.
+// - 4xx without a PKI body, 200 whose body is not a PKI message: permanent.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bytes.h"
+#include "classify.h"
+#include "kinds.h"
+
+namespace pkirelay {
+
+struct HttpEndpoint {
+    std::string name;                      // for logs and the store
+    std::string url;                       // used as given (http:// or https://)
+    std::chrono::milliseconds connectTimeout{10'000};
+    std::chrono::milliseconds timeout{60'000}; // whole exchange
+    std::string caFile;                    // empty: the system's trust store
+    bool verifyTls = true;                 // off only when the config says so for this endpoint
+    std::string clientCert, clientKey;     // mutual TLS, PEM files; empty when unused
+    unsigned maxConnections = 4;           // parallel connections to this endpoint
+};
+
+struct HttpRequest {
+    std::int64_t id = 0;           // the caller's item id, returned with the result
+    const HttpEndpoint *endpoint = nullptr;
+    Kind kind = Kind::Cmp;         // decides the Content-Type
+    ByteView body;                 // must stay valid until perform() returns
+};
+
+struct HttpResult {
+    std::int64_t id = 0;
+    enum class Type { Response, Done, Transient, Permanent } type = Type::Transient;
+    long httpStatus = 0;           // 0 when no HTTP response arrived
+    std::string contentType;       // of the response, as sent
+    std::optional<Message> response; // set for Type::Response: the classified body
+    std::string detail;            // one line: "HTTP 200 application/pkixcmp, 1532 bytes" or the
+                                   // curl error ("Connection refused"), for the event log
+};
+
+// One HttpRelay per thread; it keeps its connections between perform() calls.
+class HttpRelay {
+public:
+    HttpRelay();
+    ~HttpRelay();
+    HttpRelay(const HttpRelay &) = delete;
+    HttpRelay &operator=(const HttpRelay &) = delete;
+
+    // Sends all requests, at most maxInFlight at once overall (and each endpoint's
+    // maxConnections per endpoint), and returns one result per request in completion order.
+    // onResult, when given, is called as each one completes (for progress and logs).
+    std::vector<HttpResult> perform(std::span<const HttpRequest> requests, unsigned maxInFlight,
+                                    const std::function<void(const HttpResult &)> &onResult = {});
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// curl_global_init, once, before any thread starts (../shared/LIBRARIES.md).
+void httpGlobalInit();
+
+} // namespace pkirelay
