@@ -1,0 +1,47 @@
+// Strict decoding of the armoured forms a PKI message may arrive in as a convenience: PEM
+// (RFC 7468) and bare base64 (RFC 4648 §4, with line breaks). The input is untrusted text:
+// anything that is not clean armour is refused with a reason and an offset, never guessed at
+// (mimetic's lenient decoder skips garbage, so it must not be used for this).
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+#include "bytes.h"
+
+namespace pkirelay::armor {
+
+class Error : public std::runtime_error {
+public:
+    Error(std::string reason, std::size_t offset, bool truncated = false)
+        : std::runtime_error(reason), reason_(std::move(reason)), offset_(offset),
+          truncated_(truncated) {}
+    const std::string &reason() const { return reason_; }
+    std::size_t offset() const { return offset_; } // in the armoured text
+    bool truncated() const { return truncated_; }  // e.g. PEM without its END line
+
+private:
+    std::string reason_;
+    std::size_t offset_;
+    bool truncated_;
+};
+
+struct Pem {
+    std::string label; // "CMS", "CERTIFICATE REQUEST", ...
+    Bytes data;
+};
+
+// True when the text, after leading whitespace, starts with "-----BEGIN ".
+bool looksLikePem(ByteView text);
+// True when every byte is a base64 alphabet character, '=', CR or LF (and there is one).
+bool looksLikeBase64(ByteView text);
+
+// One PEM block: whitespace only around it, matching BEGIN/END labels, only base64 lines in
+// between (RFC 7468 §3 strict form); RFC 1421 headers (Proc-Type, DEK-Info) are refused.
+Pem decodePem(ByteView text);
+// Bare base64: alphabet and CR/LF only, '=' padding only at the very end, a multiple of 4
+// characters once line breaks are removed, zero pad bits (RFC 4648 §3.5).
+Bytes decodeBase64(ByteView text);
+
+} // namespace pkirelay::armor
