@@ -28,31 +28,35 @@
 namespace pkirelay {
 
 struct HttpEndpoint {
-    std::string name;                      // for logs and the store
-    std::string url;                       // used as given (http:// or https://)
+    std::string name; // for logs and the store
+    std::string url;  // used as given (http:// or https://)
     std::chrono::milliseconds connectTimeout{10'000};
     std::chrono::milliseconds timeout{60'000}; // whole exchange
-    std::string caFile;                    // empty: the system's trust store
-    bool verifyTls = true;                 // off only when the config says so for this endpoint
-    std::string clientCert, clientKey;     // mutual TLS, PEM files; empty when unused
-    unsigned maxConnections = 4;           // parallel connections to this endpoint
+    std::string caFile;                        // empty: the system's trust store
+    bool verifyTls = true;                     // off only when the config says so for this endpoint
+    std::string clientCert, clientKey;         // mutual TLS, PEM files; empty when unused
+    unsigned maxConnections = 4;               // parallel connections to this endpoint
+    // false: close the connection after each exchange. For single-threaded HTTP/1.0 servers such
+    // as OpenSSL 3.0's `openssl cmp -port`, which, while a CMP transaction is open, serve only
+    // the one kept-alive connection and leave every other connection waiting.
+    bool reuseConnections = true;
 };
 
 struct HttpRequest {
-    std::int64_t id = 0;           // the caller's item id, returned with the result
+    std::int64_t id = 0; // the caller's item id, returned with the result
     const HttpEndpoint *endpoint = nullptr;
-    Kind kind = Kind::Cmp;         // decides the Content-Type
-    ByteView body;                 // must stay valid until perform() returns
+    Kind kind = Kind::Cmp; // decides the Content-Type
+    ByteView body;         // must stay valid until perform() returns
 };
 
 struct HttpResult {
     std::int64_t id = 0;
     enum class Type { Response, Done, Transient, Permanent } type = Type::Transient;
-    long httpStatus = 0;           // 0 when no HTTP response arrived
-    std::string contentType;       // of the response, as sent
+    long httpStatus = 0;             // 0 when no HTTP response arrived
+    std::string contentType;         // of the response, as sent
     std::optional<Message> response; // set for Type::Response: the classified body
-    std::string detail;            // one line: "HTTP 200 application/pkixcmp, 1532 bytes" or the
-                                   // curl error ("Connection refused"), for the event log
+    std::string detail;              // one line: "HTTP 200 application/pkixcmp, 1532 bytes" or the
+                                     // curl error ("Connection refused"), for the event log
 };
 
 // One HttpRelay per thread; it keeps its connections between perform() calls.
@@ -68,6 +72,13 @@ public:
     // onResult, when given, is called as each one completes (for progress and logs).
     std::vector<HttpResult> perform(std::span<const HttpRequest> requests, unsigned maxInFlight,
                                     const std::function<void(const HttpResult &)> &onResult = {});
+
+    // Counters since construction, for metrics and for tests that check keep-alive.
+    struct Stats {
+        std::uint64_t requests = 0;       // exchanges finished (any outcome)
+        std::uint64_t newConnections = 0; // connections opened for them (CURLINFO_NUM_CONNECTS)
+    };
+    Stats stats() const;
 
 private:
     struct Impl;
