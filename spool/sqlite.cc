@@ -1,1 +1,225 @@
-// placeholder: being written
+// The SQLite wrapper's implementation. Each C call is checked; a failure is a StoreError with the
+// message and extended code, so the log says "database is locked (SQLITE_BUSY, 5)" rather than
+// a bare number.
+#include "spool/sqlite.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+namespace pkirelay::spool::sql {
+
+void fail(sqlite3 *db, std::string_view what) {
+    const int code = db ? ::sqlite3_extended_errcode(db) : SQLITE_ERROR;
+    const char *msg = db ? ::sqlite3_errmsg(db) : ::sqlite3_errstr(code);
+    throw StoreError(fmt::format("{}: {} ({}, {})", what, msg, ::sqlite3_errstr(code), code));
+}
+
+namespace {
+
+void check(sqlite3 *db, int rc, std::string_view what) {
+    if (rc != SQLITE_OK)
+        fail(db, what);
+}
+
+} // namespace
+
+// --- Statement ---------------------------------------------------------------------------
+
+Statement::Statement(sqlite3 *db, std::string_view sql) : db_(db) {
+    sqlite3_stmt *raw = nullptr;
+    const int rc =
+        ::sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &raw, nullptr);
+    stmt_.reset(raw);
+    if (rc != SQLITE_OK)
+        fail(db, fmt::format("cannot prepare \"{}\"", sql));
+}
+
+Statement &Statement::bind(int index, std::int64_t value) {
+    check(db_, ::sqlite3_bind_int64(stmt_.get(), index, value), "bind");
+    return *this;
+}
+
+Statement &Statement::bind(int index, std::string_view text) {
+    // SQLITE_TRANSIENT: SQLite copies, so the caller's buffer need not outlive the step.
+    check(db_,
+          ::sqlite3_bind_text64(stmt_.get(), index, text.data(), text.size(), SQLITE_TRANSIENT,
+                                SQLITE_UTF8),
+          "bind");
+    return *this;
+}
+
+Statement &Statement::bindBlob(int index, ByteView blob) {
+    // A zero-length blob with a null pointer would bind NULL; bind an empty blob explicitly.
+    static const std::uint8_t empty = 0;
+    const void *data = blob.empty() ? &empty : blob.data();
+    check(db_, ::sqlite3_bind_blob64(stmt_.get(), index, data, blob.size(), SQLITE_TRANSIENT),
+          "bind");
+    return *this;
+}
+
+Statement &Statement::bindNull(int index) {
+    check(db_, ::sqlite3_bind_null(stmt_.get(), index), "bind");
+    return *this;
+}
+
+Statement &Statement::bindBlobOrNull(int index, ByteView blob) {
+    return blob.empty() ? bindNull(index) : bindBlob(index, blob);
+}
+
+Statement &Statement::bindTextOrNull(int index, std::string_view text) {
+    return text.empty() ? bindNull(index) : bind(index, text);
+}
+
+bool Statement::step() {
+    const int rc = ::sqlite3_step(stmt_.get());
+    if (rc == SQLITE_ROW)
+        return true;
+    if (rc == SQLITE_DONE)
+        return false;
+    fail(db_, fmt::format("cannot run \"{}\"", ::sqlite3_sql(stmt_.get())));
+}
+
+void Statement::run() {
+    while (step()) {
+    }
+}
+
+void Statement::reset() noexcept {
+    // The return value repeats the last step's error, which step() has already reported.
+    ::sqlite3_reset(stmt_.get());
+}
+
+void Statement::clearBindings() noexcept {
+    ::sqlite3_clear_bindings(stmt_.get());
+}
+
+bool Statement::isNull(int column) {
+    return ::sqlite3_column_type(stmt_.get(), column) == SQLITE_NULL;
+}
+
+std::int64_t Statement::int64(int column) {
+    return ::sqlite3_column_int64(stmt_.get(), column);
+}
+
+std::optional<std::int64_t> Statement::optInt64(int column) {
+    if (isNull(column))
+        return std::nullopt;
+    return int64(column);
+}
+
+std::string Statement::text(int column) {
+    // column_text before column_bytes: the pointer is valid for the length that follows.
+    const auto *p = ::sqlite3_column_text(stmt_.get(), column);
+    const int n = ::sqlite3_column_bytes(stmt_.get(), column);
+    if (!p)
+        return {};
+    return std::string(reinterpret_cast<const char *>(p), static_cast<std::size_t>(n));
+}
+
+Bytes Statement::blob(int column) {
+    // column_blob before column_bytes (LIBRARIES.md, SQLite 6).
+    const auto *p = static_cast<const std::uint8_t *>(::sqlite3_column_blob(stmt_.get(), column));
+    const int n = ::sqlite3_column_bytes(stmt_.get(), column);
+    if (!p)
+        return {};
+    return Bytes(p, p + n);
+}
+
+Query::Query(Statement &statement) : statement_(&statement) {
+    statement_->reset();
+    statement_->clearBindings();
+}
+
+// --- Database ----------------------------------------------------------------------------
+
+Database Database::open(const std::string &path, int busyTimeoutMs) {
+    // Create the file ourselves so that it is private from the first byte: SQLite would create
+    // it with 0644 minus umask, and gives the -wal and -shm files the database file's mode.
+    if (path != ":memory:" && !path.empty()) {
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0)
+            ::close(fd); // only created here; SQLite opens it itself just below
+    }
+
+    sqlite3 *raw = nullptr;
+    const int rc =
+        ::sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+    // sqlite3_open_v2 returns a handle even on failure; own it before anything can throw.
+    DatabaseHandle handle(raw);
+    if (rc != SQLITE_OK) {
+        if ((rc & 0xff) == SQLITE_CANTOPEN)
+            // PowerDNS gives the same hint: WAL mode creates path-wal and path-shm beside it.
+            throw StoreError(fmt::format(
+                "cannot open database {}: {} (SQLITE_CANTOPEN); the database's directory must "
+                "exist and be writable, because WAL mode keeps -wal and -shm files beside it",
+                path, raw ? ::sqlite3_errmsg(raw) : ::sqlite3_errstr(rc)));
+        fail(raw, fmt::format("cannot open database {}", path));
+    }
+
+    ::sqlite3_extended_result_codes(raw, 1);
+    check(raw, ::sqlite3_busy_timeout(raw, busyTimeoutMs), "busy_timeout");
+
+    Database db(std::move(handle));
+    // foreign_keys is off by default and per connection; journal_mode must be set outside a
+    // transaction; synchronous=FULL explicitly, because we acknowledge sources after commit and
+    // NORMAL may lose the last commits on power loss (LIBRARIES.md, SQLite 2).
+    db.exec("PRAGMA foreign_keys = ON");
+    const std::string mode = db.queryText("PRAGMA journal_mode = WAL");
+    if (mode != "wal" && path != ":memory:")
+        throw StoreError(fmt::format(
+            "database {}: journal_mode is {}, not wal (WAL does not work on network file systems)",
+            path, mode));
+    db.exec("PRAGMA synchronous = FULL");
+    return db;
+}
+
+void Database::exec(std::string_view sql) {
+    const std::string owned(sql); // sqlite3_exec wants a terminated string
+    char *err = nullptr;
+    const int rc = ::sqlite3_exec(db_.get(), owned.c_str(), nullptr, nullptr, &err);
+    Owned<char, ::sqlite3_free> errOwned(err);
+    if (rc != SQLITE_OK)
+        fail(db_.get(), "cannot execute SQL");
+}
+
+Query Database::query(std::string_view sql) {
+    auto it = cache_.find(sql);
+    if (it == cache_.end())
+        it = cache_.emplace(std::string(sql), std::make_unique<Statement>(db_.get(), sql)).first;
+    return Query(*it->second);
+}
+
+std::int64_t Database::queryInt(std::string_view sql) {
+    Statement st(db_.get(), sql);
+    if (!st.step())
+        throw StoreError(fmt::format("\"{}\" returned no row", sql));
+    return st.int64(0);
+}
+
+std::string Database::queryText(std::string_view sql) {
+    Statement st(db_.get(), sql);
+    if (!st.step())
+        throw StoreError(fmt::format("\"{}\" returned no row", sql));
+    return st.text(0);
+}
+
+// --- Transaction -------------------------------------------------------------------------
+
+Transaction::Transaction(Database &db, Mode mode) : db_(db) {
+    db_.exec(mode == Mode::Immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED");
+}
+
+Transaction::~Transaction() {
+    // Only when a transaction is still open: a failed COMMIT may already have ended it.
+    if (!done_ && !::sqlite3_get_autocommit(db_.get()))
+        ::sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+void Transaction::commit() {
+    db_.exec("COMMIT");
+    done_ = true;
+}
+
+} // namespace pkirelay::spool::sql

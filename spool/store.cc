@@ -1,1 +1,642 @@
-// placeholder: being written
+// The store's implementation: the item state machine in SQL. Every public write is one
+// BEGIN IMMEDIATE transaction over its whole batch (one fsync per batch, DESIGN.md "Data
+// flow"). It trusts the Message values it is given (the classifier made them) and its own
+// schema; it trusts nothing about the timing of other stages, which may die at any point.
+#include "spool/store.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "spool/migrations.h"
+#include "spool/sqlite.h"
+
+namespace pkirelay::spool {
+
+namespace {
+
+constexpr std::array<std::string_view, 9> stateNames = {
+    "queued",      "relaying", "deferred", "answered",  "failed",
+    "quarantined", "held",     "awaiting", "unmatched",
+};
+
+State stateFromDb(const std::string &name) {
+    auto state = stateFromName(name);
+    if (!state) // the CHECK constraint makes this a corrupt or foreign database
+        throw StoreError(fmt::format("unknown item state '{}' in the database", name));
+    return *state;
+}
+
+std::optional<Kind> kindFromDb(const std::string &id) {
+    if (id.empty())
+        return std::nullopt;
+    auto kind = kindFromId(id);
+    if (!kind)
+        throw StoreError(fmt::format("unknown kind '{}' in the database", id));
+    return kind;
+}
+
+std::string seconds(Millis ms) {
+    if (ms % 1000 == 0)
+        return fmt::format("{}s", ms / 1000);
+    return fmt::format("{:.3f}s", static_cast<double>(ms) / 1000.0);
+}
+
+// Correlation keys of a message, protocol-neutral (the schema shares the columns).
+struct Keys {
+    bool cmp = false;
+    ByteView transactionId, senderNonce, recipNonce;
+};
+
+Keys keysOf(const Message &m) {
+    Keys k;
+    if (m.cmp) {
+        k.cmp = true;
+        k.transactionId = m.cmp->transactionId;
+        k.senderNonce = m.cmp->senderNonce;
+        k.recipNonce = m.cmp->recipNonce;
+    } else if (m.cmc) {
+        k.transactionId = m.cmc->transactionId;
+        k.senderNonce = m.cmc->senderNonce;
+        k.recipNonce = m.cmc->recipientNonce;
+    }
+    return k;
+}
+
+std::string describe(const Message &m) {
+    std::string s(kindInfo(m.kind).id);
+    if (m.cmp)
+        s += fmt::format(" {}", cmpBodyName(m.cmp->bodyType));
+    return s;
+}
+
+} // namespace
+
+std::string_view stateName(State state) {
+    return stateNames.at(static_cast<std::size_t>(state));
+}
+
+std::optional<State> stateFromName(std::string_view name) {
+    for (std::size_t i = 0; i < stateNames.size(); ++i)
+        if (stateNames[i] == name)
+            return static_cast<State>(i);
+    return std::nullopt;
+}
+
+Millis RetryPolicy::delayAfter(int attempts) const {
+    // Computed in double and capped before converting back, so a large attempt count cannot
+    // overflow.
+    const double d = static_cast<double>(initial) *
+                     std::pow(factor, static_cast<double>(std::max(attempts, 1) - 1));
+    if (!(d < static_cast<double>(maxDelay)))
+        return maxDelay;
+    return static_cast<Millis>(d);
+}
+
+struct Store::Impl {
+    sql::Database db;
+
+    void addEvent(std::int64_t item, Millis at, std::string_view what, std::string_view detail) {
+        auto q = db.query("INSERT INTO event (item_id, at, what, detail) VALUES (?1, ?2, ?3, ?4)");
+        q->bind(1, item).bind(2, at).bind(3, what).bind(4, detail);
+        q->run();
+    }
+
+    std::int64_t addDelivery(std::int64_t item, const Submission &s, bool delivered, Millis now) {
+        auto q = db.query("INSERT INTO delivery (item_id, source, origin, reply_to, "
+                          "arrival_sha256, state, created_at, updated_at) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)");
+        q->bind(1, item)
+            .bind(2, s.arrival.source)
+            .bind(3, s.arrival.origin)
+            .bind(4, s.arrival.replyTo)
+            .bind(5, s.arrivalSha256)
+            .bind(6, delivered ? "delivered" : "pending")
+            .bind(7, now);
+        q->run();
+        return ::sqlite3_last_insert_rowid(db.get());
+    }
+
+    struct Existing {
+        std::int64_t id = 0;
+        State state = State::Queued;
+        bool nothingToDeliver = false; // answered with no response kind (e.g. HTTP 201)
+    };
+
+    std::optional<Existing> readExisting(sql::Query &q) {
+        if (!q->step())
+            return std::nullopt;
+        Existing e;
+        e.id = q->int64(0);
+        e.state = stateFromDb(q->text(1));
+        e.nothingToDeliver = e.state == State::Answered && q->isNull(2);
+        return e;
+    }
+
+    std::optional<Existing> findByHash(std::string_view sha256) {
+        auto q = db.query("SELECT id, state, response_kind FROM item WHERE sha256 = ?1");
+        q->bind(1, sha256);
+        return readExisting(q);
+    }
+
+    // The same transaction and senderNonce within one protocol is the same request, even with
+    // different bytes (a CMP message re-protected, a re-signed CMC request). Both must be
+    // present: neither alone identifies a message.
+    std::optional<Existing> findByTransaction(const Keys &k) {
+        if (k.transactionId.empty() || k.senderNonce.empty())
+            return std::nullopt;
+        auto q = db.query("SELECT id, state, response_kind FROM item "
+                          "WHERE transaction_id = ?1 AND sender_nonce = ?2 "
+                          "AND (kind = 'cmp') = ?3 ORDER BY id LIMIT 1");
+        q->bindBlob(1, k.transactionId).bindBlob(2, k.senderNonce).bind(3, std::int64_t{k.cmp});
+        return readExisting(q);
+    }
+
+    // Writes a message's columns into an item row (new, or a quarantined one reclassified).
+    void writeMessage(std::int64_t id, const Message &m, State state, Millis now) {
+        const Keys k = keysOf(m);
+        auto q = db.query(
+            "UPDATE item SET kind = ?2, state = ?3, der = ?4, reason = NULL, cmp_pvno = ?5, "
+            "cmp_body = ?6, transaction_id = ?7, sender_nonce = ?8, recip_nonce = ?9, "
+            "sender_kid = ?10, cmc_status = ?11, pend_token = ?12, query_pending = ?13, "
+            "sender = ?14, recipient = ?15, next_try = ?16, updated_at = ?17 WHERE id = ?1");
+        q->bind(1, id)
+            .bind(2, kindInfo(m.kind).id)
+            .bind(3, stateName(state))
+            .bindBlob(4, m.der)
+            .bindBlobOrNull(7, k.transactionId)
+            .bindBlobOrNull(8, k.senderNonce)
+            .bindBlobOrNull(9, k.recipNonce)
+            .bind(17, now);
+        if (m.cmp) {
+            q->bind(5, std::int64_t{m.cmp->pvno})
+                .bind(6, std::int64_t{m.cmp->bodyType})
+                .bindBlobOrNull(10, m.cmp->senderKid)
+                .bindTextOrNull(14, m.cmp->sender)
+                .bindTextOrNull(15, m.cmp->recipient);
+        }
+        if (m.cmc) {
+            if (m.cmc->status)
+                q->bind(11, std::int64_t{*m.cmc->status});
+            q->bindBlobOrNull(12, m.cmc->pendToken).bindBlobOrNull(13, m.cmc->queryPending);
+        }
+        if (state == State::Queued)
+            q->bind(16, now);
+        q->run();
+    }
+
+    std::int64_t insertItem(std::string_view sha256, const Submission &s, Millis now) {
+        auto q = db.query("INSERT INTO item (sha256, state, source, origin, size, created_at, "
+                          "updated_at) VALUES (?1, 'quarantined', ?2, ?3, ?4, ?5, ?5)");
+        q->bind(1, sha256)
+            .bind(2, s.arrival.source)
+            .bind(3, s.arrival.origin)
+            .bind(4, static_cast<std::int64_t>(s.size))
+            .bind(5, now);
+        q->run();
+        return ::sqlite3_last_insert_rowid(db.get());
+    }
+
+    Ingested ingestOne(const Submission &s, Millis now) {
+        const std::string from = fmt::format("{}/{}", s.arrival.source, s.arrival.origin);
+        if (!s.message) {
+            if (auto e = findByHash(s.arrivalSha256))
+                return duplicate(*e, s, from, "same bytes", now);
+            const auto id = insertItem(s.arrivalSha256, s, now);
+            auto q = db.query("UPDATE item SET der = ?2, reason = ?3 WHERE id = ?1");
+            q->bind(1, id).bindBlobOrNull(2, s.rejectedBytes).bind(3, s.rejectReason);
+            q->run();
+            addEvent(id, now, "received",
+                     fmt::format("unrecognised input from {}, {} bytes", from, s.size));
+            addEvent(id, now, "quarantined", s.rejectReason);
+            return {id, addDelivery(id, s, false, now), false, State::Quarantined};
+        }
+
+        const Message &m = *s.message;
+        const std::string sha256 = sha256Hex(m.der);
+        const State fresh = s.relay ? State::Queued : State::Unmatched;
+        auto e = findByHash(sha256);
+        if (e && e->state == State::Quarantined) {
+            // The same bytes were once rejected and now classify (a newer classifier): the item
+            // becomes the message it is, with its history kept.
+            writeMessage(e->id, m, fresh, now);
+            addEvent(e->id, now, "reclassified",
+                     fmt::format("{} from {}, {} bytes", describe(m), from, s.size));
+            return {e->id, addDelivery(e->id, s, false, now), true, fresh};
+        }
+        if (e)
+            return duplicate(*e, s, from, "same bytes", now);
+        if (auto t = findByTransaction(keysOf(m)))
+            return duplicate(*t, s, from,
+                             m.cmp ? "same transactionID and senderNonce, different bytes"
+                                   : "same transactionId and senderNonce, different bytes",
+                             now);
+
+        const auto id = insertItem(sha256, s, now);
+        writeMessage(id, m, fresh, now);
+        addEvent(id, now, "received",
+                 fmt::format("{} from {}, {} bytes", describe(m), from, s.size));
+        if (fresh == State::Unmatched)
+            addEvent(id, now, "unmatched", "not a request: kept for matching to its request");
+        return {id, addDelivery(id, s, false, now), false, fresh};
+    }
+
+    Ingested duplicate(const Existing &e, const Submission &s, std::string_view from,
+                       std::string_view how, Millis now) {
+        addEvent(e.id, now, "duplicate", fmt::format("duplicate arrival from {} ({})", from, how));
+        State state = e.state;
+        if (e.state == State::Failed) {
+            // Submitting a failed request again is how a user retries it; attempts are kept so
+            // the history stays honest.
+            auto q = db.query("UPDATE item SET state = 'queued', next_try = ?2, reason = NULL, "
+                              "updated_at = ?2 WHERE id = ?1");
+            q->bind(1, e.id).bind(2, now);
+            q->run();
+            addEvent(e.id, now, "resubmitted", fmt::format("failed item queued again by {}", from));
+            state = State::Queued;
+        }
+        return {e.id, addDelivery(e.id, s, e.nothingToDeliver, now), true, state};
+    }
+
+    void recordOne(const Outcome &o, Millis now, const RetryPolicy &policy) {
+        std::int64_t attempts = 0, createdAt = 0;
+        std::string state;
+        {
+            auto q = db.query("SELECT state, attempts, created_at FROM item WHERE id = ?1");
+            q->bind(1, o.itemId);
+            if (!q->step())
+                throw StoreError(fmt::format("record: no item {}", o.itemId));
+            state = q->text(0);
+            attempts = q->int64(1);
+            createdAt = q->int64(2);
+        }
+        if (state != "relaying") {
+            // A late outcome: the lease expired and the item was requeued (and maybe answered
+            // since). Applying it could overwrite a newer outcome, so the item is left alone
+            // and the outcome only goes into the history.
+            addEvent(o.itemId, now, "late outcome",
+                     fmt::format("ignored, the item is {}: {}", state, summary(o)));
+            return;
+        }
+
+        std::string newState, reason, what, detail;
+        std::optional<Millis> nextTry;
+        if (const auto *a = std::get_if<Answer>(&o.result)) {
+            auto q = db.query(
+                "UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
+                "response_detail = ?4, response_sha256 = ?5, endpoint = ?6, reason = NULL, "
+                "next_try = NULL, lease_until = NULL, outcome_unknown = 0, updated_at = ?7 "
+                "WHERE id = ?1");
+            q->bind(1, o.itemId).bindBlob(2, a->body).bind(4, a->detail);
+            if (a->kind)
+                q->bind(3, kindInfo(*a->kind).id);
+            q->bind(5, sha256Hex(a->body)).bind(6, o.endpoint).bind(7, now);
+            q->run();
+            if (!a->kind) {
+                // Nothing to deliver (e.g. HTTP 201 to a CMP announcement): the arrivals are done.
+                auto d = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
+                                  "WHERE item_id = ?1 AND state <> 'delivered'");
+                d->bind(1, o.itemId).bind(2, now);
+                d->run();
+            }
+            addEvent(o.itemId, now, "answered",
+                     fmt::format("{} from {}: {}, {} bytes{}",
+                                 a->kind ? kindInfo(*a->kind).id : "no response", o.endpoint,
+                                 a->detail, a->body.size(), a->kind ? "" : "; nothing to deliver"));
+            return;
+        }
+        if (const auto *t = std::get_if<Transient>(&o.result)) {
+            if (now - createdAt >= policy.maxAge) {
+                newState = "failed";
+                reason = fmt::format("gave up after {} attempts: {}", attempts, t->reason);
+                what = "failed";
+                detail = fmt::format("{} (first seen {} ago)", reason, seconds(now - createdAt));
+            } else {
+                const Millis delay = policy.delayAfter(static_cast<int>(attempts));
+                newState = "deferred";
+                reason = t->reason;
+                nextTry = now + delay;
+                what = "deferred";
+                detail = fmt::format("attempt {} to {}: {}; next try in {}", attempts, o.endpoint,
+                                     t->reason, seconds(delay));
+            }
+        } else {
+            const auto &p = std::get<Permanent>(o.result);
+            newState = "failed";
+            reason = p.reason;
+            what = "failed";
+            detail = fmt::format("attempt {} to {}: {}", attempts, o.endpoint, p.reason);
+        }
+        auto q = db.query("UPDATE item SET state = ?2, reason = ?3, next_try = ?4, endpoint = ?5, "
+                          "lease_until = NULL, outcome_unknown = 0, updated_at = ?6 WHERE id = ?1");
+        q->bind(1, o.itemId)
+            .bind(2, newState)
+            .bind(3, reason)
+            .bind(4, nextTry)
+            .bind(5, o.endpoint)
+            .bind(6, now);
+        q->run();
+        addEvent(o.itemId, now, what, detail);
+    }
+
+    static std::string summary(const Outcome &o) {
+        if (const auto *a = std::get_if<Answer>(&o.result))
+            return fmt::format("answer from {} ({}, {} bytes)", o.endpoint, a->detail,
+                               a->body.size());
+        if (const auto *t = std::get_if<Transient>(&o.result))
+            return fmt::format("transient failure at {}: {}", o.endpoint, t->reason);
+        return fmt::format("permanent failure at {}: {}", o.endpoint,
+                           std::get<Permanent>(o.result).reason);
+    }
+
+    ItemSummary readSummary(sql::Statement &st) {
+        // Columns: id, state, kind, source, origin, attempts, reason, created_at, updated_at.
+        ItemSummary s;
+        s.id = st.int64(0);
+        s.state = stateFromDb(st.text(1));
+        s.kind = kindFromDb(st.text(2));
+        s.source = st.text(3);
+        s.origin = st.text(4);
+        s.attempts = static_cast<int>(st.int64(5));
+        s.reason = st.text(6);
+        s.createdAt = st.int64(7);
+        s.updatedAt = st.int64(8);
+        return s;
+    }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::Store(Store &&) noexcept = default;
+Store &Store::operator=(Store &&) noexcept = default;
+Store::~Store() = default;
+
+Store Store::open(const std::string &path) {
+    auto impl = std::make_unique<Impl>(Impl{sql::Database::open(path)});
+    auto &db = impl->db;
+    const auto &all = migrations();
+    const auto known = static_cast<std::int64_t>(all.size());
+    auto newer = [&](std::int64_t version) {
+        return StoreError(
+            fmt::format("{}: database is from a newer pkirelay (schema {}, this build "
+                        "knows {})",
+                        path, version, known));
+    };
+    if (const auto v = db.queryInt("PRAGMA user_version"); v > known)
+        throw newer(v);
+    for (std::int64_t n = 1; n <= known; ++n) {
+        sql::Transaction tx(db);
+        // Read again under the write lock: another process may have migrated meanwhile.
+        const auto v = db.queryInt("PRAGMA user_version");
+        if (v > known)
+            throw newer(v);
+        if (v >= n)
+            continue;
+        if (v != n - 1)
+            throw StoreError(fmt::format("{}: schema {} cannot be brought to {}", path, v, n));
+        db.exec(all[static_cast<std::size_t>(n - 1)]);
+        db.exec(fmt::format("PRAGMA user_version = {}", n));
+        tx.commit();
+    }
+    return Store(std::move(impl));
+}
+
+std::vector<Ingested> Store::ingest(std::span<const Submission> batch, Millis now) {
+    std::vector<Ingested> out;
+    out.reserve(batch.size());
+    sql::Transaction tx(impl_->db);
+    for (const auto &s : batch)
+        out.push_back(impl_->ingestOne(s, now));
+    tx.commit();
+    return out;
+}
+
+bool Store::knownArrival(std::string_view source, std::string_view origin,
+                         std::string_view arrivalSha256) {
+    auto q = impl_->db.query("SELECT 1 FROM delivery WHERE source = ?1 AND origin = ?2 AND "
+                             "arrival_sha256 = ?3 LIMIT 1");
+    q->bind(1, source).bind(2, origin).bind(3, arrivalSha256);
+    return q->step();
+}
+
+std::unordered_set<std::string> Store::outputNames(std::string_view replyTo) {
+    std::unordered_set<std::string> names;
+    auto q =
+        impl_->db.query("SELECT output FROM delivery WHERE reply_to = ?1 AND output IS NOT NULL");
+    q->bind(1, replyTo);
+    while (q->step())
+        names.insert(q->text(0));
+    return names;
+}
+
+int Store::requeueExpiredLeases(Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    std::vector<std::pair<std::int64_t, std::int64_t>> expired; // id, attempts
+    {
+        auto q = db.query("UPDATE item SET state = 'queued', next_try = ?1, lease_until = NULL, "
+                          "outcome_unknown = 1, updated_at = ?1 "
+                          "WHERE state = 'relaying' AND lease_until <= ?1 RETURNING id, attempts");
+        q->bind(1, now);
+        while (q->step())
+            expired.emplace_back(q->int64(0), q->int64(1));
+    }
+    for (const auto &[id, attempts] : expired)
+        impl_->addEvent(id, now, "lease expired",
+                        fmt::format("outcome of attempt {} unknown; the CA may see this request "
+                                    "again",
+                                    attempts));
+    tx.commit();
+    return static_cast<int>(expired.size());
+}
+
+std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil) {
+    auto &db = impl_->db;
+    std::vector<Claim> claims;
+    std::vector<bool> resend;
+    sql::Transaction tx(db);
+    {
+        auto q = db.query("SELECT id, kind, source, der, attempts, created_at, outcome_unknown "
+                          "FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
+                          "next_try <= ?1) ORDER BY id LIMIT ?2");
+        q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
+        while (q->step()) {
+            Claim c;
+            c.itemId = q->int64(0);
+            auto kind = kindFromDb(q->text(1));
+            if (!kind) // only a quarantined item has no kind, and it is never queued
+                throw StoreError(fmt::format("item {} is queued without a kind", c.itemId));
+            c.kind = *kind;
+            c.source = q->text(2);
+            c.der = q->blob(3);
+            c.attempts = static_cast<int>(q->int64(4)) + 1;
+            c.firstSeen = q->int64(5);
+            resend.push_back(q->int64(6) != 0);
+            claims.push_back(std::move(c));
+        }
+    }
+    for (std::size_t i = 0; i < claims.size(); ++i) {
+        const auto &c = claims[i];
+        auto q = db.query("UPDATE item SET state = 'relaying', lease_until = ?2, attempts = ?3, "
+                          "next_try = NULL, updated_at = ?4 WHERE id = ?1");
+        q->bind(1, c.itemId).bind(2, leaseUntil).bind(3, std::int64_t{c.attempts}).bind(4, now);
+        q->run();
+        impl_->addEvent(c.itemId, now, "relaying",
+                        resend[i]
+                            ? fmt::format("attempt {}: resend, the outcome of attempt {} was never "
+                                          "recorded",
+                                          c.attempts, c.attempts - 1)
+                            : fmt::format("attempt {}", c.attempts));
+    }
+    tx.commit();
+    return claims;
+}
+
+void Store::record(std::span<const Outcome> outcomes, Millis now, const RetryPolicy &policy) {
+    sql::Transaction tx(impl_->db);
+    for (const auto &o : outcomes)
+        impl_->recordOne(o, now, policy);
+    tx.commit();
+}
+
+std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit) {
+    std::vector<Delivery> out;
+    auto q = impl_->db.query(
+        "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
+        "i.response FROM delivery d JOIN item i ON i.id = d.item_id "
+        "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
+        "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL ORDER BY d.id LIMIT ?1");
+    q->bind(1, static_cast<std::int64_t>(limit));
+    while (q->step()) {
+        Delivery d;
+        d.deliveryId = q->int64(0);
+        d.itemId = q->int64(1);
+        d.arrival = {q->text(2), q->text(3), q->text(4)};
+        d.output = q->text(5);
+        d.responseKind = kindFromDb(q->text(6)).value();
+        d.response = q->blob(7);
+        out.push_back(std::move(d));
+    }
+    return out;
+}
+
+void Store::assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names, Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto &[id, name] : names) {
+        std::string current;
+        {
+            auto q = db.query("SELECT state, output FROM delivery WHERE id = ?1");
+            q->bind(1, id);
+            if (!q->step())
+                throw StoreError(fmt::format("assignOutputs: no delivery {}", id));
+            if (q->text(0) == "delivered")
+                throw StoreError(
+                    fmt::format("assignOutputs: delivery {} is already delivered", id));
+            current = q->text(1);
+        }
+        // The first name assigned sticks: after a crash the writer must reuse it (it is in
+        // deliveriesToWrite), or a second response file would appear.
+        if (!current.empty() && current != name)
+            throw StoreError(fmt::format("assignOutputs: delivery {} already has the output {}, "
+                                         "not {}",
+                                         id, current, name));
+        auto q = db.query("UPDATE delivery SET output = ?2, state = 'writing', updated_at = ?3 "
+                          "WHERE id = ?1");
+        q->bind(1, id).bind(2, name).bind(3, now);
+        q->run();
+    }
+    tx.commit();
+}
+
+void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto id : deliveryIds) {
+        std::int64_t item = 0;
+        std::string replyTo, output;
+        {
+            auto q = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
+                              "WHERE id = ?1 AND state <> 'delivered' "
+                              "RETURNING item_id, reply_to, output");
+            q->bind(1, id).bind(2, now);
+            if (!q->step())
+                continue; // already delivered (or unknown): marking again changes nothing
+            item = q->int64(0);
+            replyTo = q->text(1);
+            output = q->text(2);
+        }
+        impl_->addEvent(item, now, "delivered",
+                        output.empty() ? fmt::format("delivered to {}", replyTo)
+                                       : fmt::format("wrote {}/{}", replyTo, output));
+    }
+    tx.commit();
+}
+
+std::vector<std::pair<State, std::int64_t>> Store::countByState() {
+    std::vector<std::pair<State, std::int64_t>> out;
+    for (std::size_t i = 0; i < stateNames.size(); ++i)
+        out.emplace_back(static_cast<State>(i), 0);
+    auto q = impl_->db.query("SELECT state, count(*) FROM item GROUP BY state");
+    while (q->step())
+        out[static_cast<std::size_t>(stateFromDb(q->text(0)))].second = q->int64(1);
+    return out;
+}
+
+std::vector<ItemSummary> Store::list(std::optional<State> state, std::size_t limit) {
+    std::vector<ItemSummary> out;
+    auto q = impl_->db.query("SELECT id, state, kind, source, origin, attempts, reason, "
+                             "created_at, updated_at FROM item "
+                             "WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2");
+    if (state)
+        q->bind(1, stateName(*state));
+    q->bind(2, static_cast<std::int64_t>(limit));
+    while (q->step())
+        out.push_back(impl_->readSummary(*q));
+    return out;
+}
+
+std::optional<ItemDetail> Store::show(std::int64_t itemId) {
+    auto &db = impl_->db;
+    ItemDetail d;
+    // One snapshot for the item, its arrivals and its events.
+    sql::Transaction snapshot(db, sql::Transaction::Mode::ReadOnly);
+    {
+        auto q = db.query("SELECT id, state, kind, source, origin, attempts, reason, created_at, "
+                          "updated_at, sha256, size, endpoint, transaction_id, sender_nonce, "
+                          "recip_nonce, cmp_body, next_try, response_kind FROM item WHERE id = ?1");
+        q->bind(1, itemId);
+        if (!q->step())
+            return std::nullopt;
+        d.summary = impl_->readSummary(*q);
+        d.sha256 = q->text(9);
+        d.size = static_cast<std::uint64_t>(q->int64(10));
+        d.endpoint = q->text(11);
+        d.transactionId = q->blob(12);
+        d.senderNonce = q->blob(13);
+        d.recipNonce = q->blob(14);
+        if (auto body = q->optInt64(15))
+            d.cmpBody = static_cast<int>(*body);
+        d.nextTry = q->optInt64(16);
+        d.responseKind = kindFromDb(q->text(17));
+    }
+    {
+        auto q = db.query("SELECT source, origin, reply_to, state FROM delivery "
+                          "WHERE item_id = ?1 ORDER BY id");
+        q->bind(1, itemId);
+        while (q->step()) {
+            d.arrivals.push_back({q->text(0), q->text(1), q->text(2)});
+            d.deliveryStates.push_back(q->text(3));
+        }
+    }
+    {
+        auto q = db.query("SELECT at, what, detail FROM event WHERE item_id = ?1 ORDER BY id");
+        q->bind(1, itemId);
+        while (q->step())
+            d.events.push_back({q->int64(0), q->text(1), q->text(2)});
+    }
+    return d;
+}
+
+} // namespace pkirelay::spool
