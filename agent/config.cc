@@ -1,0 +1,616 @@
+// Configuration parsing with toml++ (Debian libtomlplusplus-dev). The key tables below are the
+// single description of every setting: the parser, the bounds checks and `check-config --keys`
+// all read them. Unknown keys are errors, because a misspelt key silently ignored is a setting
+// the operator believes in and does not have.
+#include "config.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <variant>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+namespace pkirelay::agent {
+namespace {
+
+namespace fs = std::filesystem;
+
+enum class Type { String, Path, Int, Bool, Choice, Routes };
+
+template <class S> struct Key {
+    std::string_view name; // dotted for the global sections ("store.path")
+    Type type;
+    std::variant<std::string S::*, std::int64_t S::*, bool S::*, std::map<Kind, std::string> S::*>
+        member;
+    std::string_view defaultText;
+    std::int64_t min = 0;
+    std::int64_t max = 0;
+    std::vector<std::string_view> choices = {};
+    std::string_view help = {};
+    bool required = false;
+};
+
+const std::vector<Key<Settings>> &settingsKeys() {
+    using S = Settings;
+    static const std::vector<Key<S>> keys = {
+        {"store.path",
+         Type::Path,
+         &S::storePath,
+         "/var/lib/pkirelay/pkirelay.db",
+         0,
+         0,
+         {},
+         "The SQLite database (WAL mode: its folder must be writable and local)."},
+        {"limits.max_message_size",
+         Type::Int,
+         &S::maxMessageSize,
+         "4194304",
+         1024,
+         268435456,
+         {},
+         "Largest message accepted, in bytes; a larger file is quarantined unread."},
+        {"limits.batch_size",
+         Type::Int,
+         &S::batchSize,
+         "256",
+         1,
+         10000,
+         {},
+         "Most items a stage takes into one transaction."},
+        {"limits.max_in_flight",
+         Type::Int,
+         &S::maxInFlight,
+         "16",
+         1,
+         1024,
+         {},
+         "Most requests sent to endpoints at the same time."},
+        {"limits.settle_seconds",
+         Type::Int,
+         &S::settleSeconds,
+         "60",
+         0,
+         86400,
+         {},
+         "A truncated file modified less than this long ago is taken to be still arriving and "
+         "is left for the next scan instead of quarantined."},
+        {"run.poll_seconds",
+         Type::Int,
+         &S::pollSeconds,
+         "10",
+         1,
+         3600,
+         {},
+         "How often `pkirelay run` (without --once) scans its sources."},
+        {"retry.initial_seconds",
+         Type::Int,
+         &S::retryInitialSeconds,
+         "30",
+         1,
+         86400,
+         {},
+         "Delay before the first retry after a transient failure; doubles each attempt."},
+        {"retry.max_delay_seconds",
+         Type::Int,
+         &S::retryMaxDelaySeconds,
+         "3600",
+         1,
+         604800,
+         {},
+         "Longest delay between two retries."},
+        {"retry.max_age_seconds",
+         Type::Int,
+         &S::retryMaxAgeSeconds,
+         "86400",
+         60,
+         31536000,
+         {},
+         "After this long since it arrived, an item that still fails transiently is failed."},
+    };
+    return keys;
+}
+
+const std::vector<Key<SourceConfig>> &sourceKeys() {
+    using S = SourceConfig;
+    static const std::vector<Key<S>> keys = {
+        {"type",
+         Type::Choice,
+         &S::type,
+         "directory",
+         0,
+         0,
+         {"directory"},
+         "What kind of source this is."},
+        {"path",
+         Type::Path,
+         &S::path,
+         "(required)",
+         0,
+         0,
+         {},
+         "The folder watched for request files.",
+         true},
+        {"responses",
+         Type::Path,
+         &S::responses,
+         "the value of path",
+         0,
+         0,
+         {},
+         "The folder response files are written to, named after the request."},
+        {"after",
+         Type::Choice,
+         &S::after,
+         "keep",
+         0,
+         0,
+         {"keep", "move", "delete"},
+         "What happens to a request file once it is committed to the store."},
+        {"move_to",
+         Type::Path,
+         &S::moveTo,
+         "<path>/processed",
+         0,
+         0,
+         {},
+         "Where after = \"move\" puts request files."},
+        {"endpoint",
+         Type::String,
+         &S::endpoint,
+         "the only endpoint",
+         0,
+         0,
+         {},
+         "The endpoint this source's messages go to (required when there are several)."},
+        {"routes",
+         Type::Routes,
+         &S::routes,
+         "none",
+         0,
+         0,
+         {},
+         "Per-kind endpoints, e.g. routes = { cmc-full-request = \"cmc-ca\" }."},
+    };
+    return keys;
+}
+
+const std::vector<Key<EndpointConfig>> &endpointKeys() {
+    using S = EndpointConfig;
+    static const std::vector<Key<S>> keys = {
+        {"type",
+         Type::Choice,
+         &S::type,
+         "http",
+         0,
+         0,
+         {"http"},
+         "How messages are carried (http covers https)."},
+        {"url",
+         Type::String,
+         &S::url,
+         "(required)",
+         0,
+         0,
+         {},
+         "Where requests are POSTed, used as given (CMP: usually .../.well-known/cmp).",
+         true},
+        {"connect_timeout_seconds",
+         Type::Int,
+         &S::connectTimeoutSeconds,
+         "10",
+         1,
+         600,
+         {},
+         "Longest wait for a connection."},
+        {"timeout_seconds",
+         Type::Int,
+         &S::timeoutSeconds,
+         "60",
+         1,
+         3600,
+         {},
+         "Longest wait for a whole exchange."},
+        {"ca_file",
+         Type::Path,
+         &S::caFile,
+         "the system's trust store",
+         0,
+         0,
+         {},
+         "PEM file of CA certificates that HTTPS servers are verified against."},
+        {"verify_tls",
+         Type::Bool,
+         &S::verifyTls,
+         "true",
+         0,
+         0,
+         {},
+         "Verify the HTTPS server's certificate and name. Turn off only for one test endpoint."},
+        {"client_cert",
+         Type::Path,
+         &S::clientCert,
+         "none",
+         0,
+         0,
+         {},
+         "PEM client certificate for mutual TLS (with client_key)."},
+        {"client_key",
+         Type::Path,
+         &S::clientKey,
+         "none",
+         0,
+         0,
+         {},
+         "PEM private key of client_cert."},
+        {"max_connections",
+         Type::Int,
+         &S::maxConnections,
+         "4",
+         1,
+         64,
+         {},
+         "Most parallel connections to this endpoint (1 for single-threaded servers such as "
+         "`openssl cmp -port`)."},
+    };
+    return keys;
+}
+
+class Problems {
+public:
+    explicit Problems(std::string file) : file_(std::move(file)) {}
+    void add(const toml::source_region &where, const std::string &message) {
+        if (where.begin.line > 0)
+            list_.push_back(
+                fmt::format("{}:{}:{}: {}", file_, where.begin.line, where.begin.column, message));
+        else
+            list_.push_back(fmt::format("{}: {}", file_, message));
+    }
+    void add(const std::string &message) { list_.push_back(fmt::format("{}: {}", file_, message)); }
+    std::vector<std::string> &list() { return list_; }
+
+private:
+    std::string file_;
+    std::vector<std::string> list_;
+};
+
+std::string resolvePath(const fs::path &base, std::string_view value) {
+    fs::path p(value);
+    if (p.is_relative())
+        p = base / p;
+    return p.lexically_normal().string();
+}
+
+bool isRequestKind(Kind kind) {
+    return kind == Kind::CmcSimpleRequest || kind == Kind::CmcFullRequest ||
+           kind == Kind::CmcEnveloped || kind == Kind::Cmp;
+}
+
+template <class S>
+void applyKey(const Key<S> &key, const toml::node &node, const std::string &where, S &target,
+              const fs::path &base, Problems &problems) {
+    const auto bad = [&](std::string_view expected) {
+        problems.add(node.source(), fmt::format("{} must be {}", where, expected));
+    };
+    switch (key.type) {
+    case Type::String:
+    case Type::Path:
+    case Type::Choice: {
+        const auto *value = node.as_string();
+        if (!value)
+            return bad("a string");
+        std::string text = value->get();
+        if (key.type == Type::Choice &&
+            std::find(key.choices.begin(), key.choices.end(), text) == key.choices.end())
+            return bad(fmt::format("one of \"{}\"", fmt::join(key.choices, "\", \"")));
+        if (key.type == Type::Path) {
+            if (text.empty())
+                return bad("a non-empty path");
+            text = resolvePath(base, text);
+        }
+        target.*std::get<std::string S::*>(key.member) = std::move(text);
+        return;
+    }
+    case Type::Int: {
+        const auto *value = node.as_integer();
+        if (!value)
+            return bad("an integer");
+        const std::int64_t v = value->get();
+        if (v < key.min || v > key.max)
+            return bad(fmt::format("between {} and {}", key.min, key.max));
+        target.*std::get<std::int64_t S::*>(key.member) = v;
+        return;
+    }
+    case Type::Bool: {
+        const auto *value = node.as_boolean();
+        if (!value)
+            return bad("true or false");
+        target.*std::get<bool S::*>(key.member) = value->get();
+        return;
+    }
+    case Type::Routes: {
+        const auto *table = node.as_table();
+        if (!table)
+            return bad("a table of kind = \"endpoint\"");
+        auto &routes = target.*std::get<std::map<Kind, std::string> S::*>(key.member);
+        for (const auto &[kindName, endpointNode] : *table) {
+            const auto kind = kindFromId(kindName.str());
+            if (!kind || !isRequestKind(*kind)) {
+                problems.add(endpointNode.source(),
+                             fmt::format("{}: \"{}\" is not a request kind (cmc-simple-request, "
+                                         "cmc-full-request, cmc-enveloped, cmp)",
+                                         where, kindName.str()));
+                continue;
+            }
+            const auto *name = endpointNode.as_string();
+            if (!name) {
+                problems.add(endpointNode.source(),
+                             fmt::format("{}.{} must be an endpoint name", where, kindName.str()));
+                continue;
+            }
+            routes[*kind] = name->get();
+        }
+        return;
+    }
+    }
+}
+
+// Applies the keys of one TOML table to target. prefix is "store." for the global sections and
+// empty for a source or endpoint table; where names the table in messages.
+template <class S>
+void applyTable(const toml::table &table, std::string_view prefix, const std::vector<Key<S>> &keys,
+                const std::string &where, S &target, const fs::path &base, Problems &problems) {
+    for (const auto &[name, node] : table) {
+        const std::string full = fmt::format("{}{}", prefix, name.str());
+        auto key =
+            std::find_if(keys.begin(), keys.end(), [&](const Key<S> &k) { return k.name == full; });
+        if (key == keys.end()) {
+            problems.add(node.source(), fmt::format("unknown key {}.{}", where, name.str()));
+            continue;
+        }
+        applyKey(*key, node, fmt::format("{}.{}", where, name.str()), target, base, problems);
+    }
+    for (const auto &key : keys) {
+        if (!key.required || !key.name.starts_with(prefix))
+            continue;
+        if (!table.contains(key.name.substr(prefix.size())))
+            problems.add(table.source(), fmt::format("{} needs {}", where, key.name));
+    }
+}
+
+// The [source.NAME] / [endpoint.NAME] sections: tables of named tables.
+template <class S>
+void applyNamed(const toml::node &node, std::string_view section, const std::vector<Key<S>> &keys,
+                std::vector<S> &out, const fs::path &base, Problems &problems) {
+    const auto *table = node.as_table();
+    if (!table) {
+        problems.add(node.source(),
+                     fmt::format("{} must be a table of [{}.NAME] tables", section, section));
+        return;
+    }
+    for (const auto &[name, entry] : *table) {
+        const auto *entryTable = entry.as_table();
+        const std::string where = fmt::format("{}.{}", section, name.str());
+        if (!entryTable) {
+            problems.add(entry.source(), fmt::format("{} must be a table", where));
+            continue;
+        }
+        S item;
+        item.name = name.str();
+        applyTable(*entryTable, "", keys, where, item, base, problems);
+        out.push_back(std::move(item));
+    }
+}
+
+void checkConsistency(Config &config, Problems &problems) {
+    if (config.sources.empty())
+        problems.add("no sources: add a [source.NAME] table with a path");
+    if (config.endpoints.empty())
+        problems.add("no endpoints: add an [endpoint.NAME] table with a url");
+
+    for (auto &endpoint : config.endpoints) {
+        const std::string_view url = endpoint.url;
+        const auto scheme = url.substr(0, url.find("://"));
+        std::string lower(scheme);
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        if (url.find("://") == std::string_view::npos || (lower != "http" && lower != "https"))
+            problems.add(fmt::format("endpoint.{}.url must start with http:// or https://, not "
+                                     "\"{}\"",
+                                     endpoint.name, endpoint.url));
+        if (endpoint.clientCert.empty() != endpoint.clientKey.empty())
+            problems.add(
+                fmt::format("endpoint.{}: client_cert and client_key go together", endpoint.name));
+    }
+
+    for (auto &source : config.sources) {
+        if (source.responses.empty())
+            source.responses = source.path;
+        if (source.afterStore() == AfterStore::Move && source.moveTo.empty())
+            source.moveTo = (fs::path(source.path) / "processed").string();
+        if (source.endpoint.empty() && config.endpoints.size() == 1)
+            source.endpoint = config.endpoints.front().name;
+        if (source.endpoint.empty() && config.endpoints.size() > 1)
+            problems.add(fmt::format("source.{} needs endpoint = \"...\": there are {} endpoints",
+                                     source.name, config.endpoints.size()));
+        if (!source.endpoint.empty() && !config.endpoint(source.endpoint))
+            problems.add(fmt::format("source.{}.endpoint names \"{}\", which is not an endpoint",
+                                     source.name, source.endpoint));
+        for (const auto &[kind, name] : source.routes)
+            if (!config.endpoint(name))
+                problems.add(fmt::format("source.{}.routes.{} names \"{}\", which is not an "
+                                         "endpoint",
+                                         source.name, kindInfo(kind).id, name));
+    }
+    for (std::size_t i = 0; i < config.sources.size(); ++i)
+        for (std::size_t j = i + 1; j < config.sources.size(); ++j)
+            if (config.sources[i].path == config.sources[j].path)
+                problems.add(fmt::format("source.{} and source.{} watch the same folder {}",
+                                         config.sources[i].name, config.sources[j].name,
+                                         config.sources[i].path));
+    if (config.settings.retryMaxDelaySeconds < config.settings.retryInitialSeconds)
+        problems.add("retry.max_delay_seconds is shorter than retry.initial_seconds");
+}
+
+template <class S>
+void appendReference(std::string &out, std::string_view heading, const std::vector<Key<S>> &keys) {
+    out += fmt::format(
+        "### {}\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n", heading);
+    for (const auto &key : keys) {
+        std::string type, allowed;
+        switch (key.type) {
+        case Type::String:
+            type = "string";
+            break;
+        case Type::Path:
+            type = "path";
+            break;
+        case Type::Int:
+            type = "integer";
+            allowed = fmt::format("{} to {}", key.min, key.max);
+            break;
+        case Type::Bool:
+            type = "boolean";
+            break;
+        case Type::Choice:
+            type = "string";
+            allowed = fmt::format("{}", fmt::join(key.choices, ", "));
+            break;
+        case Type::Routes:
+            type = "table";
+            break;
+        }
+        out += fmt::format("| `{}` | {} | {} | {} | {}{} |\n", key.name, type, key.defaultText,
+                           allowed, key.help, key.required ? " Required." : "");
+    }
+    out += "\n";
+}
+
+} // namespace
+
+AfterStore SourceConfig::afterStore() const {
+    if (after == "move")
+        return AfterStore::Move;
+    if (after == "delete")
+        return AfterStore::Delete;
+    return AfterStore::Keep;
+}
+
+HttpEndpoint EndpointConfig::toHttp() const {
+    HttpEndpoint http;
+    http.name = name;
+    http.url = url;
+    http.connectTimeout = std::chrono::seconds(connectTimeoutSeconds);
+    http.timeout = std::chrono::seconds(timeoutSeconds);
+    http.caFile = caFile;
+    http.verifyTls = verifyTls;
+    http.clientCert = clientCert;
+    http.clientKey = clientKey;
+    http.maxConnections = static_cast<unsigned>(maxConnections);
+    return http;
+}
+
+spool::RetryPolicy Config::retryPolicy() const {
+    spool::RetryPolicy policy;
+    policy.initial = settings.retryInitialSeconds * 1000;
+    policy.maxDelay = settings.retryMaxDelaySeconds * 1000;
+    policy.maxAge = settings.retryMaxAgeSeconds * 1000;
+    return policy;
+}
+
+const SourceConfig *Config::source(const std::string &name) const {
+    auto it = std::find_if(sources.begin(), sources.end(),
+                           [&](const SourceConfig &s) { return s.name == name; });
+    return it == sources.end() ? nullptr : &*it;
+}
+
+const EndpointConfig *Config::endpoint(const std::string &name) const {
+    auto it = std::find_if(endpoints.begin(), endpoints.end(),
+                           [&](const EndpointConfig &e) { return e.name == name; });
+    return it == endpoints.end() ? nullptr : &*it;
+}
+
+const EndpointConfig *Config::route(const std::string &sourceName, Kind kind) const {
+    const SourceConfig *src = source(sourceName);
+    if (!src)
+        return nullptr;
+    if (auto it = src->routes.find(kind); it != src->routes.end())
+        return endpoint(it->second);
+    return src->endpoint.empty() ? nullptr : endpoint(src->endpoint);
+}
+
+ConfigError::ConfigError(std::vector<std::string> problems)
+    : std::runtime_error(problems.empty() ? "configuration error" : problems.front()),
+      problems_(std::move(problems)) {}
+
+Config loadConfig(const std::string &path) {
+    Problems problems(path);
+    toml::table root;
+    try {
+        root = toml::parse_file(path);
+    } catch (const toml::parse_error &e) {
+        problems.add(e.source(), std::string(e.description()));
+        throw ConfigError(std::move(problems.list()));
+    }
+
+    Config config;
+    config.file = path;
+    const fs::path base = fs::absolute(fs::path(path)).parent_path();
+    for (const auto &[name, node] : root) {
+        const std::string section(name.str());
+        if (section == "source") {
+            applyNamed(node, "source", sourceKeys(), config.sources, base, problems);
+        } else if (section == "endpoint") {
+            applyNamed(node, "endpoint", endpointKeys(), config.endpoints, base, problems);
+        } else if (section == "store" || section == "limits" || section == "run" ||
+                   section == "retry") {
+            if (const auto *table = node.as_table())
+                applyTable(*table, section + ".", settingsKeys(), section, config.settings, base,
+                           problems);
+            else
+                problems.add(node.source(), fmt::format("{} must be a table", section));
+        } else {
+            problems.add(node.source(),
+                         fmt::format("unknown section [{}] (known: store, limits, run, retry, "
+                                     "source.NAME, endpoint.NAME)",
+                                     section));
+        }
+    }
+    checkConsistency(config, problems);
+    if (!problems.list().empty())
+        throw ConfigError(std::move(problems.list()));
+    return config;
+}
+
+std::vector<std::string> environmentWarnings(const Config &config) {
+    std::vector<std::string> warnings;
+    std::error_code ec;
+    for (const auto &source : config.sources) {
+        if (!fs::is_directory(source.path, ec))
+            warnings.push_back(
+                fmt::format("source.{}: folder {} does not exist (yet)", source.name, source.path));
+        if (source.responses != source.path && !fs::is_directory(source.responses, ec))
+            warnings.push_back(fmt::format("source.{}: response folder {} does not exist (yet)",
+                                           source.name, source.responses));
+    }
+    for (const auto &endpoint : config.endpoints)
+        for (const auto *file : {&endpoint.caFile, &endpoint.clientCert, &endpoint.clientKey})
+            if (!file->empty() && ::access(file->c_str(), R_OK) != 0)
+                warnings.push_back(
+                    fmt::format("endpoint.{}: cannot read {}", endpoint.name, *file));
+    const fs::path storeDir = fs::path(config.settings.storePath).parent_path();
+    if (!fs::is_directory(storeDir, ec))
+        warnings.push_back(fmt::format("store.path: folder {} does not exist", storeDir.string()));
+    return warnings;
+}
+
+std::string keyReference() {
+    std::string out;
+    appendReference(out, "[store], [limits], [run], [retry]", settingsKeys());
+    appendReference(out, "[source.NAME]", sourceKeys());
+    appendReference(out, "[endpoint.NAME]", endpointKeys());
+    return out;
+}
+
+} // namespace pkirelay::agent

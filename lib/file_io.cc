@@ -1,0 +1,211 @@
+// POSIX implementation of file_io.h. Every path below a Directory is opened with *at() calls.
+#include "file_io.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <set>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "owned.h"
+
+namespace pkirelay {
+
+IoError::IoError(const std::string &what, int err)
+    : std::runtime_error(fmt::format("{}: {}", what, std::strerror(err))), error_(err) {}
+
+Fd &Fd::operator=(Fd &&other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = other.release();
+    }
+    return *this;
+}
+
+Fd::~Fd() {
+    if (fd_ >= 0)
+        ::close(fd_);
+}
+
+namespace {
+
+void writeAll(int fd, ByteView bytes, const std::string &what) {
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+        const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            throw IoError("write " + what, errno);
+        }
+        done += static_cast<std::size_t>(n);
+    }
+}
+
+} // namespace
+
+Directory Directory::open(const std::string &path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        throw IoError("open folder " + path, errno);
+    return Directory(path, Fd(fd));
+}
+
+Directory Directory::openOrCreate(const std::string &path) {
+    if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+        throw IoError("create folder " + path, errno);
+    return open(path);
+}
+
+std::vector<DirEntry> Directory::list() const {
+    // fdopendir takes ownership of its descriptor, so give it a duplicate.
+    const int dup = ::openat(fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dup < 0)
+        throw IoError("list " + path_, errno);
+    Owned<DIR, ::closedir> dir(::fdopendir(dup));
+    if (!dir) {
+        const int err = errno;
+        ::close(dup);
+        throw IoError("list " + path_, err);
+    }
+    std::vector<DirEntry> entries;
+    errno = 0;
+    while (const dirent *e = ::readdir(dir.get())) {
+        const std::string name = e->d_name;
+        if (name == "." || name == "..")
+            continue;
+        DirEntry::Type type = DirEntry::Type::Other;
+        unsigned char dtype = e->d_type;
+        if (dtype == DT_UNKNOWN) {
+            struct stat st {};
+            if (::fstatat(fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+                continue; // vanished meanwhile
+            dtype = S_ISREG(st.st_mode)   ? DT_REG
+                    : S_ISLNK(st.st_mode) ? DT_LNK
+                    : S_ISDIR(st.st_mode) ? DT_DIR
+                                          : DT_UNKNOWN;
+        }
+        if (dtype == DT_REG)
+            type = DirEntry::Type::Regular;
+        else if (dtype == DT_LNK)
+            type = DirEntry::Type::Symlink;
+        else if (dtype == DT_DIR)
+            type = DirEntry::Type::Directory;
+        entries.push_back({type, name});
+    }
+    if (errno != 0)
+        throw IoError("list " + path_, errno);
+    std::sort(entries.begin(), entries.end(),
+              [](const DirEntry &a, const DirEntry &b) { return a.name < b.name; });
+    return entries;
+}
+
+FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
+    const std::string what = path_ + "/" + name;
+    // O_NOFOLLOW: a symlink planted in a watched folder must not make us read elsewhere;
+    // O_NONBLOCK: a FIFO must not hang the scan (it is refused below as not a regular file).
+    Fd fd(::openat(fd_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (fd.get() < 0)
+        throw IoError("open " + what, errno);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0)
+        throw IoError("stat " + what, errno);
+    if (!S_ISREG(st.st_mode))
+        throw IoError("read " + what + " (not a regular file)", EINVAL);
+    FileRead result;
+    result.size = static_cast<std::uint64_t>(st.st_size);
+    result.mtimeMs =
+        static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+    if (result.size > maxSize) {
+        result.tooLarge = true;
+        return result;
+    }
+    // Read to end of file, bounded: the file may grow while we read (a slow copy).
+    result.bytes.resize(static_cast<std::size_t>(result.size) + 1);
+    std::size_t done = 0;
+    for (;;) {
+        if (done == result.bytes.size()) {
+            if (result.bytes.size() > maxSize) {
+                result.tooLarge = true;
+                result.bytes.clear();
+                result.size = done;
+                return result;
+            }
+            result.bytes.resize(std::min<std::size_t>(result.bytes.size() * 2, maxSize + 1));
+        }
+        const ssize_t n = ::read(fd.get(), result.bytes.data() + done, result.bytes.size() - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            throw IoError("read " + what, errno);
+        }
+        if (n == 0)
+            break;
+        done += static_cast<std::size_t>(n);
+    }
+    result.bytes.resize(done);
+    result.size = done;
+    return result;
+}
+
+bool Directory::exists(const std::string &name) const {
+    struct stat st {};
+    return ::fstatat(fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+void Directory::unlink(const std::string &name) const {
+    if (::unlinkat(fd(), name.c_str(), 0) != 0 && errno != ENOENT)
+        throw IoError("delete " + path_ + "/" + name, errno);
+}
+
+bool Directory::moveTo(const std::string &name, const Directory &target,
+                       const std::string &newName) const {
+    if (::renameat2(fd(), name.c_str(), target.fd(), newName.c_str(), RENAME_NOREPLACE) == 0)
+        return true;
+    if (errno == EEXIST)
+        return false;
+    throw IoError("move " + path_ + "/" + name + " to " + target.path() + "/" + newName, errno);
+}
+
+void Directory::sync() const {
+    if (::fsync(fd()) != 0)
+        throw IoError("sync folder " + path_, errno);
+}
+
+void writeFilesDurably(std::span<const FileToWrite> files, mode_t mode) {
+    std::vector<std::string> temps;
+    temps.reserve(files.size());
+    for (const auto &file : files) {
+        const std::string temp = "." + file.name + ".pkirelay-tmp";
+        const std::string what = file.dir->path() + "/" + temp;
+        Fd fd(::openat(file.dir->fd(), temp.c_str(),
+                       O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode));
+        if (fd.get() < 0)
+            throw IoError("create " + what, errno);
+        // O_CREAT's mode passes through the umask; the mode we promise must not depend on it.
+        if (::fchmod(fd.get(), mode) != 0)
+            throw IoError("chmod " + what, errno);
+        writeAll(fd.get(), file.bytes, what);
+        if (::fsync(fd.get()) != 0)
+            throw IoError("sync " + what, errno);
+        temps.push_back(temp);
+    }
+    std::set<const Directory *> dirs;
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        const auto &file = files[i];
+        if (::renameat(file.dir->fd(), temps[i].c_str(), file.dir->fd(), file.name.c_str()) != 0)
+            throw IoError("rename " + file.dir->path() + "/" + temps[i], errno);
+        dirs.insert(file.dir);
+    }
+    for (const Directory *dir : dirs)
+        dir->sync();
+}
+
+} // namespace pkirelay

@@ -1,0 +1,98 @@
+// File system access for sources and response writers, done relative to an open directory so
+// that nothing a message or a watched folder contains can redirect it: files are opened with
+// O_NOFOLLOW (symlinks in watched folders are never followed), read with a size bound, and
+// written via a temporary name, fsync, rename and one fsync of the folder per batch
+// (../shared/DESIGN.md, "Security" and "Data flow": batches, because one fsync costs ~0.3 ms).
+// std::filesystem and Boost.Filesystem expose neither openat nor fsync, hence POSIX here.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <sys/types.h>
+#include <utility>
+#include <vector>
+
+#include "bytes.h"
+
+namespace pkirelay {
+
+// A failed system call, with the errno text and the path involved.
+class IoError : public std::runtime_error {
+public:
+    IoError(const std::string &what, int err);
+    int error() const { return error_; }
+
+private:
+    int error_;
+};
+
+class Fd {
+public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(Fd &&other) noexcept : fd_(other.release()) {}
+    Fd &operator=(Fd &&other) noexcept;
+    Fd(const Fd &) = delete;
+    Fd &operator=(const Fd &) = delete;
+    ~Fd();
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+
+private:
+    int fd_ = -1;
+};
+
+struct DirEntry {
+    enum class Type { Regular, Symlink, Directory, Other } type;
+    std::string name;
+};
+
+struct FileRead {
+    Bytes bytes;              // empty when tooLarge
+    std::uint64_t size = 0;   // as fstat saw it
+    bool tooLarge = false;    // size > the bound: nothing was read
+    std::int64_t mtimeMs = 0; // modification time, Unix milliseconds
+};
+
+class Directory {
+public:
+    // Opens a folder (the configured path itself is trusted; what is inside it is not).
+    static Directory open(const std::string &path);
+    // Opens it, creating it (mode 0700) first when it is missing.
+    static Directory openOrCreate(const std::string &path);
+
+    const std::string &path() const { return path_; }
+    int fd() const { return fd_.get(); }
+
+    // Every entry but "." and "..", sorted by name (so batches are reproducible).
+    std::vector<DirEntry> list() const;
+    // Reads a regular file, refusing symlinks and anything that is not a regular file.
+    FileRead read(const std::string &name, std::uint64_t maxSize) const;
+    bool exists(const std::string &name) const;
+    void unlink(const std::string &name) const;
+    // Moves name into another folder without replacing anything there (RENAME_NOREPLACE).
+    // Returns false when target already exists.
+    bool moveTo(const std::string &name, const Directory &target, const std::string &newName) const;
+    void sync() const;
+
+private:
+    Directory(std::string path, Fd fd) : path_(std::move(path)), fd_(std::move(fd)) {}
+    std::string path_;
+    Fd fd_;
+};
+
+struct FileToWrite {
+    const Directory *dir = nullptr;
+    std::string name;
+    ByteView bytes;
+};
+
+// Writes a batch durably: each file to ".<name>.pkirelay-tmp", fsync each, rename each over its
+// name, then fsync each distinct folder once. A crash leaves either the old state or the new
+// file, never a partial one under the final name. Temporary names start with '.', which every
+// scan skips.
+void writeFilesDurably(std::span<const FileToWrite> files, mode_t mode);
+
+} // namespace pkirelay
