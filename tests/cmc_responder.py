@@ -1,0 +1,198 @@
+#!/usr/bin/python3
+"""A small CMC responder over HTTP (RFC 5273 §4 / RFC 10003 §4), for pkirelay's tests only.
+
+It listens on 127.0.0.1 on a free port, prints "LISTENING <port>" on stdout once it accepts
+connections, and answers every POST (any path):
+  application/pkcs10                                -> certs-only Simple PKI Response
+  application/pkcs7-mime; smime-type=CMC-Request    -> signed Full PKI Response (statusInfoV2
+                                                       success, nonce and transactionId echoed)
+  anything else                                     -> 415
+Certificates come from a throw-away CA made at start; all crypto is done by the `openssl`
+command line, so the responses are independent of pkirelay's own code. It trusts its clients
+(it is a test peer): bad input gives 400, nothing more. HTTP/1.1 with keep-alive, one thread per
+connection.
+
+Options: --fail-status N answers every request with HTTP N and an empty body;
+         --log FILE appends one line per request: method path "content-type" length client-port.
+"""
+import argparse
+import http.server
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+ID_CMC = "1.3.6.1.5.5.7.7."
+OID_TRANSACTION_ID = bytes.fromhex("2b06010505070705")  # id-cmc-transactionId (.7.5)
+OID_SENDER_NONCE = bytes.fromhex("2b06010505070706")  # id-cmc-senderNonce (.7.6)
+MAX_BODY = 1 << 20
+
+
+def openssl(*args, data=None):
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+
+def der_items(data):
+    """The TLVs of a DER sequence's content as (tag, value) pairs; short and long lengths."""
+    items, i = [], 0
+    while i < len(data):
+        tag, n = data[i], data[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[i:i + k], "big")
+            i += k
+        items.append((tag, data[i:i + n]))
+        i += n
+    return items
+
+
+def request_controls(pki_data):
+    """transactionId (INTEGER content octets) and senderNonce from a PKIData (RFC 5272 §3.2.1)."""
+    found = {}
+    (tag, body), = der_items(pki_data)[:1]
+    controls = der_items(body)[0][1]
+    for _, attr in der_items(controls):
+        _, oid, values = [v for _, v in der_items(attr)][:3]
+        first = der_items(values)[0][1] if values else b""
+        if oid == OID_TRANSACTION_ID:
+            found["tid"] = first
+        elif oid == OID_SENDER_NONCE:
+            found["nonce"] = first
+    return found
+
+
+def media_type(value):
+    """('type/subtype', {param: value}) with lower-case names and smime-type value."""
+    parts = [p.strip() for p in (value or "").split(";")]
+    params = {}
+    for p in parts[1:]:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            params[k.strip().lower()] = v.strip().strip('"').lower()
+    return parts[0].lower(), params
+
+
+class Responder:
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.key = os.path.join(workdir, "ca.key")
+        self.crt = os.path.join(workdir, "ca.crt")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", self.key, "-out", self.crt, "-subj", "/CN=cmc-test-responder",
+                "-days", "2")
+
+    def simple(self, csr, tmp):
+        req, leaf = os.path.join(tmp, "csr.der"), os.path.join(tmp, "leaf.pem")
+        with open(req, "wb") as f:
+            f.write(csr)
+        openssl("x509", "-req", "-inform", "DER", "-in", req, "-CA", self.crt, "-CAkey", self.key,
+                "-set_serial", str(secrets.randbits(63)), "-days", "1", "-out", leaf)
+        return openssl("crl2pkcs7", "-nocrl", "-certfile", leaf, "-certfile", self.crt,
+                       "-outform", "DER")
+
+    def full(self, request, tmp):
+        pki_data = openssl("cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-out", "-",
+                           data=request)
+        found = request_controls(pki_data)
+        # RFC 5272 §6.6: recipientNonce echoes the request's senderNonce; §6.6 also wants the
+        # transactionId copied when present.
+        controls, extra = ["c1=SEQUENCE:status", "c2=SEQUENCE:snonce"], []
+        if "nonce" in found:
+            controls.append("c3=SEQUENCE:rnonce")
+            extra += ["[rnonce]", "id=INTEGER:3", "type=OID:" + ID_CMC + "7", "vals=SET:rnv",
+                      "[rnv]", "v=FORMAT:HEX,OCTETSTRING:" + found["nonce"].hex()]
+        if "tid" in found:
+            controls.append("c4=SEQUENCE:tid")
+            value = int.from_bytes(found["tid"], "big", signed=True)
+            extra += ["[tid]", "id=INTEGER:4", "type=OID:" + ID_CMC + "5", "vals=SET:tidv",
+                      "[tidv]", "v=INTEGER:%d" % value]
+        conf = "\n".join([
+            "asn1=SEQUENCE:resp", "[resp]", "controls=SEQUENCE:controls", "cms=SEQUENCE:empty",
+            "other=SEQUENCE:empty", "[empty]", "[controls]", *controls,
+            # CMCStatusInfoV2 (RFC 5272 §6.1.1): success, for body part 1.
+            "[status]", "id=INTEGER:1", "type=OID:" + ID_CMC + "25", "vals=SET:sv",
+            "[sv]", "v=SEQUENCE:si", "[si]", "status=INTEGER:0", "list=SEQUENCE:bl",
+            "[bl]", "b=INTEGER:1",
+            "[snonce]", "id=INTEGER:2", "type=OID:" + ID_CMC + "6", "vals=SET:snv",
+            "[snv]", "v=FORMAT:HEX,OCTETSTRING:" + secrets.token_hex(16), *extra, ""])
+        cnf, der = os.path.join(tmp, "resp.cnf"), os.path.join(tmp, "resp.der")
+        with open(cnf, "w") as f:
+            f.write(conf)
+        openssl("asn1parse", "-genconf", cnf, "-noout", "-out", der)
+        return openssl("cms", "-sign", "-binary", "-in", der, "-econtent_type",
+                       "1.3.6.1.5.5.7.12.3", "-nodetach", "-outform", "DER", "-signer", self.crt,
+                       "-inkey", self.key)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        if length > MAX_BODY:
+            self.answer(413)
+            self.close_connection = True
+            return
+        body = self.rfile.read(length)
+        ctype = self.headers.get("Content-Type", "")
+        srv = self.server
+        if srv.log:
+            with srv.lock:
+                srv.log.write('%s %s "%s" %d %d\n' % (self.command, self.path, ctype, len(body),
+                                                     self.client_address[1]))
+                srv.log.flush()
+        if srv.fail_status:
+            return self.answer(srv.fail_status)
+        mtype, params = media_type(ctype)
+        try:
+            with tempfile.TemporaryDirectory(dir=srv.responder.dir) as tmp:
+                if mtype == "application/pkcs10":
+                    rsp, rtype = srv.responder.simple(body, tmp), "certs-only"
+                elif mtype == "application/pkcs7-mime" and params.get("smime-type") == "cmc-request":
+                    rsp, rtype = srv.responder.full(body, tmp), "CMC-Response"
+                else:
+                    return self.answer(415)
+        except (subprocess.CalledProcessError, ValueError, IndexError) as e:
+            sys.stderr.write("cmc_responder: bad request: %s\n" % e)
+            return self.answer(400)
+        self.answer(200, rsp, "application/pkcs7-mime; smime-type=" + rtype)
+
+    def answer(self, status, body=b"", ctype=None):
+        self.send_response(status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass  # stdout carries only the LISTENING line; --log has the requests
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fail-status", type=int, default=0)
+    ap.add_argument("--log")
+    args = ap.parse_args()
+    # SIGTERM (how tests stop it) unwinds normally, so the CA's temporary directory goes away.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with tempfile.TemporaryDirectory(prefix="cmc_responder.") as workdir:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.responder = Responder(workdir)
+        server.fail_status = args.fail_status
+        server.lock = threading.Lock()
+        server.log = open(args.log, "a") if args.log else None
+        print("LISTENING %d" % server.server_address[1], flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
