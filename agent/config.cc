@@ -253,6 +253,9 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
          {},
          "Most parallel connections to this endpoint (1 for single-threaded servers such as "
          "`openssl cmp -port`)."},
+        {"keep_alive", Type::Bool, &S::keepAlive, "true", 0, 0, {},
+         "Reuse connections. Set false for servers that tie a transaction to its connection, "
+         "such as OpenSSL 3.0's `openssl cmp -port` (a later certConf would be refused)."},
     };
     return keys;
 }
@@ -508,6 +511,7 @@ HttpEndpoint EndpointConfig::toHttp() const {
     http.clientCert = clientCert;
     http.clientKey = clientKey;
     http.maxConnections = static_cast<unsigned>(maxConnections);
+    http.keepAlive = keepAlive;
     return http;
 }
 

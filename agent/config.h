@@ -44,6 +44,7 @@ struct EndpointConfig {
     std::string clientCert;
     std::string clientKey;
     std::int64_t maxConnections = 4;
+    bool keepAlive = true;
 
     HttpEndpoint toHttp() const;
 };

@@ -36,6 +36,10 @@ struct HttpEndpoint {
     bool verifyTls = true;                     // off only when the config says so for this endpoint
     std::string clientCert, clientKey;         // mutual TLS, PEM files; empty when unused
     unsigned maxConnections = 4;               // parallel connections to this endpoint
+    // Reuse connections between exchanges. Off sends "Connection: close": OpenSSL 3.0's
+    // `openssl cmp -port` server cancels a CMP transaction when a kept-alive connection closes
+    // (apps/cmp.c, cmp_server), so a certConf relayed later on a new connection is refused.
+    bool keepAlive = true;
     // false: close the connection after each exchange. For single-threaded HTTP/1.0 servers such
     // as OpenSSL 3.0's `openssl cmp -port`, which, while a CMP transaction is open, serve only
     // the one kept-alive connection and leave every other connection waiting.
