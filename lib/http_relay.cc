@@ -208,8 +208,11 @@ struct HttpRelay::Impl {
         // Content-Type from the kind table: RFC 9811 §3 requires application/pkixcmp on every
         // PKIMessage, RFC 10003 §4 the CMC types. An empty Expect: stops libcurl's
         // 100-continue above 1 MiB, which HTTP/1.0 servers such as OpenSSL's never answer.
+        // Connection: keep-alive is for HTTP/1.0 servers (RFC 9112 Appendix C.2.2): after an
+        // HTTP/1.0 answer libcurl sends its next request on that connection as HTTP/1.0, and
+        // without the header OpenSSL's server then closes the connection after answering.
         std::string contentType = fmt::format("Content-Type: {}", kindInfo(req.kind).mimeType);
-        for (const char *h : {contentType.c_str(), "Expect:"}) {
+        for (const char *h : {contentType.c_str(), "Expect:", "Connection: keep-alive"}) {
             curl_slist *next = ::curl_slist_append(t.headers.get(), h);
             if (next == nullptr)
                 throw std::bad_alloc();
