@@ -559,3 +559,52 @@ TEST_CASE("classify: names and directions of CMP bodies", "[classify]") {
     CHECK(requests == 12);
     CHECK_FALSE(cmpBodyIsRequest(15)); // ckuann
 }
+
+// ---- describe (what `inspect` prints) --------------------------------------------------------
+
+TEST_CASE("describe: text and JSON for messages and rejections", "[describe]") {
+    const auto ir = classifyFixture("cmp_ir.der");
+    const std::string text = describe(ir);
+    CHECK_THAT(text, Catch::StartsWith("kind:           CMP PKIMessage\n"));
+    CHECK_THAT(text, Catch::Contains("\npvno:           2 (cmp2000)\n"));
+    CHECK_THAT(text, Catch::Contains("\nbody:           ir (0), request\n"));
+    CHECK_THAT(text, Catch::Contains("\ntransactionID:  " + toHex(ir.cmp->transactionId) + "\n"));
+    CHECK_THAT(text, Catch::Contains("\nrecipNonce:     (none)\n"));
+    CHECK_THAT(text, Catch::Contains("\nsender:         CN=fixture-ee\n"));
+    CHECK_THAT(text, Catch::Contains("\nencoding:       DER\n"));
+    CHECK_THAT(text, Catch::Contains("\nsha256:         " + sha256Hex(ir.der) + "\n"));
+    CHECK_THAT(text, Catch::Contains("\nfile extension: .pki\n"));
+    CHECK_THAT(text, Catch::Contains("\ncontent type:   application/pkixcmp\n"));
+
+    const auto ip = classifyFixture("cmp_ip.der");
+    CHECK_THAT(describe(ip), Catch::Contains("\nstatus:         accepted (0)\n"));
+
+    const auto pending = classifyFixture("cmc_pending.der");
+    CHECK_THAT(describe(pending), Catch::Contains("status:         pending (3)\n"));
+    CHECK_THAT(describe(pending), Catch::Contains("pendToken:      70656e642d746f6b656e\n"));
+
+    auto j = toJson(ir);
+    CHECK(j["kind"] == "cmp");
+    CHECK(j["rejected"] == false);
+    CHECK(j["encoding"] == "der");
+    CHECK(j["size"] == ir.der.size());
+    CHECK(j["cmp"]["body"] == "ir");
+    CHECK(j["cmp"]["body_type"] == 0);
+    CHECK(j["cmp"]["transaction_id"] == toHex(ir.cmp->transactionId));
+    CHECK(j["cmp"]["pki_status"].is_null());
+    j = toJson(pending);
+    CHECK(j["kind"] == "cmc-full-response");
+    CHECK(j["cmc"]["status"] == 3);
+    CHECK(j["cmc"]["status_name"] == "pending");
+    CHECK(j["cmc"]["transaction_id"] == "0123456789abcdef42");
+
+    const Rejection r{"truncated: the SEQUENCE at offset 0 declares 1500 bytes but only 700 remain",
+                      0, true};
+    CHECK(describe(r) == "rejected:  truncated: the SEQUENCE at offset 0 declares 1500 bytes but "
+                         "only 700 remain\noffset:    0\ntruncated: yes\n");
+    j = toJson(r);
+    CHECK(j["rejected"] == true);
+    CHECK(j["offset"] == 0);
+    CHECK(j["truncated"] == true);
+    CHECK(toJson(Rejection{"x", std::nullopt, false})["offset"].is_null());
+}
