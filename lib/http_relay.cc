@@ -211,8 +211,11 @@ struct HttpRelay::Impl {
         // Connection: keep-alive is for HTTP/1.0 servers (RFC 9112 Appendix C.2.2): after an
         // HTTP/1.0 answer libcurl sends its next request on that connection as HTTP/1.0, and
         // without the header OpenSSL's server then closes the connection after answering.
+        // With keepAlive off, Connection: close makes the server end the connection itself
+        // after answering (see HttpEndpoint::keepAlive for why OpenSSL's server needs that).
         std::string contentType = fmt::format("Content-Type: {}", kindInfo(req.kind).mimeType);
-        for (const char *h : {contentType.c_str(), "Expect:", "Connection: keep-alive"}) {
+        const char *connection = ep.keepAlive ? "Connection: keep-alive" : "Connection: close";
+        for (const char *h : {contentType.c_str(), "Expect:", connection}) {
             curl_slist *next = ::curl_slist_append(t.headers.get(), h);
             if (next == nullptr)
                 throw std::bad_alloc();
@@ -228,7 +231,7 @@ struct HttpRelay::Impl {
 
         PKIRELAY_SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(ep.connectTimeout.count()));
         PKIRELAY_SETOPT(e, CURLOPT_TIMEOUT_MS, static_cast<long>(ep.timeout.count()));
-        if (!ep.reuseConnections)
+        if (!ep.keepAlive)
             PKIRELAY_SETOPT(e, CURLOPT_FORBID_REUSE, 1L);
 
         PKIRELAY_SETOPT(e, CURLOPT_SSL_VERIFYPEER, ep.verifyTls ? 1L : 0L);

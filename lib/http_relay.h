@@ -36,14 +36,12 @@ struct HttpEndpoint {
     bool verifyTls = true;                     // off only when the config says so for this endpoint
     std::string clientCert, clientKey;         // mutual TLS, PEM files; empty when unused
     unsigned maxConnections = 4;               // parallel connections to this endpoint
-    // Reuse connections between exchanges. Off sends "Connection: close": OpenSSL 3.0's
-    // `openssl cmp -port` server cancels a CMP transaction when a kept-alive connection closes
-    // (apps/cmp.c, cmp_server), so a certConf relayed later on a new connection is refused.
+    // Reuse connections between exchanges. Off sends "Connection: close" and never reuses:
+    // OpenSSL 3.0's `openssl cmp -port` server cancels a CMP transaction when a kept-alive
+    // connection closes (apps/cmp.c, cmp_server), so a certConf relayed later on a new
+    // connection is refused; and, single-threaded, while a transaction is open it reads only
+    // from that kept-alive connection and leaves every other connection waiting.
     bool keepAlive = true;
-    // false: close the connection after each exchange. For single-threaded HTTP/1.0 servers such
-    // as OpenSSL 3.0's `openssl cmp -port`, which, while a CMP transaction is open, serve only
-    // the one kept-alive connection and leave every other connection waiting.
-    bool reuseConnections = true;
 };
 
 struct HttpRequest {

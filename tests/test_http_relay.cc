@@ -269,13 +269,14 @@ TEST_CASE("OpenSSL's mock server with several requests in flight", "[cmp][keepal
         // The connection stays open across requests (HTTP/1.0 keep-alive, see http_relay.cc).
         CHECK(relay.stats().newConnections == 1);
     }
-    SECTION("open transactions, no connection reuse: every connection is served in turn") {
+    SECTION("open transactions, keepAlive off: every connection is served in turn") {
         CmpServer server;
         HttpEndpoint ep = endpoint(server.url(), 5s);
-        ep.reuseConnections = false;
+        ep.keepAlive = false;
         make(ep, f.irOpen);
         auto rs = relay.perform(reqs, 8);
         CHECK(count(rs, 200) == 3);
+        CHECK(relay.stats().newConnections == 3);
     }
     SECTION("finished transactions: the server closes each connection, all are served") {
         CmpServer server({"-grant_implicitconf"});
