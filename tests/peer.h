@@ -110,6 +110,7 @@ class LoopbackSocket {
 public:
     explicit LoopbackSocket(bool listen);
     std::uint16_t port() const { return port_; }
+    int fd() const { return fd_.get(); }
 
 private:
     Fd fd_;

@@ -5,6 +5,10 @@
 // recognise the response bodies; the others check transport and outcome mapping only.
 #include <catch2/catch.hpp>
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
@@ -13,6 +17,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "lib/http_relay.h"
@@ -465,6 +470,52 @@ TEST_CASE("Requests in flight are capped per endpoint and overall", "[transport]
     CHECK(timed(4) >= 800ms); // two waves
     ep.maxConnections = 4;
     CHECK(timed(1) >= 1600ms); // one at a time
+}
+
+TEST_CASE("A response over the size cap is refused, not buffered", "[transport]") {
+    // A one-shot server on a thread: reads the request head, announces 17 MiB and streams zeros
+    // until the client hangs up. Every wait has a deadline, so a failing test cannot hang.
+    LoopbackSocket big(true);
+    std::thread server([&] {
+        pollfd p{big.fd(), POLLIN, 0};
+        if (::poll(&p, 1, 10'000) != 1)
+            return;
+        Fd conn(::accept(big.fd(), nullptr, nullptr));
+        std::string head;
+        char buf[65536] = {};
+        while (head.find("\r\n\r\n") == std::string::npos) {
+            pollfd c{conn.get(), POLLIN, 0};
+            if (::poll(&c, 1, 10'000) != 1)
+                return;
+            ssize_t n = ::read(conn.get(), buf, sizeof buf);
+            if (n <= 0)
+                return;
+            head.append(buf, static_cast<std::size_t>(n));
+        }
+        std::size_t size = 17 * 1024 * 1024;
+        std::string answer = "HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\n"
+                             "Content-Length: " +
+                             std::to_string(size) + "\r\n\r\n";
+        ::send(conn.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
+        std::fill(std::begin(buf), std::end(buf), '\0');
+        for (std::size_t sent = 0; sent < size;) {
+            pollfd c{conn.get(), POLLOUT, 0};
+            if (::poll(&c, 1, 10'000) != 1)
+                return;
+            ssize_t n = ::send(conn.get(), buf, std::min(sizeof buf, size - sent), MSG_NOSIGNAL);
+            if (n <= 0)
+                return; // the client stopped reading and closed: expected
+            sent += static_cast<std::size_t>(n);
+        }
+    });
+    HttpRelay relay;
+    HttpEndpoint ep = endpoint("http://127.0.0.1:" + std::to_string(big.port()) + "/", 10s);
+    HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
+    server.join();
+    INFO(r.detail);
+    CHECK(r.httpStatus == 200);
+    CHECK(r.type == Type::Permanent);
+    CHECK(r.detail.find("response too large") != std::string::npos);
 }
 
 TEST_CASE("perform() rejects impossible arguments and accepts an empty batch", "[transport]") {
