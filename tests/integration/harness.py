@@ -1,0 +1,176 @@
+"""Shared pieces of pkirelay's integration tests.
+
+The tests drive the real `pkirelay` binary against real peers started here on loopback:
+OpenSSL's own CMP mock server (`openssl cmp -port 0`) and tests/cmc_responder.py. Nothing waits
+by sleeping: each wait reads a peer's output, or polls a condition, against a deadline.
+Environment (set by tests/meson.build): PKIRELAY = the binary, PKIRELAY_SHARED = ../shared.
+"""
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+PKIRELAY = os.environ.get("PKIRELAY", "pkirelay")
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEADLINE = 30.0
+
+
+def run(cmd, check=True, cwd=None, timeout=120, env=None):
+    """Runs a command, returning CompletedProcess with text stdout/stderr."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def openssl(*args, cwd=None, check=True):
+    return run(["openssl", *args], cwd=cwd, check=check)
+
+
+class Peer:
+    """A server process whose readiness is a line in its output; stopped on exit.
+
+    stdout and stderr are merged (OpenSSL prints its ACCEPT line and its warnings on either),
+    and once the peer is ready a thread keeps draining them so that a chatty peer never blocks
+    on a full pipe. The lines are kept for failure messages.
+    """
+
+    def __init__(self, cmd, ready_marker, cwd=None, deadline=DEADLINE):
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.lines = []
+        self._pending = b""
+        self.ready_line = self._wait_for(ready_marker, deadline)
+        self._drain = threading.Thread(target=self._drain_output, daemon=True)
+        self._drain.start()
+
+    def _read_some(self, timeout):
+        """Reads what is there (raw fd reads: select and a buffered reader do not mix)."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0))
+        if not ready:
+            return False
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        if not chunk:
+            return False
+        self._pending += chunk
+        *complete, self._pending = self._pending.split(b"\n")
+        self.lines.extend(line.decode(errors="replace") for line in complete)
+        return True
+
+    def _wait_for(self, marker, deadline):
+        end = time.monotonic() + deadline
+        checked = 0
+        while time.monotonic() < end:
+            for line in self.lines[checked:]:
+                if marker in line:
+                    return line.strip()
+            checked = len(self.lines)
+            if not self._read_some(end - time.monotonic()):
+                break
+        self.stop()
+        raise AssertionError(f"peer {self.proc.args[0]} did not print {marker!r} in time; "
+                             f"it printed {self.lines!r}")
+
+    def _drain_output(self):
+        while self._read_some(3600):
+            pass
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(timeout=10) if hasattr(self, "_drain") else None
+        self.proc.stdout.close()
+
+
+class CmpCredentials:
+    """Throw-away credentials for OpenSSL's CMP mock CA and client (PROTOCOLS.md §7.3).
+
+    The mock returns rsp.crt for every enrollment, and the client accepts it only when the
+    client's -newkey is rsp.key, so the client enrolls with that key.
+    """
+
+    REF = "1234"
+    SECRET = "pass:1234-5678"
+
+    def __init__(self, folder):
+        self.folder = folder
+        for name, subject in (("server", "/O=openssl_cmp/CN=mock-ca"),
+                              ("rsp", "/CN=enrolled-leaf")):
+            openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt",
+                    "-subj", subject, "-days", "30", cwd=folder)
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+
+def start_cmp_server(creds, *extra):
+    """OpenSSL 3.0's mock CMP server on a kernel-chosen port; returns (peer, port).
+
+    It listens on [::]:port (3.0 has no bind option); the tests address it as 127.0.0.1 only.
+    """
+    peer = Peer(["openssl", "cmp", "-config", "", "-port", "0",
+                 "-srv_cert", creds.path("server.crt"), "-srv_key", creds.path("server.key"),
+                 "-srv_secret", CmpCredentials.SECRET, "-srv_ref", CmpCredentials.REF,
+                 "-rsp_cert", creds.path("rsp.crt"), *extra],
+                "ACCEPT", cwd=creds.folder)
+    port = int(peer.ready_line.split("ACCEPT", 1)[1].split()[0].rsplit(":", 1)[1])
+    return peer, port
+
+
+def cmp_client(creds, *args, check=True):
+    """The `openssl cmp` client with the mock's PBM credentials and enrollment key."""
+    return openssl("cmp", "-config", "", "-ref", CmpCredentials.REF,
+                   "-secret", CmpCredentials.SECRET, "-srvcert", creds.path("server.crt"),
+                   "-newkey", creds.path("rsp.key"), *args, cwd=creds.folder, check=check)
+
+
+class PkirelayTestCase(unittest.TestCase):
+    """A temporary folder per test with an inbox, a store and helpers to run pkirelay."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="pkirelay-it-")
+        self.inbox = os.path.join(self.tmp, "inbox")
+        os.mkdir(self.inbox)
+        self.config = os.path.join(self.tmp, "pkirelay.toml")
+        self.peers = []
+
+    def tearDown(self):
+        for peer in self.peers:
+            peer.stop()
+        if os.environ.get("PKIRELAY_KEEP_TMP"):
+            print(f"kept {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write_config(self, url, extra_source="", extra_endpoint="", extra=""):
+        with open(self.config, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/store.db"\n{extra}\n'
+                    f'[source.inbox]\npath = "{self.inbox}"\n{extra_source}\n'
+                    f'[endpoint.ca]\nurl = "{url}"\n{extra_endpoint}\n')
+
+    def pkirelay(self, *args, check=False):
+        return run([PKIRELAY, *args], check=check)
+
+    def run_once(self, expect=0):
+        proc = self.pkirelay("run", "--once", "-c", self.config)
+        self.assertEqual(proc.returncode, expect,
+                         f"run --once exited {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def inbox_files(self):
+        return sorted(os.listdir(self.inbox))
