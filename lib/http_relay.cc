@@ -187,7 +187,6 @@ struct HttpRelay::Impl {
         CURL *e = t.easy.get();
 
         PKIRELAY_SETOPT(e, CURLOPT_ERRORBUFFER, t.error);
-        PKIRELAY_SETOPT(e, CURLOPT_PRIVATE, static_cast<void *>(&t));
         PKIRELAY_SETOPT(e, CURLOPT_URL, ep.url.c_str());
         PKIRELAY_SETOPT(e, CURLOPT_PROTOCOLS_STR, "http,https");
         PKIRELAY_SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
