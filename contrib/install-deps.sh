@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what pkirelay needs to build, test and run its demo on Debian 12, from Debian's
+# packages only. Run as root (or with sudo). Safe to run again.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    g++ meson ninja-build pkg-config \
+    libssl-dev libcurl4-openssl-dev libsqlite3-dev \
+    libtomlplusplus-dev libcli11-dev libfmt-dev libspdlog-dev nlohmann-json3-dev \
+    catch2 openssl ca-certificates python3 >/dev/null
+echo "pkirelay: build and test dependencies installed"
