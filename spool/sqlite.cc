@@ -13,7 +13,15 @@ namespace pkirelay::spool::sql {
 void fail(sqlite3 *db, std::string_view what) {
     const int code = db ? ::sqlite3_extended_errcode(db) : SQLITE_ERROR;
     const char *msg = db ? ::sqlite3_errmsg(db) : ::sqlite3_errstr(code);
-    throw StoreError(fmt::format("{}: {} ({}, {})", what, msg, ::sqlite3_errstr(code), code));
+    // CANTOPEN shows up at open, or at the first read when the -wal or -shm file cannot be
+    // created; PowerDNS gives the same hint.
+    const std::string_view hint =
+        (code & 0xff) == SQLITE_CANTOPEN
+            ? "; the database's directory must exist and be writable, because WAL mode keeps "
+              "-wal and -shm files beside the database"
+            : "";
+    throw StoreError(
+        fmt::format("{}: {} ({}, {}){}", what, msg, ::sqlite3_errstr(code), code, hint));
 }
 
 namespace {
@@ -148,15 +156,8 @@ Database Database::open(const std::string &path, int busyTimeoutMs) {
         ::sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
     // sqlite3_open_v2 returns a handle even on failure; own it before anything can throw.
     DatabaseHandle handle(raw);
-    if (rc != SQLITE_OK) {
-        if ((rc & 0xff) == SQLITE_CANTOPEN)
-            // PowerDNS gives the same hint: WAL mode creates path-wal and path-shm beside it.
-            throw StoreError(fmt::format(
-                "cannot open database {}: {} (SQLITE_CANTOPEN); the database's directory must "
-                "exist and be writable, because WAL mode keeps -wal and -shm files beside it",
-                path, raw ? ::sqlite3_errmsg(raw) : ::sqlite3_errstr(rc)));
+    if (rc != SQLITE_OK)
         fail(raw, fmt::format("cannot open database {}", path));
-    }
 
     ::sqlite3_extended_result_codes(raw, 1);
     check(raw, ::sqlite3_busy_timeout(raw, busyTimeoutMs), "busy_timeout");

@@ -2,8 +2,10 @@
 // the structs of lib/classify.h, so these tests do not depend on the classifier. Each test has
 // its own temporary directory; time is passed in, so the clock is jumped, never slept on.
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <latch>
 #include <set>
 #include <string>
 #include <thread>
@@ -618,6 +620,26 @@ TEST_CASE("operator views: counts, list newest first, show with the full timelin
     CHECK_FALSE(stateFromName("nope"));
 }
 
+TEST_CASE("a second connection sees the first one's claims") {
+    TempDir dir;
+    auto a = Store::open(dir.db());
+    auto b = Store::open(dir.db());
+    ingest(a, {submit(p10("1"), "1.p10"), submit(p10("2"), "2.p10"), submit(p10("3"), "3.p10")},
+           t0);
+    auto fromA = a.claim(2, t0, t0 + 100);
+    auto fromB = b.claim(2, t0, t0 + 100);
+    REQUIRE(fromA.size() == 2);
+    REQUIRE(fromB.size() == 1);
+    CHECK(fromB[0].itemId != fromA[0].itemId);
+    CHECK(fromB[0].itemId != fromA[1].itemId);
+    CHECK(a.claim(2, t0, t0 + 100).empty());
+    // B records A's claim: the lease is on the item, not on the connection.
+    record(b, answer(fromA[0].itemId, "r"), t0 + 1);
+    CHECK(a.show(fromA[0].itemId)->summary.state == State::Answered);
+    CHECK(b.requeueExpiredLeases(t0 + 100) == 2);
+    CHECK(a.claim(10, t0 + 100, t0 + 200).size() == 2);
+}
+
 TEST_CASE("two connections on one file never claim the same item") {
     TempDir dir;
     constexpr int items = 300;
@@ -628,24 +650,31 @@ TEST_CASE("two connections on one file never claim the same item") {
             batch.push_back(submit(p10("req-" + std::to_string(i)), std::to_string(i) + ".p10"));
         ingest(store, std::move(batch), t0);
     }
-    // Two connections, as two processes would have, claiming in small batches at once.
+    // Two connections, as two processes would have, claiming in small batches at once. Both are
+    // open before either starts, and a latch starts them together so that they interleave.
     std::vector<std::int64_t> claimedA, claimedB;
     std::atomic<bool> failed{false};
+    std::latch start(2);
     auto worker = [&](std::vector<std::int64_t> &out) {
         try {
             auto store = Store::open(dir.db());
+            start.arrive_and_wait();
             for (;;) {
-                auto c = store.claim(7, t0, t0 + 60'000);
+                auto c = store.claim(3, t0, t0 + 60'000);
                 if (c.empty())
                     break;
                 for (const auto &x : c)
                     out.push_back(x.itemId);
+                // Stands for the relay's network time, during which the write lock is free,
+                // so that the other connection gets its turns (not a wait for a condition).
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
                 std::vector<Outcome> outcomes;
                 for (const auto &x : c)
                     outcomes.push_back(answer(x.itemId, "ok"));
                 store.record(outcomes, t0 + 1, RetryPolicy{});
             }
-        } catch (const std::exception &) {
+        } catch (const std::exception &e) {
+            WARN(e.what());
             failed = true;
         }
     };
