@@ -1,0 +1,240 @@
+"""What `pkirelay run --once` promises about the requests it is given (DESIGN.md, "The store").
+
+Against tests/cmc_responder.py on loopback, with PKCS#10 requests made by `openssl req`:
+- bad input is quarantined with its reason, never sent, and the pass exits 65;
+- a truncated file that is still young is left for the next pass (exit 75), not quarantined;
+- the same bytes arriving twice are relayed once, and each arrival gets the answer;
+- after = "delete" / "move" acknowledge only stored files, and a file seen again after a crash
+  between commit and acknowledgement is acknowledged without being relayed again;
+- a second pass sends nothing; a second concurrent run refuses (lock, exit 75);
+- a transient failure defers (exit 75) with its reason recorded;
+- a pass killed while a request is in flight leaves it to be sent again by the next pass, and
+  that resend is visible in the item's history;
+- symlinks in the watched folder are not followed; a response found in the folder is kept as
+  unmatched, not relayed.
+"""
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl
+
+
+class RunSemantics(PkirelayTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.log = os.path.join(self.tmp, "responder.log")
+        self.responder = None
+
+    def start_responder(self, *extra):
+        peer = Peer([sys.executable, os.path.join(TESTS_DIR, "cmc_responder.py"),
+                     "--log", self.log, *extra], "LISTENING")
+        self.peers.append(peer)
+        self.responder = peer
+        return int(peer.ready_line.split()[1])
+
+    def configure(self, *extra, port=None, **kw):
+        port = port or self.start_responder(*extra)
+        self.write_config(f"http://127.0.0.1:{port}/cmc", **kw)
+
+    def requests_seen(self):
+        if not os.path.exists(self.log):
+            return 0
+        with open(self.log) as f:
+            return sum(1 for _ in f)
+
+    def csr(self, name, cn=None, folder=None):
+        """A DER PKCS#10 in the inbox (or folder); returns its path."""
+        path = os.path.join(folder or self.inbox, name)
+        key = os.path.join(self.tmp, "key.pem")
+        if not os.path.exists(key):
+            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", key)
+        openssl("req", "-new", "-key", key, "-subj", f"/CN={cn or name}", "-outform", "DER",
+                "-out", path)
+        return path
+
+    def items(self, state=None):
+        args = ["list", "--json", "-c", self.config] + (["--state", state] if state else [])
+        return json.loads(self.pkirelay(*args, check=True).stdout)
+
+    def show(self, item_id):
+        return json.loads(self.pkirelay("show", str(item_id), "--json", "-c", self.config,
+                                        check=True).stdout)
+
+    def test_bad_input_is_quarantined_and_never_sent(self):
+        self.configure()
+        self.csr("good.p10")
+        with open(os.path.join(self.inbox, "garbage.der"), "wb") as f:
+            f.write(b"\x30\x03\x02\x01\x00trailing")
+        truncated = os.path.join(self.inbox, "old-truncated.p10")
+        with open(self.csr("whole.p10", folder=self.tmp), "rb") as f:
+            data = f.read()
+        with open(truncated, "wb") as f:
+            f.write(data[:len(data) // 2])
+        os.utime(truncated, (time.time() - 3600, time.time() - 3600))  # not still arriving
+
+        proc = self.run_once(expect=65)
+        self.assertEqual(self.requests_seen(), 1, "only the good request may reach the CA")
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "good.p7c")))
+        quarantined = {i["origin"]: i for i in self.items("quarantined")}
+        self.assertEqual(set(quarantined), {"garbage.der", "old-truncated.p10"})
+        self.assertIn("trailing", quarantined["garbage.der"]["reason"])
+        self.assertIn("truncated", quarantined["old-truncated.p10"]["reason"])
+        self.assertIn("quarantined", proc.stderr)
+        # Kept files are not recorded again by the next pass.
+        self.run_once(expect=0)
+        self.assertEqual(len(self.items("quarantined")), 2)
+
+    def test_young_truncated_file_is_left_for_the_next_pass(self):
+        self.configure()
+        with open(self.csr("slow.p10", folder=self.tmp), "rb") as f:
+            data = f.read()
+        path = os.path.join(self.inbox, "slow.p10")
+        with open(path, "wb") as f:
+            f.write(data[:20])
+        proc = self.run_once(expect=75)
+        self.assertIn("still arriving", proc.stderr)
+        self.assertEqual(self.items(), [])
+        with open(path, "ab") as f:
+            f.write(data[20:])
+        self.run_once(expect=0)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "slow.p7c")))
+
+    def test_duplicate_is_relayed_once_and_answered_for_each_arrival(self):
+        self.configure()
+        first = self.csr("first.p10")
+        with open(first, "rb") as src, open(os.path.join(self.inbox, "again.p10"), "wb") as dst:
+            dst.write(src.read())
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 1)
+        with open(os.path.join(self.inbox, "first.p7c"), "rb") as a, \
+                open(os.path.join(self.inbox, "again.p7c"), "rb") as b:
+            self.assertEqual(a.read(), b.read())
+        (item,) = self.items()
+        self.assertEqual(len(self.show(item["id"])["arrivals"]), 2)
+
+        # The same bytes arriving in a later pass get the recorded answer, without the CA.
+        with open(first, "rb") as src, open(os.path.join(self.inbox, "later.p10"), "wb") as dst:
+            dst.write(src.read())
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 1)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "later.p7c")))
+
+    def test_second_pass_sends_nothing(self):
+        self.configure()
+        for n in range(5):
+            self.csr(f"r{n}.p10")
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 5)
+        listing = sorted(os.listdir(self.inbox))
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 5)
+        self.assertEqual(sorted(os.listdir(self.inbox)), listing)
+
+    def test_delete_and_move_acknowledge_after_storing(self):
+        responses = os.path.join(self.tmp, "out")
+        self.configure(extra_source=f'after = "delete"\nresponses = "{responses}"')
+        with open(self.csr("gone.p10"), "rb") as f:
+            data = f.read()
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), [])
+        self.assertEqual(os.listdir(responses), ["gone.p7c"])
+
+        # A file seen again with the same name and bytes is what a crash between commit and
+        # acknowledgement leaves: it is acknowledged, not relayed again.
+        with open(os.path.join(self.inbox, "gone.p10"), "wb") as f:
+            f.write(data)
+        os.remove(os.path.join(responses, "gone.p7c"))
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), [])
+        self.assertEqual(self.requests_seen(), 1)
+
+    def test_move(self):
+        self.configure(extra_source='after = "move"')
+        self.csr("moved.p10")
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["moved.p7c", "processed"])
+        self.assertEqual(os.listdir(os.path.join(self.inbox, "processed")), ["moved.p10"])
+
+    def test_second_run_refuses_while_one_holds_the_lock(self):
+        self.configure()
+        self.csr("locked.p10")
+        with open(os.path.join(self.tmp, "store.db.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = self.run_once(expect=75)
+            self.assertIn("another pkirelay run", proc.stderr)
+        self.assertEqual(self.requests_seen(), 0)
+        self.run_once(expect=0)
+
+    def test_transient_failure_defers_with_reason(self):
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.write_config(f"http://127.0.0.1:{port}/cmc")
+        self.csr("later.p10")
+        self.run_once(expect=75)
+        (item,) = self.items()
+        self.assertEqual(item["state"], "deferred")
+        self.assertTrue(item["reason"], "the reason must be recorded")
+
+    def test_killed_pass_resends_and_records_it(self):
+        # A listener that accepts and never answers: the request is in flight when we kill.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        self.addCleanup(silent.close)
+        self.write_config(f"http://127.0.0.1:{silent.getsockname()[1]}/cmc")
+        self.csr("inflight.p10")
+        proc = subprocess.Popen([PKIRELAY, "run", "--once", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # the request is being sent: the item is relaying
+        self.addCleanup(conn.close)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if [i for i in self.items() if i["state"] == "relaying"]:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.assertEqual(self.items()[0]["state"], "relaying")
+
+        port = self.start_responder()
+        self.write_config(f"http://127.0.0.1:{port}/cmc")
+        proc = self.run_once(expect=0)
+        self.assertIn("queued again", proc.stderr)
+        (item,) = self.items()
+        self.assertEqual(item["state"], "answered")
+        self.assertEqual(item["attempts"], 2)
+        history = " ".join(e["detail"] for e in self.show(item["id"])["events"])
+        self.assertIn("again", history)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "inflight.p7c")))
+
+    def test_symlink_not_followed_and_response_kept_unmatched(self):
+        self.configure()
+        outside = self.csr("outside.p10", folder=self.tmp)
+        os.symlink(outside, os.path.join(self.inbox, "link.p10"))
+        # A certs-only response found in the request folder is not a request.
+        certs = os.path.join(self.tmp, "cert.pem")
+        key = os.path.join(self.tmp, "k.pem")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", key, "-out", certs, "-subj", "/CN=x", "-days", "1")
+        openssl("crl2pkcs7", "-nocrl", "-certfile", certs, "-outform", "DER",
+                "-out", os.path.join(self.inbox, "stray.p7c"))
+        proc = self.run_once(expect=0)
+        self.assertIn("symlink", proc.stderr)
+        self.assertEqual(self.requests_seen(), 0)
+        (item,) = self.items()
+        self.assertEqual((item["state"], item["origin"]), ("unmatched", "stray.p7c"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
