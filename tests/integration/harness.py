@@ -139,6 +139,25 @@ def cmp_client(creds, *args, check=True):
                    "-newkey", creds.path("rsp.key"), *args, cwd=creds.folder, check=check)
 
 
+def start_cmc_responder(*extra):
+    """tests/cmc_responder.py on a kernel-chosen loopback port; returns (peer, port)."""
+    peer = Peer([sys.executable, os.path.join(TESTS_DIR, "cmc_responder.py"), *extra],
+                "LISTENING")
+    return peer, int(peer.ready_line.split()[1])
+
+
+def wait_until(condition, what, deadline=DEADLINE, interval=0.1):
+    """Polls condition() until it returns something true (returned) or the deadline passes."""
+    end = time.monotonic() + deadline
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {deadline:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 class PkirelayTestCase(unittest.TestCase):
     """A temporary folder per test with an inbox, a store and helpers to run pkirelay."""
 
