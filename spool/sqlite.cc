@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <thread>
+
 #include <fmt/format.h>
 
 namespace pkirelay::spool::sql {
@@ -167,13 +170,31 @@ Database Database::open(const std::string &path, int busyTimeoutMs) {
     // transaction; synchronous=FULL explicitly, because we acknowledge sources after commit and
     // NORMAL may lose the last commits on power loss (LIBRARIES.md, SQLite 2).
     db.exec("PRAGMA foreign_keys = ON");
-    const std::string mode = db.queryText("PRAGMA journal_mode = WAL");
+    const std::string mode = db.switchToWal(busyTimeoutMs);
     if (mode != "wal" && path != ":memory:")
         throw StoreError(fmt::format(
             "database {}: journal_mode is {}, not wal (WAL does not work on network file systems)",
             path, mode));
     db.exec("PRAGMA synchronous = FULL");
     return db;
+}
+
+std::string Database::switchToWal(int busyTimeoutMs) {
+    // Leaving rollback mode needs an exclusive lock. When two connections open a new database
+    // together, SQLite returns SQLITE_BUSY at once rather than wait in the busy handler (waiting
+    // could deadlock two lock upgrades), as the concurrent-open test showed. Outside a
+    // transaction a retry is safe.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(busyTimeoutMs);
+    for (;;) {
+        Statement st(db_.get(), "PRAGMA journal_mode = WAL");
+        const int rc = ::sqlite3_step(st.handle());
+        if (rc == SQLITE_ROW)
+            return st.text(0);
+        if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() >= deadline)
+            fail(db_.get(), "cannot switch to WAL mode");
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
 }
 
 void Database::exec(std::string_view sql) {

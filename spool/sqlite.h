@@ -49,6 +49,8 @@ public:
     void reset() noexcept;
     void clearBindings() noexcept;
 
+    sqlite3_stmt *handle() const { return stmt_.get(); }
+
     bool isNull(int column);
     std::int64_t int64(int column);
     std::optional<std::int64_t> optInt64(int column);
@@ -96,6 +98,7 @@ public:
 
 private:
     explicit Database(DatabaseHandle db) : db_(std::move(db)) {}
+    std::string switchToWal(int busyTimeoutMs);
     DatabaseHandle db_;
     // Declared after db_, so statements are finalised before the connection is closed.
     std::map<std::string, std::unique_ptr<Statement>, std::less<>> cache_;

@@ -696,3 +696,79 @@ TEST_CASE("two connections on one file never claim the same item") {
     REQUIRE(check.step());
     CHECK(check.text(0) == "ok");
 }
+
+TEST_CASE("a transaction rolls back unless committed") {
+    TempDir dir;
+    auto db = sql::Database::open(dir.db());
+    db.exec("CREATE TABLE t (x INTEGER NOT NULL)");
+    {
+        sql::Transaction tx(db);
+        db.exec("INSERT INTO t VALUES (1)");
+    }
+    CHECK(db.queryInt("SELECT count(*) FROM t") == 0);
+    try {
+        sql::Transaction tx(db);
+        db.exec("INSERT INTO t VALUES (1)");
+        db.exec("INSERT INTO t VALUES (NULL)"); // fails: the whole transaction goes
+        tx.commit();
+    } catch (const StoreError &e) {
+        CHECK_THAT(e.what(), Catch::Contains("SQLITE_CONSTRAINT") ||
+                                 Catch::Contains("NOT NULL constraint failed"));
+    }
+    CHECK(db.queryInt("SELECT count(*) FROM t") == 0);
+    {
+        sql::Transaction tx(db);
+        auto q = db.query("INSERT INTO t VALUES (?1)");
+        q->bind(1, std::int64_t{7});
+        q->run();
+        tx.commit();
+    }
+    CHECK(db.queryInt("SELECT sum(x) FROM t") == 7);
+}
+
+TEST_CASE("blobs round-trip byte for byte, empty and with zero bytes") {
+    TempDir dir;
+    auto db = sql::Database::open(dir.db());
+    db.exec("CREATE TABLE b (id INTEGER PRIMARY KEY, v BLOB)");
+    const Bytes withZeros = {0x30, 0x00, 0x00, 0xff, 0x00};
+    {
+        auto q = db.query("INSERT INTO b (id, v) VALUES (?1, ?2)");
+        q->bind(1, std::int64_t{1}).bindBlob(2, withZeros);
+        q->run();
+    }
+    {
+        auto q = db.query("INSERT INTO b (id, v) VALUES (?1, ?2)");
+        q->bind(1, std::int64_t{2}).bindBlob(2, Bytes{});
+        q->run();
+    }
+    auto q = db.query("SELECT v, v IS NULL, typeof(v) FROM b ORDER BY id");
+    REQUIRE(q->step());
+    CHECK(q->blob(0) == withZeros);
+    REQUIRE(q->step());
+    CHECK(q->blob(0).empty());
+    CHECK(q->int64(1) == 0); // an empty blob, not NULL
+    CHECK(q->text(2) == "blob");
+}
+
+TEST_CASE("connections opening a new database at once migrate it once") {
+    TempDir dir;
+    std::atomic<int> failures{0};
+    std::latch start(4);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i)
+        threads.emplace_back([&] {
+            start.arrive_and_wait();
+            try {
+                auto store = Store::open(dir.db());
+            } catch (const std::exception &e) {
+                WARN(e.what());
+                ++failures;
+            }
+        });
+    for (auto &t : threads)
+        t.join();
+    CHECK(failures == 0);
+    auto raw = rawOpen(dir.db());
+    CHECK(rawInt(raw.get(), "PRAGMA user_version") ==
+          static_cast<std::int64_t>(migrations().size()));
+}
