@@ -8,6 +8,8 @@
 #include <iostream>
 #include <optional>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <variant>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -46,6 +48,11 @@ std::optional<Config> loadOrReport(const std::string &path) {
         fmt::print(stderr, "pkirelay: configuration {} is not valid\n", path);
         return std::nullopt;
     }
+}
+
+// Names from folders may be any bytes: never let one make the JSON encoder throw.
+void printJson(const nlohmann::json &j) {
+    fmt::print("{}\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 std::string timeText(spool::Millis ms) {
@@ -133,50 +140,68 @@ int commandRun(const std::string &cfgPath, bool once) {
     }
 }
 
+// Reads a file for inspect: a regular file, at most limit bytes (one more tells it is larger).
+// Returns an error text instead when that is not possible.
+std::variant<Bytes, std::string> readForInspect(const std::string &file, std::size_t limit) {
+    Fd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0)
+        return fmt::format("cannot open: {}", std::strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return std::string(S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
+    Bytes bytes(limit + 1);
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+        const ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return fmt::format("cannot read: {}", std::strerror(errno));
+        if (n == 0)
+            break;
+        done += static_cast<std::size_t>(n);
+    }
+    bytes.resize(done);
+    return bytes;
+}
+
 int commandInspect(const std::vector<std::string> &files, bool json) {
+    constexpr int exitNoInput = 66; // EX_NOINPUT
     int code = ExitOk;
     nlohmann::json all = nlohmann::json::array();
+    const ClassifyLimits limits;
     for (const auto &file : files) {
-        std::FILE *f = std::fopen(file.c_str(), "rb");
-        if (!f) {
-            fmt::print(stderr, "pkirelay: cannot open {}: {}\n", file, std::strerror(errno));
-            code = ExitDataErr;
+        auto read = readForInspect(file, limits.maxSize);
+        if (const auto *error = std::get_if<std::string>(&read)) {
+            // In --json output every file has its entry, so scripts can match by position.
+            if (json)
+                all.push_back({{"file", printable(file)}, {"error", *error}});
+            fmt::print(stderr, "pkirelay: {}: {}\n", printable(file), *error);
+            code = exitNoInput;
             continue;
         }
-        Bytes bytes;
-        ClassifyLimits limits;
-        std::uint8_t buf[65536];
-        std::size_t n;
-        bool tooLarge = false;
-        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
-            bytes.insert(bytes.end(), buf, buf + n);
-            if (bytes.size() > limits.maxSize) {
-                tooLarge = true;
-                break;
-            }
-        }
-        std::fclose(f);
-        Classification c = tooLarge
+        const Bytes &bytes = std::get<Bytes>(read);
+        Classification c = bytes.size() > limits.maxSize
                                ? Classification{Rejection{
                                      fmt::format("too large: more than {} bytes", limits.maxSize),
                                      std::nullopt, false}}
                                : classify(bytes, limits);
-        if (std::holds_alternative<Rejection>(c))
+        if (std::holds_alternative<Rejection>(c) && code == ExitOk)
             code = ExitDataErr;
         if (json) {
             nlohmann::json j = std::visit([](const auto &v) { return toJson(v); }, c);
-            j["file"] = file;
+            j["file"] = printable(file);
             all.push_back(std::move(j));
         } else {
             if (files.size() > 1)
-                fmt::print("{}:\n", file);
+                fmt::print("{}:\n", printable(file));
             fmt::print("{}", std::visit([](const auto &v) { return describe(v); }, c));
             if (files.size() > 1)
                 fmt::print("\n");
         }
     }
     if (json)
-        fmt::print("{}\n", (files.size() == 1 && !all.empty() ? all[0] : all).dump(2));
+        printJson(files.size() == 1 && !all.empty() ? all[0] : all);
     return code;
 }
 
@@ -232,7 +257,7 @@ int commandStatus(const std::string &cfgPath, bool json) {
         nlohmann::json j = nlohmann::json::object();
         for (const auto &[state, n] : counts)
             j[std::string(spool::stateName(state))] = n;
-        fmt::print("{}\n", j.dump(2));
+        printJson(j);
         return ExitOk;
     }
     if (counts.empty())
@@ -260,7 +285,7 @@ int commandList(const std::string &cfgPath, const std::string &stateName, std::s
         nlohmann::json j = nlohmann::json::array();
         for (const auto &s : items)
             j.push_back(summaryJson(s));
-        fmt::print("{}\n", j.dump(2));
+        printJson(j);
         return ExitOk;
     }
     for (const auto &s : items)
@@ -300,7 +325,7 @@ int commandShow(const std::string &cfgPath, std::int64_t id, bool json) {
         for (const auto &e : item->events)
             events.push_back({{"at_ms", e.at}, {"what", e.what}, {"detail", e.detail}});
         j["events"] = events;
-        fmt::print("{}\n", j.dump(2));
+        printJson(j);
         return ExitOk;
     }
     const auto &s = item->summary;

@@ -40,14 +40,15 @@ std::string stemOf(const std::string &name) {
 
 std::string describeIngest(const spool::Submission &sub) {
     if (!sub.message)
-        return fmt::format("quarantined {}/{}: {}", sub.arrival.source, sub.arrival.origin,
-                           sub.rejectReason);
+        return fmt::format("quarantined {}/{}: {}", sub.arrival.source,
+                           printable(sub.arrival.origin), printable(sub.rejectReason));
     const Message &m = *sub.message;
     std::string what(kindInfo(m.kind).title);
     if (m.cmp)
         what = fmt::format("CMP {}", cmpBodyName(m.cmp->bodyType));
-    return fmt::format("received {}/{}: {}, {} bytes{}", sub.arrival.source, sub.arrival.origin,
-                       what, m.der.size(), sub.relay ? "" : " (a response: kept for matching)");
+    return fmt::format("received {}/{}: {}, {} bytes{}", sub.arrival.source,
+                       printable(sub.arrival.origin), what, m.der.size(),
+                       sub.relay ? "" : " (a response: kept for matching)");
 }
 
 } // namespace
@@ -83,7 +84,9 @@ RunReport Runner::runOnce() {
 }
 
 int Runner::exitCode(const RunReport &report) {
-    if (report.quarantined > 0)
+    // Quarantined input and requests the CA refused (or that gave up) need a person; a deferral
+    // only needs time. So 65 wins over 75.
+    if (report.quarantined > 0 || report.failed > 0)
         return ExitDataErr;
     if (report.stillArriving > 0 || report.sourceErrors > 0 || report.deliveryErrors > 0 ||
         report.waiting > 0)
@@ -135,7 +138,8 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
             if (res.duplicate) {
                 ++report.duplicates;
                 spdlog::info("{}: {}/{} is another arrival of this item ({})", res.itemId,
-                             sub.arrival.source, sub.arrival.origin, spool::stateName(res.state));
+                             sub.arrival.source, printable(sub.arrival.origin),
+                             spool::stateName(res.state));
             } else {
                 if (!sub.message)
                     ++report.quarantined;
@@ -180,7 +184,7 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
         if (entry.name.starts_with('.') || entry.type == DirEntry::Type::Directory)
             continue; // temporary files (ours and other tools'), processed/, quarantine folders
         if (entry.type != DirEntry::Type::Regular) {
-            spdlog::warn("- source {}: {} is {}; not read", source.name, entry.name,
+            spdlog::warn("- source {}: {} is {}; not read", source.name, printable(entry.name),
                          entry.type == DirEntry::Type::Symlink ? "a symlink"
                                                                : "not a regular file");
             continue;
@@ -230,7 +234,7 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
                 const Millis age = clock_() - file.mtimeMs;
                 if (rejection->truncated && age < config_.settings.settleSeconds * 1000) {
                     spdlog::info("- source {}: {} ends early ({}); taken to be still arriving",
-                                 source.name, entry.name, rejection->reason);
+                                 source.name, printable(entry.name), rejection->reason);
                     ++report.stillArriving;
                     continue;
                 }
@@ -318,8 +322,15 @@ void Runner::relayReady(RunReport &report) {
                 spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
                              answer->detail);
             } else if (const auto *t = std::get_if<spool::Transient>(&outcome.result)) {
-                ++report.deferred;
-                spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint, t->reason);
+                // The store fails a transient outcome once the item is older than maxAge.
+                if (clock_() - byId.at(outcome.itemId)->firstSeen >= policy.maxAge) {
+                    ++report.failed;
+                    spdlog::error("{}: failed, retries exhausted: {}", outcome.itemId, t->reason);
+                } else {
+                    ++report.deferred;
+                    spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint,
+                                 t->reason);
+                }
             } else {
                 ++report.failed;
                 spdlog::error("{}: failed: {}", outcome.itemId,
@@ -400,7 +411,7 @@ void Runner::deliverAnswers(RunReport &report) {
         for (const auto &d : deliveries)
             if (!failedHere.contains(d.deliveryId))
                 spdlog::info("{}: response written to {}/{}", d.itemId, d.arrival.replyTo,
-                             d.output);
+                             printable(d.output));
         report.delivered += static_cast<int>(ids.size());
     }
 }

@@ -1,6 +1,7 @@
 // Strict PEM and base64 decoding (armor.h). The structure is checked here byte by byte; the
 // decoding itself is OpenSSL's EVP_DecodeBlock, only ever given a validated, padded string.
 #include "armor.h"
+#include "bytes.h"
 
 #include <string_view>
 #include <vector>
@@ -169,9 +170,12 @@ Pem decodePem(ByteView text) {
         if (line.empty())
             throw Error(fmt::format("empty line at offset {} inside PEM", lineOffset), lineOffset);
         if (line.find(':') != std::string_view::npos)
+            // Quote at most a short, printable prefix: the line is hostile input.
             throw Error(fmt::format("PEM header at offset {} ('{}'): encrypted or RFC 1421 "
                                     "PEM is not accepted",
-                                    lineOffset, line.substr(0, line.find(':'))),
+                                    lineOffset,
+                                    printable(line.substr(0, std::min<std::size_t>(
+                                                                 line.find(':'), 40)))),
                         lineOffset);
         for (std::size_t i = 0; i < line.size(); ++i) {
             const auto c = static_cast<std::uint8_t>(line[i]);

@@ -18,6 +18,52 @@ std::string toHex(ByteView bytes) {
     return out;
 }
 
+std::string printable(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    const auto escape = [&](unsigned char c) {
+        static constexpr char digits[] = "0123456789abcdef";
+        out += "\\x";
+        out.push_back(digits[c >> 4]);
+        out.push_back(digits[c & 0x0f]);
+    };
+    for (std::size_t i = 0; i < text.size();) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c < 0x20 || c == 0x7f) {
+            escape(c);
+            ++i;
+            continue;
+        }
+        if (c < 0x80) {
+            out.push_back(static_cast<char>(c));
+            ++i;
+            continue;
+        }
+        // A UTF-8 sequence (RFC 3629 §4): lead byte, then 1-3 continuation bytes, no overlong
+        // forms, no surrogates, nothing above U+10FFFF.
+        const std::size_t len = c >= 0xc2 && c <= 0xdf   ? 2
+                                : c >= 0xe0 && c <= 0xef ? 3
+                                : c >= 0xf0 && c <= 0xf4 ? 4
+                                                         : 0;
+        bool ok = len != 0 && i + len <= text.size();
+        for (std::size_t k = 1; ok && k < len; ++k)
+            ok = (static_cast<unsigned char>(text[i + k]) & 0xc0) == 0x80;
+        if (ok && len >= 3) {
+            const auto c1 = static_cast<unsigned char>(text[i + 1]);
+            ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0) &&
+                 !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
+        }
+        if (!ok) {
+            escape(c);
+            ++i;
+            continue;
+        }
+        out.append(text.substr(i, len));
+        i += len;
+    }
+    return out;
+}
+
 std::string sha256Hex(ByteView bytes) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;

@@ -24,6 +24,11 @@ inline std::string_view asChars(ByteView b) {
     return {reinterpret_cast<const char *>(b.data()), b.size()};
 }
 
+// Text from a message or a folder, made safe to print and to put in JSON: valid UTF-8 stays as
+// it is, while control characters and bytes that are not valid UTF-8 become "\xNN". Names in
+// hostile messages and files must not drive a terminal or break a JSON encoder.
+std::string printable(std::string_view text);
+
 // SHA-256 of the bytes, as lower-case hex: the content hash of an item in the store.
 std::string sha256Hex(ByteView bytes);
 

@@ -115,8 +115,9 @@ std::string describe(const Message &message) {
         lines.emplace_back("body",
                            fmt::format("{} ({}), {}", cmpBodyName(cmp->bodyType), cmp->bodyType,
                                        cmpBodyIsRequest(cmp->bodyType) ? "request" : "response"));
-        lines.emplace_back("sender", cmp->sender.empty() ? "(empty DN)" : cmp->sender);
-        lines.emplace_back("recipient", cmp->recipient.empty() ? "(empty DN)" : cmp->recipient);
+        lines.emplace_back("sender", cmp->sender.empty() ? "(empty DN)" : printable(cmp->sender));
+        lines.emplace_back("recipient",
+                           cmp->recipient.empty() ? "(empty DN)" : printable(cmp->recipient));
         lines.emplace_back("transactionID", hexOrNone(cmp->transactionId));
         lines.emplace_back("senderNonce", hexOrNone(cmp->senderNonce));
         lines.emplace_back("recipNonce", hexOrNone(cmp->recipNonce));
@@ -146,7 +147,7 @@ std::string describe(const Message &message) {
 }
 
 std::string describe(const Rejection &rejection) {
-    Lines lines = {{"rejected", rejection.reason}};
+    Lines lines = {{"rejected", printable(rejection.reason)}};
     if (rejection.offset)
         lines.emplace_back("offset", std::to_string(*rejection.offset));
     lines.emplace_back("truncated", rejection.truncated ? "yes" : "no");
@@ -171,8 +172,8 @@ nlohmann::json toJson(const Message &message) {
             {"pvno", cmp->pvno},
             {"body_type", cmp->bodyType},
             {"body", cmpBodyName(cmp->bodyType)},
-            {"sender", cmp->sender},
-            {"recipient", cmp->recipient},
+            {"sender", printable(cmp->sender)},
+            {"recipient", printable(cmp->recipient)},
             {"transaction_id", toHex(cmp->transactionId)},
             {"sender_nonce", toHex(cmp->senderNonce)},
             {"recip_nonce", toHex(cmp->recipNonce)},
@@ -201,7 +202,7 @@ nlohmann::json toJson(const Message &message) {
 nlohmann::json toJson(const Rejection &rejection) {
     return {
         {"rejected", true},
-        {"reason", rejection.reason},
+        {"reason", printable(rejection.reason)},
         {"offset", rejection.offset ? nlohmann::json(*rejection.offset) : nullptr},
         {"truncated", rejection.truncated},
     };

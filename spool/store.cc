@@ -302,9 +302,9 @@ struct Store::Impl {
                 d->run();
             }
             addEvent(o.itemId, now, "answered",
-                     fmt::format("{} from {}: {}, {} bytes{}",
+                     fmt::format("{} from {}: {}{}",
                                  a->kind ? kindInfo(*a->kind).id : "no response", o.endpoint,
-                                 a->detail, a->body.size(), a->kind ? "" : "; nothing to deliver"));
+                                 a->detail, a->kind ? "" : "; nothing to deliver"));
             return;
         }
         if (const auto *t = std::get_if<Transient>(&o.result)) {

@@ -608,3 +608,31 @@ TEST_CASE("describe: text and JSON for messages and rejections", "[describe]") {
     CHECK(j["truncated"] == true);
     CHECK(toJson(Rejection{"x", std::nullopt, false})["offset"].is_null());
 }
+
+TEST_CASE("printable escapes control bytes and invalid UTF-8, keeps valid UTF-8", "[printable]") {
+    using pkirelay::printable;
+    CHECK(printable("CN=plain") == "CN=plain");
+    CHECK(printable("CN=J\xc3\xbcrgen") == "CN=J\xc3\xbcrgen"); // U+00FC
+    CHECK(printable("\x1b[31mred") == "\\x1b[31mred");          // terminal escape
+    CHECK(printable("a\xff"
+                    "b") == "a\\xffb");                    // not UTF-8
+    CHECK(printable("\xc0\xaf") == "\\xc0\\xaf");          // overlong '/'
+    CHECK(printable("\xed\xa0\x80") == "\\xed\\xa0\\x80"); // a surrogate
+    CHECK(printable("\xe2\x82") == "\\xe2\\x82");          // cut short
+    CHECK(printable(std::string_view("nul\0", 4)) == "nul\\x00");
+}
+
+TEST_CASE("a CMP name that is not UTF-8 still describes and encodes as JSON", "[describe]") {
+    // Found by tests/fuzz/fuzz_classify: nlohmann::json throws on invalid UTF-8 when dumping.
+    // PKIMessage { PKIHeader { pvno 2, sender [1] rfc822Name "a\xff\x1b", recipient NULL-DN },
+    //              genm [21] {} }
+    const pkirelay::Bytes der = {0x30, 0x12, 0x30, 0x0c, 0x02, 0x01, 0x02, 0x81, 0x03, 0x61,
+                                 0xff, 0x1b, 0xa4, 0x02, 0x30, 0x00, 0xb5, 0x02, 0x30, 0x00};
+    const auto result = pkirelay::classify(der);
+    REQUIRE(std::holds_alternative<pkirelay::Message>(result));
+    const auto &message = std::get<pkirelay::Message>(result);
+    CHECK(message.cmp->bodyType == 21);
+    const std::string json = pkirelay::toJson(message).dump();
+    CHECK(json.find("\\\\xff") != std::string::npos);
+    CHECK(pkirelay::describe(message).find('\x1b') == std::string::npos);
+}

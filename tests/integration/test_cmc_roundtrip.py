@@ -225,9 +225,9 @@ class CmcRoundTrip(PkirelayTestCase):
     def test_400_without_body_fails_at_once(self):
         self.start_responder("--fail-status", "400")
         self.drop(self.make_csr("user.der", "rejected-user"), "user.p10")
-        # A 4xx without a PKI body is a permanent failure: nothing is deferred, so the run
-        # is done (0); the item is failed with the reason recorded.
-        self.run_once(expect=0)
+        # A 4xx without a PKI body is a permanent failure: the item fails at once with its
+        # reason, and the pass says a person is needed (65, as for quarantined input).
+        self.run_once(expect=65)
         self.assertEqual(self.inbox_files(), ["user.p10"])
         item = self.only_item()
         self.assertEqual(item["state"], "failed", item)

@@ -198,15 +198,33 @@ class InspectDamagedMessages(PkirelayTestCase):
         self.assertRegex(proc.stdout, r"(?m)^rejected:\s+\S")
         self.assertIn("truncated", proc.stdout)
 
-    # Bug (pkirelay inspect, C++): a directory given as FILE is read as empty input and reported
-    # as "rejected: truncated: the input is empty" (exit 65), which sends an operator looking
-    # for a damaged file; reading it fails with EISDIR and that is what should be said.
-    @unittest.expectedFailure
     def test_directory_is_not_called_an_empty_message(self):
         proc = self.pkirelay("inspect", self.tmp)
-        self.assertGreaterEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.returncode, 66, proc.stderr)  # EX_NOINPUT
         self.assertNotIn("truncated", proc.stdout + proc.stderr)
         self.assertIn("directory", (proc.stdout + proc.stderr).lower())
+
+    def test_missing_file_keeps_its_place_in_json(self):
+        good = os.path.join(self.fixtures, "p10.der")
+        proc = self.pkirelay("inspect", "--json", good, os.path.join(self.tmp, "absent"), good)
+        self.assertEqual(proc.returncode, 66, proc.stderr)
+        entries = json.loads(proc.stdout)
+        self.assertEqual(len(entries), 3)
+        self.assertIn("error", entries[1])
+        self.assertEqual(entries[2]["kind"], "cmc-simple-request")
+
+    def test_hostile_names_and_bytes_stay_printable(self):
+        # A CMP sender whose name bytes are not valid UTF-8 and hold a terminal escape must come
+        # out escaped, and --json must still be valid JSON (found by tests/fuzz).
+        path = os.path.join(self.tmp, "bad\x1b[31mname.der")
+        with open(os.path.join(self.fixtures, "p10.der"), "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        not_utf8 = os.path.join(os.fsencode(self.tmp), b"absent\xff")
+        proc = self.pkirelay("inspect", "--json", path, not_utf8)
+        entries = json.loads(proc.stdout)
+        self.assertIn("\\x1b", entries[0]["file"])
+        self.assertIn("\\xff", entries[1]["file"])
+        self.assertNotIn("\x1b", proc.stdout)
 
 
 class CheckConfig(PkirelayTestCase):
