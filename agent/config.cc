@@ -34,6 +34,7 @@ template <class S> struct Key {
 
 const std::vector<Key<Settings>> &settingsKeys() {
     using S = Settings;
+    // clang-format off: one key per entry reads as the table it is
     static const std::vector<Key<S>> keys = {
         {"store.path",
          Type::Path,
@@ -109,11 +110,13 @@ const std::vector<Key<Settings>> &settingsKeys() {
          {},
          "After this long since it arrived, an item that still fails transiently is failed."},
     };
+    // clang-format on
     return keys;
 }
 
 const std::vector<Key<SourceConfig>> &sourceKeys() {
     using S = SourceConfig;
+    // clang-format off: one key per entry reads as the table it is
     static const std::vector<Key<S>> keys = {
         {"type",
          Type::Choice,
@@ -173,11 +176,13 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          {},
          "Per-kind endpoints, e.g. routes = { cmc-full-request = \"cmc-ca\" }."},
     };
+    // clang-format on
     return keys;
 }
 
 const std::vector<Key<EndpointConfig>> &endpointKeys() {
     using S = EndpointConfig;
+    // clang-format off: one key per entry reads as the table it is
     static const std::vector<Key<S>> keys = {
         {"type",
          Type::Choice,
@@ -253,10 +258,17 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
          {},
          "Most parallel connections to this endpoint (1 for single-threaded servers such as "
          "`openssl cmp -port`)."},
-        {"keep_alive", Type::Bool, &S::keepAlive, "true", 0, 0, {},
+        {"keep_alive",
+         Type::Bool,
+         &S::keepAlive,
+         "true",
+         0,
+         0,
+         {},
          "Reuse connections. Set false for servers that tie a transaction to its connection, "
          "such as OpenSSL 3.0's `openssl cmp -port` (a later certConf would be refused)."},
     };
+    // clang-format on
     return keys;
 }
 
