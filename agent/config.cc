@@ -34,7 +34,8 @@ template <class S> struct Key {
 
 const std::vector<Key<Settings>> &settingsKeys() {
     using S = Settings;
-    // clang-format off: one key per entry reads as the table it is
+    // One key per entry reads as the table it is.
+    // clang-format off
     static const std::vector<Key<S>> keys = {
         {"store.path",
          Type::Path,
@@ -116,7 +117,8 @@ const std::vector<Key<Settings>> &settingsKeys() {
 
 const std::vector<Key<SourceConfig>> &sourceKeys() {
     using S = SourceConfig;
-    // clang-format off: one key per entry reads as the table it is
+    // One key per entry reads as the table it is.
+    // clang-format off
     static const std::vector<Key<S>> keys = {
         {"type",
          Type::Choice,
@@ -182,7 +184,8 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
 
 const std::vector<Key<EndpointConfig>> &endpointKeys() {
     using S = EndpointConfig;
-    // clang-format off: one key per entry reads as the table it is
+    // One key per entry reads as the table it is.
+    // clang-format off
     static const std::vector<Key<S>> keys = {
         {"type", Type::Choice, &S::type, "http", 0, 0, {"http"},
          "How messages are carried (http covers https)."},

@@ -171,12 +171,12 @@ Pem decodePem(ByteView text) {
             throw Error(fmt::format("empty line at offset {} inside PEM", lineOffset), lineOffset);
         if (line.find(':') != std::string_view::npos)
             // Quote at most a short, printable prefix: the line is hostile input.
-            throw Error(fmt::format("PEM header at offset {} ('{}'): encrypted or RFC 1421 "
-                                    "PEM is not accepted",
-                                    lineOffset,
-                                    printable(line.substr(0, std::min<std::size_t>(
-                                                                 line.find(':'), 40)))),
-                        lineOffset);
+            throw Error(
+                fmt::format("PEM header at offset {} ('{}'): encrypted or RFC 1421 "
+                            "PEM is not accepted",
+                            lineOffset,
+                            printable(line.substr(0, std::min<std::size_t>(line.find(':'), 40)))),
+                lineOffset);
         for (std::size_t i = 0; i < line.size(); ++i) {
             const auto c = static_cast<std::uint8_t>(line[i]);
             if (!isB64(c) && c != '=')

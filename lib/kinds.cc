@@ -14,8 +14,8 @@ constexpr KindInfo table[] = {
      "application/pkcs10", "request.p10"},
     {Kind::CmcFullRequest, "cmc-full-request", "CMC Full PKI Request", ".crq",
      "application/pkcs7-mime; smime-type=CMC-Request", "request.p7m"},
-    {Kind::CmcSimpleResponse, "cmc-simple-response", "CMC Simple PKI Response (certs-only)",
-     ".p7c", "application/pkcs7-mime; smime-type=certs-only", "response.p7c"},
+    {Kind::CmcSimpleResponse, "cmc-simple-response", "CMC Simple PKI Response (certs-only)", ".p7c",
+     "application/pkcs7-mime; smime-type=certs-only", "response.p7c"},
     {Kind::CmcFullResponse, "cmc-full-response", "CMC Full PKI Response", ".crp",
      "application/pkcs7-mime; smime-type=CMC-Response", "response.p7m"},
     {Kind::CmcEnveloped, "cmc-enveloped", "CMC, encrypted (CMS EnvelopedData)", ".p7m",
@@ -39,7 +39,11 @@ std::optional<Kind> kindFromId(std::string_view id) {
     return it->kind;
 }
 
-const KindInfo *kindsBegin() { return std::begin(table); }
-const KindInfo *kindsEnd() { return std::end(table); }
+const KindInfo *kindsBegin() {
+    return std::begin(table);
+}
+const KindInfo *kindsEnd() {
+    return std::end(table);
+}
 
 } // namespace pkirelay
