@@ -38,23 +38,23 @@ struct CmpInfo {
 
 // CMC controls read from an unencrypted PKIData/PKIResponse (RFC 10002 §6; PROTOCOLS.md §2.4).
 struct CmcInfo {
-    std::string contentType;       // "signedData" or "authenticatedData" or "envelopedData"
-    Bytes transactionId;           // id-cmc-transactionId (.7.5): INTEGER content octets
-    Bytes senderNonce;             // id-cmc-senderNonce (.7.6)
-    Bytes recipientNonce;          // id-cmc-recipientNonce (.7.7)
-    std::optional<int> status;     // CMCStatusInfoV2 (.7.25) or CMCStatusInfo (.7.1) cMCStatus
-    Bytes pendToken;               // pendInfo.pendToken, when status is pending/partial
-    Bytes queryPending;            // id-cmc-queryPending (.7.21)
-    std::size_t certificates = 0;  // certificates in the SignedData (certs-only responses)
+    std::string contentType;      // "signedData" or "authenticatedData" or "envelopedData"
+    Bytes transactionId;          // id-cmc-transactionId (.7.5): INTEGER content octets
+    Bytes senderNonce;            // id-cmc-senderNonce (.7.6)
+    Bytes recipientNonce;         // id-cmc-recipientNonce (.7.7)
+    std::optional<int> status;    // CMCStatusInfoV2 (.7.25) or CMCStatusInfo (.7.1) cMCStatus
+    Bytes pendToken;              // pendInfo.pendToken, when status is pending/partial
+    Bytes queryPending;           // id-cmc-queryPending (.7.21)
+    std::size_t certificates = 0; // certificates in the SignedData (certs-only responses)
 };
 
 struct Message {
     Kind kind;
     Encoding encoding = Encoding::Der;
-    Bytes der;                    // the message as relayed: the input itself, or the armour's
-                                  // decoded content; never re-encoded
-    std::optional<CmpInfo> cmp;   // set when kind == Kind::Cmp
-    std::optional<CmcInfo> cmc;   // set for CMC Full PKI messages and certs-only responses
+    Bytes der;                  // the message as relayed: the input itself, or the armour's
+                                // decoded content; never re-encoded
+    std::optional<CmpInfo> cmp; // set when kind == Kind::Cmp
+    std::optional<CmcInfo> cmc; // set for CMC Full PKI messages and certs-only responses
 
     // True when the message goes from an end entity (or RA) towards a CA: a request to relay.
     // CMC requests and enveloped CMC (routed by source) are requests; for CMP it depends on the

@@ -78,14 +78,14 @@ struct Claim {
     Kind kind = Kind::Cmp;
     std::string source; // of the first arrival: routing is decided from source and kind
     Bytes der;
-    int attempts = 0;   // sends so far, including this one
+    int attempts = 0; // sends so far, including this one
     Millis firstSeen = 0;
 };
 
 struct Answer {
-    Bytes body;                // the CA's response, byte for byte
-    std::optional<Kind> kind;  // nullopt when there is nothing to deliver (e.g. HTTP 201)
-    std::string detail;        // e.g. "HTTP 200 application/pkixcmp"
+    Bytes body;               // the CA's response, byte for byte
+    std::optional<Kind> kind; // nullopt when there is nothing to deliver (e.g. HTTP 201)
+    std::string detail;       // e.g. "HTTP 200 application/pkixcmp"
 };
 struct Transient {
     std::string reason;
