@@ -11,7 +11,10 @@ Against tests/cmc_responder.py on loopback, with PKCS#10 requests made by `opens
 - a pass killed while a request is in flight leaves it to be sent again by the next pass, and
   that resend is visible in the item's history;
 - symlinks in the watched folder are not followed; a response found in the folder is kept as
-  unmatched, not relayed.
+  unmatched, not relayed;
+- a file over limits.max_message_size is quarantined unread and left where it is;
+- `pkirelay run` (the polling loop) relays what appears, keeps its configuration when a reload
+  (SIGHUP) finds the file broken, and stops cleanly on SIGTERM.
 """
 
 import fcntl
@@ -234,6 +237,49 @@ class RunSemantics(PkirelayTestCase):
         self.assertEqual(self.requests_seen(), 0)
         (item,) = self.items()
         self.assertEqual((item["state"], item["origin"]), ("unmatched", "stray.p7c"))
+
+    def test_too_large_is_quarantined_unread_and_left_in_place(self):
+        self.configure(extra="[limits]\nmax_message_size = 1024")
+        big = os.path.join(self.inbox, "big.der")
+        with open(big, "wb") as f:
+            f.write(b"\x30\x82\x07\xd0" + bytes(2000))
+        proc = self.run_once(expect=65)
+        self.assertIn("too large", proc.stderr)
+        self.assertTrue(os.path.exists(big), "a file that was not stored whole must stay")
+        (item,) = self.items("quarantined")
+        self.assertIn("2004 bytes", item["reason"])
+        self.run_once(expect=0)  # seen again, not recorded again
+        self.assertEqual(len(self.items()), 1)
+        self.assertEqual(self.requests_seen(), 0)
+
+    def test_polling_loop_reload_and_stop(self):
+        port = self.start_responder()
+        self.write_config(f"http://127.0.0.1:{port}/cmc", extra="[run]\npoll_seconds = 1")
+        daemon = subprocess.Popen([PKIRELAY, "run", "-c", self.config],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            self.csr("polled.p10")
+            response = os.path.join(self.inbox, "polled.p7c")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(response) and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the condition, bounded by the deadline
+            self.assertTrue(os.path.exists(response), "the loop did not relay the request")
+
+            with open(self.config, "a") as f:
+                f.write("[nonsense]\n")
+            daemon.send_signal(signal.SIGHUP)
+            self.csr("after-reload.p10")
+            response = os.path.join(self.inbox, "after-reload.p7c")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(response) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertTrue(os.path.exists(response), "a broken reload must keep the old config")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=60)
+        self.assertEqual(daemon.returncode, 0, err)
+        self.assertIn("keeping the running configuration", err)
+        self.assertIn("stopping on signal", err)
 
 
 if __name__ == "__main__":
