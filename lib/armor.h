@@ -9,23 +9,12 @@
 #include <string>
 
 #include "bytes.h"
+#include "parse_error.h"
 
 namespace pkirelay::armor {
 
-class Error : public std::runtime_error {
-public:
-    Error(std::string reason, std::size_t offset, bool truncated = false)
-        : std::runtime_error(reason), reason_(std::move(reason)), offset_(offset),
-          truncated_(truncated) {}
-    const std::string &reason() const { return reason_; }
-    std::size_t offset() const { return offset_; } // in the armoured text
-    bool truncated() const { return truncated_; }  // e.g. PEM without its END line
-
-private:
-    std::string reason_;
-    std::size_t offset_;
-    bool truncated_;
-};
+// Offsets are in the armoured text; truncated() means e.g. a PEM block without its END line.
+using Error = ParseError;
 
 struct Pem {
     std::string label; // "CMS", "CERTIFICATE REQUEST", ...

@@ -618,15 +618,11 @@ Classification classify(ByteView input, const ClassifyLimits &limits) {
         Bytes decoded;
         try {
             decoded = pem ? armor::decodePem(input).data : armor::decodeBase64(input);
-        } catch (const armor::Error &e) {
+        } catch (const ParseError &e) {
             return Rejection{fmt::format("{}: {}",
-                                         pem ? "not clean PEM"
-                                             : "not DER, and not "
-                                               "clean base64",
+                                         pem ? "not clean PEM" : "not DER, and not clean base64",
                                          e.reason()),
                              e.offset(), e.truncated()};
-        } catch (const der::Error &) {
-            throw;
         }
         const std::string_view form = pem ? "PEM" : "base64";
         if (decoded.size() > limits.maxSize)

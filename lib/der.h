@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "bytes.h"
+#include "parse_error.h"
 
 namespace pkirelay::der {
 
@@ -20,22 +21,9 @@ struct Limits {
     unsigned maxDepth = 32; // deepest nesting of constructed values; the outermost is depth 1
 };
 
-// One error type for every malformed input. truncated() is true when the input ended before
-// a value that was still open (a file still being copied in), false for everything else.
-class Error : public std::runtime_error {
-public:
-    Error(std::string reason, std::size_t offset, bool truncated = false)
-        : std::runtime_error(reason), reason_(std::move(reason)), offset_(offset),
-          truncated_(truncated) {}
-    const std::string &reason() const { return reason_; }
-    std::size_t offset() const { return offset_; }
-    bool truncated() const { return truncated_; }
-
-private:
-    std::string reason_;
-    std::size_t offset_;
-    bool truncated_;
-};
+// truncated() is true when the input ended before a value that was still open (a file still
+// being copied in), false for everything else.
+using Error = ParseError;
 
 enum class TagClass : std::uint8_t { Universal = 0, Application = 1, Context = 2, Private = 3 };
 
