@@ -383,9 +383,11 @@ Store Store::open(const std::string &path) {
                         "knows {})",
                         path, version, known));
     };
-    if (const auto v = db.queryInt("PRAGMA user_version"); v > known)
-        throw newer(v);
-    for (std::int64_t n = 1; n <= known; ++n) {
+    const auto current = db.queryInt("PRAGMA user_version");
+    if (current > known)
+        throw newer(current);
+    // A current schema needs no write lock: status/list/show must not wait for a running pass.
+    for (std::int64_t n = current + 1; n <= known; ++n) {
         sql::Transaction tx(db);
         // Read again under the write lock: another process may have migrated meanwhile.
         const auto v = db.queryInt("PRAGMA user_version");
@@ -420,13 +422,14 @@ bool Store::knownArrival(std::string_view source, std::string_view origin,
     return q->step();
 }
 
-std::unordered_set<std::string> Store::outputNames(std::string_view replyTo) {
-    std::unordered_set<std::string> names;
-    auto q =
-        impl_->db.query("SELECT output FROM delivery WHERE reply_to = ?1 AND output IS NOT NULL");
+std::unordered_map<std::string, std::string> Store::outputs(std::string_view replyTo) {
+    std::unordered_map<std::string, std::string> names;
+    auto q = impl_->db.query("SELECT d.output, i.response_sha256 FROM delivery d "
+                             "JOIN item i ON i.id = d.item_id "
+                             "WHERE d.reply_to = ?1 AND d.output IS NOT NULL");
     q->bind(1, replyTo);
     while (q->step())
-        names.insert(q->text(0));
+        names[q->text(0)] = q->text(1);
     return names;
 }
 
@@ -500,14 +503,15 @@ void Store::record(std::span<const Outcome> outcomes, Millis now, const RetryPol
     tx.commit();
 }
 
-std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit) {
+std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t afterId) {
     std::vector<Delivery> out;
     auto q = impl_->db.query(
         "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
         "i.response FROM delivery d JOIN item i ON i.id = d.item_id "
         "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
-        "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL ORDER BY d.id LIMIT ?1");
-    q->bind(1, static_cast<std::int64_t>(limit));
+        "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL AND d.id > ?2 "
+        "ORDER BY d.id LIMIT ?1");
+    q->bind(1, static_cast<std::int64_t>(limit)).bind(2, afterId);
     while (q->step()) {
         Delivery d;
         d.deliveryId = q->int64(0);

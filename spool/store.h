@@ -18,7 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <unordered_set>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -174,8 +174,10 @@ public:
     bool knownArrival(std::string_view source, std::string_view origin,
                       std::string_view arrivalSha256);
 
-    // Names of the response files pkirelay assigned in a folder: a scan of that folder skips them.
-    std::unordered_set<std::string> outputNames(std::string_view replyTo);
+    // The response files pkirelay assigned in a folder, by name, with the SHA-256 of the response
+    // written under each. A scan of that folder skips a file only when both match: a new
+    // request that reuses one of those names is a new request.
+    std::unordered_map<std::string, std::string> outputs(std::string_view replyTo);
 
     // Puts items whose relaying lease expired back in the queue (an event says the CA may see
     // the request again). Returns how many.
@@ -190,8 +192,9 @@ public:
     // Permanent -> Failed.
     void record(std::span<const Outcome> outcomes, Millis now, const RetryPolicy &policy);
 
-    // Deliveries whose item is Answered with a response and that are not yet delivered.
-    std::vector<Delivery> deliveriesToWrite(std::size_t limit);
+    // Deliveries whose item is Answered with a response and that are not yet delivered, in id
+    // order, starting after afterId (so a caller can page past deliveries it could not write).
+    std::vector<Delivery> deliveriesToWrite(std::size_t limit, std::int64_t afterId = 0);
     // Records the chosen response file names before the files are written (state writing), so a
     // crash between write and commit rewrites the same file instead of making a second one.
     void assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names, Millis now);

@@ -510,8 +510,11 @@ TEST_CASE("deliveries: assign, write, mark delivered; a crash keeps the output n
 
     std::vector<std::pair<std::int64_t, std::string>> names = {{first.deliveryId, "req.pki.pki"}};
     store.assignOutputs(names, t0 + 60);
-    CHECK(store.outputNames("/media/out") == std::unordered_set<std::string>{"req.pki.pki"});
-    CHECK(store.outputNames("/elsewhere").empty());
+    const auto outputs = store.outputs("/media/out");
+    REQUIRE(outputs.size() == 1);
+    CHECK(outputs.begin()->first == "req.pki.pki");
+    CHECK(outputs.begin()->second == sha256Hex(todo[0].response));
+    CHECK(store.outputs("/elsewhere").empty());
 
     // Crash here: a restarted writer is given the same name to write again.
     {
@@ -547,7 +550,7 @@ TEST_CASE("deliveries: assign, write, mark delivered; a crash keeps the output n
     CHECK(todo[0].deliveryId == dup.deliveryId);
     CHECK(todo[0].arrival.replyTo == "/media/other");
     CHECK(todo[0].response == bytes("ip-response"));
-    CHECK(store.outputNames("/media/out").size() == 1); // names are per folder
+    CHECK(store.outputs("/media/out").size() == 1); // names are per folder
 }
 
 TEST_CASE("knownArrival recognises a file already seen under the same name and bytes") {
