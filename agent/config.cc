@@ -386,6 +386,19 @@ void checkConsistency(Config &config, Problems &problems) {
             source.responses = source.path;
         if (source.afterStore() == AfterStore::Move && source.moveTo.empty())
             source.moveTo = (fs::path(source.path) / "processed").string();
+        // A folder inside the watched one is where a hostile writer can plant symlinks; it is
+        // opened with O_NOFOLLOW, which guards only the last component, so it must be a direct
+        // child (lib/file_io.h, Directory::openOrCreate).
+        for (const auto *folder : {&source.moveTo, &source.responses}) {
+            const fs::path p(*folder), watched(source.path);
+            const auto rel = p.lexically_relative(watched);
+            if (!folder->empty() && *folder != source.path && !rel.empty() &&
+                *rel.begin() != ".." && p.parent_path() != watched)
+                problems.add(fmt::format("source.{}: {} is inside the watched folder but not "
+                                         "directly in it; use a direct subfolder or a folder "
+                                         "outside",
+                                         source.name, *folder));
+        }
         if (source.endpoint.empty() && config.endpoints.size() == 1)
             source.endpoint = config.endpoints.front().name;
         if (source.endpoint.empty() && config.endpoints.size() > 1)

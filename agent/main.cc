@@ -63,16 +63,24 @@ std::string timeText(spool::Millis ms) {
 // One run at a time per store: a second `run` refuses instead of double-sending (DESIGN,
 // "Batch by cron"). flock is released by the kernel when the process dies, so a crash never
 // leaves a stale lock behind.
-std::optional<Fd> takeRunLock(const std::string &storePath) {
+std::optional<Fd> takeRunLock(const std::string &storePath, int &exitCode) {
     const std::string lockPath = storePath + ".lock";
     Fd fd(::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (fd.get() < 0) {
         fmt::print(stderr, "pkirelay: cannot open {}: {}\n", lockPath, std::strerror(errno));
+        exitCode = ExitCantCreat;
         return std::nullopt;
     }
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-        fmt::print(stderr, "pkirelay: another pkirelay run is using {}; not starting a second\n",
-                   storePath);
+        if (errno == EWOULDBLOCK) {
+            fmt::print(stderr,
+                       "pkirelay: another pkirelay run is using {}; not starting a second\n",
+                       storePath);
+            exitCode = ExitTempFail;
+        } else {
+            fmt::print(stderr, "pkirelay: cannot lock {}: {}\n", lockPath, std::strerror(errno));
+            exitCode = ExitCantCreat;
+        }
         return std::nullopt;
     }
     return fd;
@@ -81,37 +89,49 @@ std::optional<Fd> takeRunLock(const std::string &storePath) {
 void printReport(const RunReport &r) {
     spdlog::info("- pass done: {} received, {} duplicate, {} quarantined, {} unmatched, {} "
                  "still arriving; {} relayed: {} answered, {} deferred, {} failed; {} response "
-                 "file(s) written; {} waiting",
+                 "file(s) written; {} waiting; {} folder error(s), {} delivery error(s)",
                  r.received, r.duplicates, r.quarantined, r.unmatched, r.stillArriving, r.relayed,
-                 r.answered, r.deferred, r.failed, r.delivered, r.waiting);
+                 r.answered, r.deferred, r.failed, r.delivered, r.waiting, r.sourceErrors,
+                 r.deliveryErrors);
 }
 
 int commandRun(const std::string &cfgPath, bool once) {
     auto config = loadOrReport(cfgPath);
     if (!config)
         return ExitConfig;
-    auto lock = takeRunLock(config->settings.storePath);
+    int lockStatus = ExitOk;
+    auto lock = takeRunLock(config->settings.storePath, lockStatus);
     if (!lock)
-        return ExitTempFail;
+        return lockStatus;
 
-    // Signals are taken synchronously between passes (sigtimedwait), never in a handler: a pass
-    // in progress finishes its batch and records it before the program stops or reloads.
+    // Signals are taken synchronously (sigtimedwait between passes, sigpending between relay
+    // batches), never in a handler: a pass in progress records what it has before it stops.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGHUP);
     ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    const auto stopRequested = [] {
+        sigset_t waiting;
+        sigemptyset(&waiting);
+        ::sigpending(&waiting);
+        return sigismember(&waiting, SIGTERM) == 1 || sigismember(&waiting, SIGINT) == 1;
+    };
 
     auto store = spool::Store::open(config->settings.storePath);
     httpGlobalInit();
     for (;;) {
         int code = ExitOk;
-        {
-            Runner runner(*config, store, systemClock);
+        try {
+            Runner runner(*config, store, systemClock, stopRequested);
             RunReport report = runner.runOnce();
             printReport(report);
             code = Runner::exitCode(report);
+        } catch (const spool::StoreError &e) {
+            // A busy or full database mid-pass: what was committed stays; try again later.
+            spdlog::error("- store: {}; this pass stops here", e.what());
+            code = ExitTempFail;
         }
         if (once)
             return code;
@@ -229,10 +249,22 @@ int commandCheckConfig(const std::string &cfgPath, bool keys) {
     return ExitOk;
 }
 
-std::optional<spool::Store> openStore(const std::string &cfgPath) {
+// The store for the operator views. A store that does not exist yet is not created by them: a
+// mistyped path must not leave an empty database behind. Reports the problem and returns
+// nullopt with the exit status in exitCode (0 when there is simply nothing yet).
+std::optional<spool::Store> openStore(const std::string &cfgPath, int &exitCode) {
     auto config = loadOrReport(cfgPath);
-    if (!config)
+    if (!config) {
+        exitCode = ExitConfig;
         return std::nullopt;
+    }
+    struct stat st {};
+    if (::stat(config->settings.storePath.c_str(), &st) != 0) {
+        fmt::print(stderr, "pkirelay: no store at {} yet (nothing has run)\n",
+                   config->settings.storePath);
+        exitCode = ExitOk;
+        return std::nullopt;
+    }
     return spool::Store::open(config->settings.storePath);
 }
 
@@ -241,17 +273,18 @@ nlohmann::json summaryJson(const spool::ItemSummary &s) {
             {"state", spool::stateName(s.state)},
             {"kind", s.kind ? std::string(kindInfo(*s.kind).id) : std::string()},
             {"source", s.source},
-            {"origin", s.origin},
+            {"origin", printable(s.origin)},
             {"attempts", s.attempts},
-            {"reason", s.reason},
+            {"reason", printable(s.reason)},
             {"created_at_ms", s.createdAt},
             {"updated_at_ms", s.updatedAt}};
 }
 
 int commandStatus(const std::string &cfgPath, bool json) {
-    auto store = openStore(cfgPath);
+    int status = ExitOk;
+    auto store = openStore(cfgPath, status);
     if (!store)
-        return ExitConfig;
+        return status;
     const auto counts = store->countByState();
     if (json) {
         nlohmann::json j = nlohmann::json::object();
@@ -277,9 +310,10 @@ int commandList(const std::string &cfgPath, const std::string &stateName, std::s
             return 64; // EX_USAGE
         }
     }
-    auto store = openStore(cfgPath);
+    int status = ExitOk;
+    auto store = openStore(cfgPath, status);
     if (!store)
-        return ExitConfig;
+        return status;
     const auto items = store->list(state, limit);
     if (json) {
         nlohmann::json j = nlohmann::json::array();
@@ -290,15 +324,16 @@ int commandList(const std::string &cfgPath, const std::string &stateName, std::s
     }
     for (const auto &s : items)
         fmt::print("{:>6}  {:<11}  {:<20}  {}/{}{}\n", s.id, spool::stateName(s.state),
-                   s.kind ? kindInfo(*s.kind).id : "-", s.source, s.origin,
-                   s.reason.empty() ? "" : "  (" + s.reason + ")");
+                   s.kind ? kindInfo(*s.kind).id : "-", s.source, printable(s.origin),
+                   s.reason.empty() ? "" : "  (" + printable(s.reason) + ")");
     return ExitOk;
 }
 
 int commandShow(const std::string &cfgPath, std::int64_t id, bool json) {
-    auto store = openStore(cfgPath);
+    int status = ExitOk;
+    auto store = openStore(cfgPath, status);
     if (!store)
-        return ExitConfig;
+        return status;
     const auto item = store->show(id);
     if (!item) {
         fmt::print(stderr, "pkirelay: no item {}\n", id);
@@ -323,7 +358,7 @@ int commandShow(const std::string &cfgPath, std::int64_t id, bool json) {
         j["arrivals"] = arrivals;
         nlohmann::json events = nlohmann::json::array();
         for (const auto &e : item->events)
-            events.push_back({{"at_ms", e.at}, {"what", e.what}, {"detail", e.detail}});
+            events.push_back({{"at_ms", e.at}, {"what", e.what}, {"detail", printable(e.detail)}});
         j["events"] = events;
         printJson(j);
         return ExitOk;
@@ -337,16 +372,16 @@ int commandShow(const std::string &cfgPath, std::int64_t id, bool json) {
     if (!item->senderNonce.empty())
         fmt::print("  senderNonce:   {}\n", toHex(item->senderNonce));
     if (!s.reason.empty())
-        fmt::print("  reason:   {}\n", s.reason);
+        fmt::print("  reason:   {}\n", printable(s.reason));
     if (!item->endpoint.empty())
         fmt::print("  endpoint: {} ({} attempt(s))\n", item->endpoint, s.attempts);
     for (std::size_t i = 0; i < item->arrivals.size(); ++i)
         fmt::print("  arrival:  {}/{} -> {} ({})\n", item->arrivals[i].source,
-                   item->arrivals[i].origin, item->arrivals[i].replyTo,
+                   printable(item->arrivals[i].origin), item->arrivals[i].replyTo,
                    i < item->deliveryStates.size() ? item->deliveryStates[i] : "");
     fmt::print("  history:\n");
     for (const auto &e : item->events)
-        fmt::print("    {}  {:<10} {}\n", timeText(e.at), e.what, e.detail);
+        fmt::print("    {}  {:<10} {}\n", timeText(e.at), e.what, printable(e.detail));
     return ExitOk;
 }
 

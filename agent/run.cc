@@ -26,9 +26,8 @@ namespace {
 // Response files carry certificates and CMC status: readable by the owner and its group only.
 constexpr mode_t responseMode = 0640;
 
-bool isCmcKind(Kind kind) {
-    return kind != Kind::Cmp;
-}
+// Most bytes of messages a scan holds before it commits them (on top of limits.batch_size).
+constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 
 // "ir.der" -> "ir"; names without an extension (or dotfiles) stay as they are.
 std::string stemOf(const std::string &name) {
@@ -58,8 +57,10 @@ Millis systemClock() {
     return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-Runner::Runner(const Config &config, spool::Store &store, Clock clock)
-    : config_(config), store_(store), clock_(std::move(clock)) {
+Runner::Runner(const Config &config, spool::Store &store, Clock clock,
+               std::function<bool()> stopRequested)
+    : config_(config), store_(store), clock_(std::move(clock)),
+      stopRequested_(std::move(stopRequested)) {
     for (const auto &endpoint : config_.endpoints)
         endpoints_.push_back(endpoint.toHttp());
 }
@@ -106,32 +107,61 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
         ++report.sourceErrors;
         return;
     }
-    // Our own response files may sit in the watched folder: they are answers, not requests.
-    const auto ours = store_.outputNames(source.responses);
+    // Response files pkirelay wrote into this folder, with the hash of what it wrote: such a
+    // file is an answer, not a request. A name alone is not enough: a client may write its next
+    // request under the name of an earlier answer.
+    const auto ours = store_.outputs(source.path);
     const auto limit = static_cast<std::uint64_t>(config_.settings.maxMessageSize);
     ClassifyLimits limits;
     limits.maxSize = static_cast<std::size_t>(limit);
 
-    // Acknowledges one stored file: deleted, or moved without replacing anything in move_to.
-    auto release = [&](const std::string &name) {
+    // Acknowledges one stored file: deleted, or moved without replacing anything in move_to;
+    // but only while the name still refers to the file that was read and stored. A file replaced
+    // meanwhile (a client writing again under the same name) is left for the next scan.
+    bool touched = false;
+    auto release = [&](const std::string &name, const FileIdentity &stored) {
+        if (source.afterStore() == AfterStore::Keep)
+            return;
+        if (dir->identity(name) != stored) {
+            spdlog::warn("- source {}: {} changed after it was read; left for the next scan",
+                         source.name, printable(name));
+            return;
+        }
         if (source.afterStore() == AfterStore::Delete) {
             dir->unlink(name);
-        } else if (source.afterStore() == AfterStore::Move) {
+        } else {
             std::string target = name;
             for (int n = 1; !dir->moveTo(name, *moveDir, target); ++n)
                 target = fmt::format("{}.{}", name, n);
         }
+        touched = true;
+    };
+    auto syncTouched = [&] {
+        if (!touched)
+            return;
+        touched = false;
+        try {
+            dir->sync();
+            if (moveDir)
+                moveDir->sync();
+        } catch (const IoError &e) {
+            // The items are committed; at worst a file reappears and is recognised as known.
+            spdlog::error("- source {}: {}", source.name, e.what());
+        }
     };
 
+    struct Pending {
+        bool acknowledge; // false for files we could not store whole (too large)
+        FileIdentity identity;
+    };
     std::vector<spool::Submission> batch;
-    std::vector<bool> acknowledge; // parallel to batch: false for files we could not store whole
+    std::vector<Pending> pending; // parallel to batch
+    std::size_t batchBytes = 0;
     auto flush = [&] {
         if (batch.empty())
             return;
-        const Millis now = clock_();
-        const auto results = store_.ingest(batch, now);
+        const auto results = store_.ingest(batch, clock_());
         // Committed: from here on the store has every item, so the files may go.
-        bool touched = false;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             const auto &sub = batch[i];
             const auto &res = results[i];
@@ -153,23 +183,19 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
                 else
                     spdlog::warn("{}", line);
             }
-            if (!acknowledge[i])
+            if (!pending[i].acknowledge)
                 continue;
             try {
-                release(sub.arrival.origin);
-                touched = source.afterStore() != AfterStore::Keep;
+                release(sub.arrival.origin, pending[i].identity);
             } catch (const IoError &e) {
                 spdlog::error("{}: stored, but {} (it will be acknowledged on a later scan)",
                               res.itemId, e.what());
             }
         }
-        if (touched) {
-            dir->sync();
-            if (moveDir)
-                moveDir->sync();
-        }
+        syncTouched();
         batch.clear();
-        acknowledge.clear();
+        pending.clear();
+        batchBytes = 0;
     };
 
     std::vector<DirEntry> entries;
@@ -189,42 +215,43 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
                                                                : "not a regular file");
             continue;
         }
-        if (ours.contains(entry.name))
-            continue;
 
         FileRead file;
         try {
             file = dir->read(entry.name, limit);
         } catch (const IoError &e) {
-            spdlog::warn("- source {}: {}; not read", source.name, e.what());
+            spdlog::warn("- source {}: {}; not read", source.name, printable(e.what()));
             continue;
         }
         spool::Submission sub;
         sub.arrival = {source.name, entry.name, source.responses};
         sub.size = file.size;
-        bool ack = true;
+        bool acknowledge = true;
         if (file.tooLarge) {
-            // Not read, so not stored whole: the file stays where it is. The size and mtime
-            // identify this arrival so later scans do not record it again.
-            sub.arrivalSha256 = fmt::format("oversize:{}:{}", file.size, file.mtimeMs);
+            // Not read, so not stored whole: the file stays where it is. Source, name, size and
+            // mtime identify this arrival, so later scans do not record it again.
+            sub.arrivalSha256 =
+                fmt::format("oversize:{}:{}:{}:{}", source.name, sha256Hex(asBytes(entry.name)),
+                            file.size, file.identity.mtimeNs);
             sub.rejectReason = fmt::format(
                 "too large: {} bytes, the limit is {} (limits.max_message_size)", file.size, limit);
-            ack = false;
+            acknowledge = false;
         } else {
             sub.arrivalSha256 = sha256Hex(file.bytes);
+            if (auto it = ours.find(entry.name);
+                it != ours.end() && it->second == sub.arrivalSha256)
+                continue; // a response file pkirelay wrote here
         }
         if (store_.knownArrival(source.name, entry.name, sub.arrivalSha256)) {
             // Stored by an earlier pass. Keep mode leaves it; otherwise the earlier pass stopped
             // between commit and acknowledgement, so acknowledge now.
-            if (ack && source.afterStore() != AfterStore::Keep) {
+            if (acknowledge) {
                 try {
-                    release(entry.name);
-                    dir->sync();
-                    if (moveDir)
-                        moveDir->sync();
+                    release(entry.name, file.identity);
                 } catch (const IoError &e) {
                     spdlog::error("- source {}: {}", source.name, e.what());
                 }
+                syncTouched();
             }
             continue;
         }
@@ -245,13 +272,37 @@ void Runner::scanSource(const SourceConfig &source, RunReport &report) {
                 sub.relay = sub.message->isRequest();
             }
         }
+        batchBytes += sub.size;
         batch.push_back(std::move(sub));
-        acknowledge.push_back(ack);
-        if (batch.size() >= static_cast<std::size_t>(config_.settings.batchSize))
+        pending.push_back({acknowledge, file.identity});
+        // Bounded by count and by bytes: a batch of large messages must not hold gigabytes.
+        if (batch.size() >= static_cast<std::size_t>(config_.settings.batchSize) ||
+            batchBytes >= maxBatchBytes)
             flush();
     }
     flush();
 }
+
+namespace {
+
+// What the CA sent back may be delivered as the answer to this request: the same protocol,
+// and an answer rather than another request (a CMP error body may travel either way).
+std::optional<std::string> unacceptableAnswer(Kind request, const Message &answer,
+                                              const std::string &endpoint) {
+    const bool cmpAnswer = answer.kind == Kind::Cmp;
+    if (cmpAnswer != (request == Kind::Cmp))
+        return fmt::format("{} answered a {} with a {}", endpoint, kindInfo(request).title,
+                           kindInfo(answer.kind).title);
+    const bool isAnswer =
+        cmpAnswer ? (answer.cmp->bodyType == 23 || !answer.isRequest()) : !answer.isRequest();
+    if (!isAnswer)
+        return fmt::format("{} answered with a request ({}), not a response", endpoint,
+                           answer.cmp ? std::string(cmpBodyName(answer.cmp->bodyType))
+                                      : std::string(kindInfo(answer.kind).id));
+    return std::nullopt;
+}
+
+} // namespace
 
 void Runner::relayReady(RunReport &report) {
     // A lease outlives the longest exchange the endpoints allow, with a margin: an item is only
@@ -261,15 +312,52 @@ void Runner::relayReady(RunReport &report) {
         lease = std::max(lease, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
     const auto policy = config_.retryPolicy();
 
-    for (;;) {
+    while (!stopRequested()) {
         const Millis now = clock_();
         auto claims =
             store_.claim(static_cast<std::size_t>(config_.settings.batchSize), now, now + lease);
         if (claims.empty())
             return;
-        std::vector<spool::Outcome> outcomes;
-        std::vector<HttpRequest> requests;
         std::map<std::int64_t, const spool::Claim *> byId;
+        std::vector<spool::Outcome> outcomes; // not yet recorded
+        std::vector<HttpRequest> requests;
+
+        // Outcomes are recorded as they come, in small groups: an answer the CA gave must not
+        // wait in memory for the slowest exchange of the batch, where a crash would lose it and
+        // make the next pass send the request again.
+        auto lastRecord = std::chrono::steady_clock::now();
+        auto recordPending = [&] {
+            if (outcomes.empty())
+                return;
+            const Millis recordedAt = clock_();
+            store_.record(outcomes, recordedAt, policy);
+            for (const auto &outcome : outcomes) {
+                const auto &claim = *byId.at(outcome.itemId);
+                if (const auto *answer = std::get_if<spool::Answer>(&outcome.result)) {
+                    ++report.answered;
+                    spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
+                                 answer->detail);
+                } else if (const auto *t = std::get_if<spool::Transient>(&outcome.result)) {
+                    // The store fails a transient outcome once the item is older than maxAge.
+                    if (recordedAt - claim.firstSeen >= policy.maxAge) {
+                        ++report.failed;
+                        spdlog::error("{}: failed, retries exhausted: {}", outcome.itemId,
+                                      t->reason);
+                    } else {
+                        ++report.deferred;
+                        spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint,
+                                     t->reason);
+                    }
+                } else {
+                    ++report.failed;
+                    spdlog::error("{}: failed: {}", outcome.itemId,
+                                  std::get<spool::Permanent>(outcome.result).reason);
+                }
+            }
+            outcomes.clear();
+            lastRecord = std::chrono::steady_clock::now();
+        };
+
         for (const auto &claim : claims) {
             byId[claim.itemId] = &claim;
             const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
@@ -285,6 +373,8 @@ void Runner::relayReady(RunReport &report) {
                 spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
             requests.push_back({claim.itemId, &endpoints_[index], claim.kind, claim.der});
         }
+        recordPending();
+
         relay_.perform(
             requests, static_cast<unsigned>(config_.settings.maxInFlight),
             [&](const HttpResult &result) {
@@ -294,17 +384,17 @@ void Runner::relayReady(RunReport &report) {
                 spool::Outcome outcome{result.id, endpoint, spool::Transient{""}};
                 switch (result.type) {
                 case HttpResult::Type::Response:
-                    if (isCmcKind(result.response->kind) != isCmcKind(claim.kind)) {
-                        outcome.result = spool::Permanent{fmt::format(
-                            "{} answered a {} with a {}", endpoint, kindInfo(claim.kind).title,
-                            kindInfo(result.response->kind).title)};
-                        break;
-                    }
-                    outcome.result =
-                        spool::Answer{result.response->der, result.response->kind, result.detail};
+                    if (auto why = unacceptableAnswer(claim.kind, *result.response, endpoint))
+                        outcome.result = spool::Permanent{*why};
+                    else
+                        outcome.result = spool::Answer{result.response->der, result.response->kind,
+                                                       result.detail};
                     break;
                 case HttpResult::Type::Done:
-                    outcome.result = spool::Answer{{}, std::nullopt, result.detail};
+                    // RFC 9811 §3.3: 201/202 acknowledge pushed announcements,
+                    // which are never relayed as requests; a request needs an answer.
+                    outcome.result = spool::Permanent{
+                        fmt::format("{}: no PKI message for a request", result.detail)};
                     break;
                 case HttpResult::Type::Transient:
                     outcome.result = spool::Transient{result.detail};
@@ -314,42 +404,42 @@ void Runner::relayReady(RunReport &report) {
                     break;
                 }
                 outcomes.push_back(std::move(outcome));
+                if (outcomes.size() >= 32 ||
+                    std::chrono::steady_clock::now() - lastRecord > std::chrono::milliseconds(250))
+                    recordPending();
             });
-        store_.record(outcomes, clock_(), policy);
-        for (const auto &outcome : outcomes) {
-            if (const auto *answer = std::get_if<spool::Answer>(&outcome.result)) {
-                ++report.answered;
-                spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
-                             answer->detail);
-            } else if (const auto *t = std::get_if<spool::Transient>(&outcome.result)) {
-                // The store fails a transient outcome once the item is older than maxAge.
-                if (clock_() - byId.at(outcome.itemId)->firstSeen >= policy.maxAge) {
-                    ++report.failed;
-                    spdlog::error("{}: failed, retries exhausted: {}", outcome.itemId, t->reason);
-                } else {
-                    ++report.deferred;
-                    spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint,
-                                 t->reason);
-                }
-            } else {
-                ++report.failed;
-                spdlog::error("{}: failed: {}", outcome.itemId,
-                              std::get<spool::Permanent>(outcome.result).reason);
-            }
-        }
+        recordPending();
         deliverAnswers(report);
     }
 }
 
+namespace {
+
+// The response file's name: the request's stem with the extension of the answer's kind, kept
+// short enough that it and its temporary name fit NAME_MAX; a long stem is cut and made unique
+// with a hash of the whole name.
+std::string responseName(const std::string &origin, Kind kind, int attempt) {
+    std::string stem = stemOf(origin);
+    const std::string ext(kindInfo(kind).fileExt);
+    const std::string suffix = attempt == 0   ? ""
+                               : attempt == 1 ? ".response"
+                                              : fmt::format(".response-{}", attempt);
+    if (stem.size() + suffix.size() + ext.size() > maxOutputName)
+        stem = stem.substr(0, maxOutputName - suffix.size() - ext.size() - 17) + "-" +
+               sha256Hex(asBytes(origin)).substr(0, 16);
+    return stem + suffix + ext;
+}
+
+} // namespace
+
 void Runner::deliverAnswers(RunReport &report) {
-    std::set<std::int64_t> failedHere; // deliveries whose folder failed this pass
+    std::int64_t after = 0; // page past deliveries this pass could not write
     for (;;) {
         auto deliveries =
-            store_.deliveriesToWrite(static_cast<std::size_t>(config_.settings.batchSize));
-        std::erase_if(deliveries,
-                      [&](const spool::Delivery &d) { return failedHere.contains(d.deliveryId); });
+            store_.deliveriesToWrite(static_cast<std::size_t>(config_.settings.batchSize), after);
         if (deliveries.empty())
             return;
+        after = deliveries.back().deliveryId;
 
         std::map<std::string, std::optional<Directory>> dirs;
         for (const auto &d : deliveries) {
@@ -362,29 +452,28 @@ void Runner::deliverAnswers(RunReport &report) {
                 spdlog::error("- cannot write responses: {}", e.what());
             }
         }
+        std::erase_if(deliveries, [&](const spool::Delivery &d) {
+            if (dirs[d.arrival.replyTo])
+                return false;
+            ++report.deliveryErrors;
+            return true;
+        });
 
         // Choose names first and commit them, so that a crash between writing and recording
         // rewrites the same file instead of making a second response (DESIGN: exactly one).
         std::vector<std::pair<std::int64_t, std::string>> names;
         std::set<std::pair<std::string, std::string>> chosen;
         for (auto &d : deliveries) {
-            const auto &dir = dirs[d.arrival.replyTo];
-            if (!dir) {
-                failedHere.insert(d.deliveryId);
-                ++report.deliveryErrors;
-                continue;
-            }
             if (!d.output.empty())
                 continue;
-            const std::string stem = stemOf(d.arrival.origin);
-            const std::string ext(kindInfo(d.responseKind).fileExt);
+            const auto &dir = dirs[d.arrival.replyTo];
             auto taken = [&](const std::string &name) {
                 return dir->exists(name) || chosen.contains({d.arrival.replyTo, name});
             };
-            std::string name = stem + ext;
-            for (int n = 1; taken(name); ++n)
-                name = n == 1 ? fmt::format("{}.response{}", stem, ext)
-                              : fmt::format("{}.response-{}{}", stem, n, ext);
+            int attempt = 0;
+            std::string name = responseName(d.arrival.origin, d.responseKind, attempt);
+            while (taken(name))
+                name = responseName(d.arrival.origin, d.responseKind, ++attempt);
             chosen.insert({d.arrival.replyTo, name});
             d.output = name;
             names.emplace_back(d.deliveryId, name);
@@ -392,27 +481,24 @@ void Runner::deliverAnswers(RunReport &report) {
         store_.assignOutputs(names, clock_());
 
         std::vector<FileToWrite> files;
-        std::vector<std::int64_t> ids;
-        for (const auto &d : deliveries) {
-            if (failedHere.contains(d.deliveryId))
-                continue;
-            files.push_back({&*dirs[d.arrival.replyTo], d.output, d.response});
-            ids.push_back(d.deliveryId);
-        }
-        try {
-            writeFilesDurably(files, responseMode);
-        } catch (const IoError &e) {
-            spdlog::error("- writing responses failed: {} (they stay pending)", e.what());
-            report.deliveryErrors += static_cast<int>(ids.size());
-            failedHere.insert(ids.begin(), ids.end());
-            continue;
-        }
-        store_.markDelivered(ids, clock_());
         for (const auto &d : deliveries)
-            if (!failedHere.contains(d.deliveryId))
-                spdlog::info("{}: response written to {}/{}", d.itemId, d.arrival.replyTo,
-                             printable(d.output));
-        report.delivered += static_cast<int>(ids.size());
+            files.push_back({&*dirs[d.arrival.replyTo], d.output, d.response});
+        const auto errors = writeFilesDurably(files, responseMode);
+        std::vector<std::int64_t> written;
+        for (std::size_t i = 0; i < deliveries.size(); ++i) {
+            const auto &d = deliveries[i];
+            if (!errors[i].empty()) {
+                spdlog::error("{}: writing the response failed: {} (it stays pending)", d.itemId,
+                              printable(errors[i]));
+                ++report.deliveryErrors;
+                continue;
+            }
+            written.push_back(d.deliveryId);
+            spdlog::info("{}: response written to {}/{}", d.itemId, d.arrival.replyTo,
+                         printable(d.output));
+        }
+        store_.markDelivered(written, clock_());
+        report.delivered += static_cast<int>(written.size());
     }
 }
 

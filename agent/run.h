@@ -43,7 +43,11 @@ struct RunReport {
 
 class Runner {
 public:
-    Runner(const Config &config, spool::Store &store, Clock clock);
+    // stopRequested is asked between relay batches: a pass asked to stop records what it has
+    // and leaves the rest queued.
+    Runner(
+        const Config &config, spool::Store &store, Clock clock,
+        std::function<bool()> stopRequested = [] { return false; });
 
     // One pass: recover, scan every source, relay until nothing is ready, deliver.
     RunReport runOnce();
@@ -55,10 +59,12 @@ private:
     void scanSource(const SourceConfig &source, RunReport &report);
     void relayReady(RunReport &report);
     void deliverAnswers(RunReport &report);
+    bool stopRequested() const { return stopRequested_(); }
 
     const Config &config_;
     spool::Store &store_;
     Clock clock_;
+    std::function<bool()> stopRequested_;
     HttpRelay relay_;
     std::vector<HttpEndpoint> endpoints_; // parallel to config_.endpoints
 };

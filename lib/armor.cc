@@ -31,14 +31,16 @@ int b64Value(char c) {
 }
 
 // `chars` is the base64 text with line breaks removed; `offsets[i]` is where chars[i] was in
-// the input, for messages.
+// the input, for messages. openEnded: the data ends where the input ends (bare base64), so an
+// incomplete last quantum may be a file still being copied in; in PEM the END line closed it.
 Bytes decodeChars(const std::string &chars, const std::vector<std::size_t> &offsets,
-                  std::size_t endOffset) {
+                  std::size_t endOffset, bool openEnded) {
     if (chars.empty())
-        throw Error("no base64 data", endOffset);
+        throw Error("no base64 data", endOffset, openEnded);
     if (chars.size() % 4 != 0)
-        throw Error(fmt::format("base64 data has {} characters, not a multiple of 4", chars.size()),
-                    endOffset, false);
+        throw Error(fmt::format("{}base64 data has {} characters, not a multiple of 4",
+                                openEnded ? "truncated: " : "", chars.size()),
+                    endOffset, openEnded);
     std::size_t pad = 0;
     for (std::size_t i = 0; i < chars.size(); ++i) {
         if (chars[i] == '=') {
@@ -106,7 +108,7 @@ Bytes decodeBase64(ByteView text) {
         chars.push_back(static_cast<char>(c));
         offsets.push_back(i);
     }
-    return decodeChars(chars, offsets, text.size());
+    return decodeChars(chars, offsets, text.size(), true);
 }
 
 Pem decodePem(ByteView text) {
@@ -158,8 +160,15 @@ Pem decodePem(ByteView text) {
                         s.size(), true);
         const std::size_t lineOffset = pos;
         const std::string_view line = readLine(pos, eol);
+        // The last line of the input, cut short inside the END line: a file still being copied.
+        const std::string expected = fmt::format("-----END {}-----", label);
+        if (!eol && pos == s.size() && line.starts_with("-") && line != expected &&
+            std::string_view(expected).starts_with(line))
+            throw Error(fmt::format("truncated: the PEM block '{}' at offset {} ends inside its "
+                                    "END line",
+                                    label, beginOffset),
+                        s.size(), true);
         if (line.starts_with(kEnd)) {
-            const std::string expected = fmt::format("-----END {}-----", label);
             if (line != expected)
                 throw Error(fmt::format("PEM END line at offset {} does not match BEGIN label "
                                         "'{}'",
@@ -190,7 +199,7 @@ Pem decodePem(ByteView text) {
     for (std::size_t i = pos; i < s.size(); ++i)
         if (!isSpace(s[i]))
             throw Error(fmt::format("text after the PEM END line at offset {}", i), i);
-    return Pem{std::string(label), decodeChars(chars, offsets, pos)};
+    return Pem{std::string(label), decodeChars(chars, offsets, pos, false)};
 }
 
 } // namespace pkirelay::armor

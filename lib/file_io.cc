@@ -6,7 +6,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
-#include <set>
+#include <map>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,8 +61,26 @@ Directory Directory::open(const std::string &path) {
 Directory Directory::openOrCreate(const std::string &path) {
     if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
         throw IoError("create folder " + path, errno);
-    return open(path);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+            throw IoError("open folder " + path + " (a symlink, not followed)", err);
+        throw IoError("open folder " + path, err);
+    }
+    return Directory(path, Fd(fd));
 }
+
+namespace {
+
+FileIdentity identityOf(const struct stat &st) {
+    return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::uint64_t>(st.st_size),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+} // namespace
 
 std::vector<DirEntry> Directory::list() const {
     // fdopendir takes ownership of its descriptor, so give it a duplicate.
@@ -125,6 +143,7 @@ FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
         static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
     if (result.size > maxSize) {
         result.tooLarge = true;
+        result.identity = identityOf(st);
         return result;
     }
     // Read to end of file, bounded: the file may grow while we read (a slow copy).
@@ -152,7 +171,18 @@ FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
     }
     result.bytes.resize(done);
     result.size = done;
+    // The identity after the read, so that a file still growing meanwhile does not match.
+    if (::fstat(fd.get(), &st) != 0)
+        throw IoError("stat " + what, errno);
+    result.identity = identityOf(st);
     return result;
+}
+
+std::optional<FileIdentity> Directory::identity(const std::string &name) const {
+    struct stat st {};
+    if (::fstatat(fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return std::nullopt;
+    return identityOf(st);
 }
 
 bool Directory::exists(const std::string &name) const {
@@ -179,33 +209,52 @@ void Directory::sync() const {
         throw IoError("sync folder " + path_, errno);
 }
 
-void writeFilesDurably(std::span<const FileToWrite> files, mode_t mode) {
-    std::vector<std::string> temps;
-    temps.reserve(files.size());
-    for (const auto &file : files) {
-        const std::string temp = "." + file.name + ".pkirelay-tmp";
-        const std::string what = file.dir->path() + "/" + temp;
-        Fd fd(::openat(file.dir->fd(), temp.c_str(),
-                       O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode));
-        if (fd.get() < 0)
-            throw IoError("create " + what, errno);
-        // O_CREAT's mode passes through the umask; the mode we promise must not depend on it.
-        if (::fchmod(fd.get(), mode) != 0)
-            throw IoError("chmod " + what, errno);
-        writeAll(fd.get(), file.bytes, what);
-        if (::fsync(fd.get()) != 0)
-            throw IoError("sync " + what, errno);
-        temps.push_back(temp);
-    }
-    std::set<const Directory *> dirs;
+std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, mode_t mode) {
+    std::vector<std::string> errors(files.size());
+    std::vector<std::string> temps(files.size());
     for (std::size_t i = 0; i < files.size(); ++i) {
         const auto &file = files[i];
-        if (::renameat(file.dir->fd(), temps[i].c_str(), file.dir->fd(), file.name.c_str()) != 0)
-            throw IoError("rename " + file.dir->path() + "/" + temps[i], errno);
-        dirs.insert(file.dir);
+        temps[i] = "." + file.name + ".pkirelay-tmp";
+        const std::string what = file.dir->path() + "/" + temps[i];
+        try {
+            Fd fd(::openat(file.dir->fd(), temps[i].c_str(),
+                           O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode));
+            if (fd.get() < 0)
+                throw IoError("create " + what, errno);
+            // O_CREAT's mode passes through the umask; the mode we promise must not depend on it.
+            if (::fchmod(fd.get(), mode) != 0)
+                throw IoError("chmod " + what, errno);
+            writeAll(fd.get(), file.bytes, what);
+            if (::fsync(fd.get()) != 0)
+                throw IoError("sync " + what, errno);
+        } catch (const IoError &e) {
+            errors[i] = e.what();
+            ::unlinkat(file.dir->fd(), temps[i].c_str(), 0);
+        }
     }
-    for (const Directory *dir : dirs)
-        dir->sync();
+    std::map<const Directory *, std::vector<std::size_t>> renamed;
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        if (!errors[i].empty())
+            continue;
+        const auto &file = files[i];
+        if (::renameat(file.dir->fd(), temps[i].c_str(), file.dir->fd(), file.name.c_str()) != 0) {
+            errors[i] = IoError("rename " + file.dir->path() + "/" + temps[i], errno).what();
+            ::unlinkat(file.dir->fd(), temps[i].c_str(), 0);
+            continue;
+        }
+        renamed[file.dir].push_back(i);
+    }
+    // Until its folder is synced a renamed file may vanish in a power loss: a folder that
+    // cannot be synced fails every file renamed into it (writing them again is harmless).
+    for (const auto &[dir, indexes] : renamed) {
+        try {
+            dir->sync();
+        } catch (const IoError &e) {
+            for (std::size_t i : indexes)
+                errors[i] = e.what();
+        }
+    }
+    return errors;
 }
 
 } // namespace pkirelay

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -49,18 +50,30 @@ struct DirEntry {
     std::string name;
 };
 
+// Which file a name referred to when it was read: acknowledging (deleting or moving) a name is
+// only right while it still refers to the same, unchanged file.
+struct FileIdentity {
+    std::uint64_t device = 0;
+    std::uint64_t inode = 0;
+    std::uint64_t size = 0;
+    std::int64_t mtimeNs = 0;
+    bool operator==(const FileIdentity &) const = default;
+};
+
 struct FileRead {
     Bytes bytes;              // empty when tooLarge
     std::uint64_t size = 0;   // as fstat saw it
     bool tooLarge = false;    // size > the bound: nothing was read
     std::int64_t mtimeMs = 0; // modification time, Unix milliseconds
+    FileIdentity identity;    // as fstat saw it after the read
 };
-
 class Directory {
 public:
     // Opens a folder (the configured path itself is trusted; what is inside it is not).
     static Directory open(const std::string &path);
-    // Opens it, creating it (mode 0700) first when it is missing.
+    // Opens it, creating it (mode 0700) first when it is missing. The last component must not
+    // be a symlink: folders such as <watched>/processed live where a hostile writer could plant
+    // one (the configuration allows such folders only as direct children of a watched folder).
     static Directory openOrCreate(const std::string &path);
 
     const std::string &path() const { return path_; }
@@ -71,6 +84,8 @@ public:
     // Reads a regular file, refusing symlinks and anything that is not a regular file.
     FileRead read(const std::string &name, std::uint64_t maxSize) const;
     bool exists(const std::string &name) const;
+    // The identity of name now (not following a symlink), or nullopt when it is gone.
+    std::optional<FileIdentity> identity(const std::string &name) const;
     void unlink(const std::string &name) const;
     // Moves name into another folder without replacing anything there (RENAME_NOREPLACE).
     // Returns false when target already exists.
@@ -92,7 +107,11 @@ struct FileToWrite {
 // Writes a batch durably: each file to ".<name>.pkirelay-tmp", fsync each, rename each over its
 // name, then fsync each distinct folder once. A crash leaves either the old state or the new
 // file, never a partial one under the final name. Temporary names start with '.', which every
-// scan skips.
-void writeFilesDurably(std::span<const FileToWrite> files, mode_t mode);
+// scan skips. Files succeed or fail one by one: the result has, per file, an empty string or
+// the error; a failed file leaves no temporary file behind.
+std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, mode_t mode);
+
+// Longest file name pkirelay writes, leaving room for the temporary affixes within NAME_MAX.
+constexpr std::size_t maxOutputName = 200;
 
 } // namespace pkirelay

@@ -14,8 +14,12 @@ Against tests/cmc_responder.py on loopback, with PKCS#10 requests made by `opens
   unmatched, not relayed;
 - a file over limits.max_message_size is quarantined unread and left where it is;
 - `pkirelay run` (the polling loop) relays what appears, keeps its configuration when a reload
-  (SIGHUP) finds the file broken, and stops cleanly on SIGTERM.
+  (SIGHUP) finds the file broken, and stops cleanly on SIGTERM;
+- and the regressions a review found: a new request that reuses the name of an earlier answer
+  is relayed, a symlinked processed/ folder is refused, one unwritable response does not block
+  the others, a slowly copied base64 file is not quarantined, and HTTP 201 is no answer.
 """
+import base64
 
 import fcntl
 import json
@@ -280,6 +284,67 @@ class RunSemantics(PkirelayTestCase):
         self.assertEqual(daemon.returncode, 0, err)
         self.assertIn("keeping the running configuration", err)
         self.assertIn("stopping on signal", err)
+
+    def test_new_request_reusing_an_answer_name_is_relayed(self):
+        # The openssl cmp client writes fixed names: the next request may carry the name of
+        # an earlier answer (here the response folder is the watched one, after = "delete").
+        self.configure(extra_source='after = "delete"')
+        self.csr("req.p10")
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["req.p7c"])
+        os.replace(self.csr("next.p10", cn="second", folder=self.tmp),
+                   os.path.join(self.inbox, "req.p7c"))  # a request named like our answer
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 2)
+        self.assertEqual(len(self.items()), 2)
+
+    def test_symlinked_processed_folder_is_refused(self):
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.mkdir(elsewhere)
+        os.symlink(elsewhere, os.path.join(self.inbox, "processed"))
+        self.configure(extra_source='after = "move"')
+        self.csr("req.p10")
+        proc = self.run_once(expect=75)
+        self.assertIn("symlink", proc.stderr)
+        self.assertEqual(os.listdir(elsewhere), [])
+        self.assertIn("req.p10", self.inbox_files())
+        self.assertEqual(self.requests_seen(), 0)
+
+    def test_long_name_does_not_block_other_responses(self):
+        self.configure(extra="[limits]\nbatch_size = 1")
+        long_name = "a" * 240 + ".p10"
+        self.csr(long_name, cn="long")
+        self.csr("b.p10")
+        self.run_once(expect=0)
+        names = self.inbox_files()
+        self.assertIn("b.p7c", names)
+        answers = [n for n in names if n.endswith(".p7c") and n != "b.p7c"]
+        self.assertEqual(len(answers), 1, names)
+        self.assertLessEqual(len(answers[0]), 200)
+
+    def test_base64_file_still_being_copied_is_not_quarantined(self):
+        self.configure(extra_source='after = "delete"')
+        with open(self.csr("whole.p10", folder=self.tmp), "rb") as f:
+            text = base64.b64encode(f.read())
+        path = os.path.join(self.inbox, "slow.b64")
+        with open(path, "wb") as f:
+            f.write(text[:len(text) // 2 + 1])  # not a multiple of 4 characters
+        self.run_once(expect=75)
+        self.assertTrue(os.path.exists(path))
+        self.assertEqual(self.items(), [])
+        with open(path, "wb") as f:
+            f.write(text)
+        self.run_once(expect=0)
+        self.assertIn("slow.p7c", self.inbox_files())
+
+    def test_http_201_is_no_answer_for_a_request(self):
+        self.configure("--fail-status", "201")
+        self.csr("req.p10")
+        self.run_once(expect=65)
+        (item,) = self.items()
+        self.assertEqual(item["state"], "failed")
+        self.assertIn("201", item["reason"])
+        self.assertEqual(self.inbox_files(), ["req.p10"])
 
 
 if __name__ == "__main__":
