@@ -76,6 +76,10 @@ Bytes decodeChars(const std::string &chars, const std::vector<std::size_t> &offs
 
 } // namespace
 
+bool isBase64Char(std::uint8_t c) {
+    return isB64(c);
+}
+
 bool looksLikePem(ByteView text) {
     std::size_t i = 0;
     while (i < text.size() && isSpace(text[i]))

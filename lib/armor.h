@@ -22,6 +22,9 @@ struct Pem {
 };
 
 // True when the text, after leading whitespace, starts with "-----BEGIN ".
+// One character of the base64 alphabet (RFC 4648 §4), padding excluded.
+bool isBase64Char(std::uint8_t c);
+
 bool looksLikePem(ByteView text);
 // True when every byte is a base64 alphabet character, '=', CR or LF (and there is one).
 bool looksLikeBase64(ByteView text);

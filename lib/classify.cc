@@ -52,8 +52,9 @@ bool isOctetString(const Tlv &tlv) {
     return tlv.tag.cls == der::TagClass::Universal && tlv.tag.number == der::kOctetString;
 }
 
-// Text from the message for people: printable ASCII kept, everything else escaped.
-std::string printable(ByteView bytes) {
+// An IA5String name (email, DNS, URI) for people: ASCII is all IA5 allows, so printable ASCII is
+// kept and everything else, backslash included, is escaped.
+std::string ia5Text(ByteView bytes) {
     std::string out;
     for (std::uint8_t c : bytes) {
         if (c >= 0x20 && c < 0x7f && c != '\\')
@@ -82,11 +83,11 @@ std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view w
                     tlv.offset);
     switch (tlv.tag.number) {
     case 1:
-        return "email:" + printable(tlv.content);
+        return "email:" + ia5Text(tlv.content);
     case 2:
-        return "dns:" + printable(tlv.content);
+        return "dns:" + ia5Text(tlv.content);
     case 6:
-        return "uri:" + printable(tlv.content);
+        return "uri:" + ia5Text(tlv.content);
     case 7:
         if (!tlv.tag.constructed && tlv.content.size() == 4)
             return fmt::format("ip:{}.{}.{}.{}", tlv.content[0], tlv.content[1], tlv.content[2],
@@ -582,11 +583,6 @@ bool isText(ByteView input) {
     return true;
 }
 
-bool isBase64Char(std::uint8_t c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '/';
-}
-
 } // namespace
 
 Classification classify(ByteView input, const ClassifyLimits &limits) {
@@ -605,7 +601,7 @@ Classification classify(ByteView input, const ClassifyLimits &limits) {
                                      input[4]),
                          0, false};
     const bool pem = armor::looksLikePem(input);
-    if (pem || (isBase64Char(input[0]) && isText(input))) {
+    if (pem || (armor::isBase64Char(input[0]) && isText(input))) {
         // Base64 needs 4 characters for 3 bytes plus line breaks; allow for that and a PEM
         // frame before decoding, then apply the limit to the decoded bytes.
         const std::size_t textMax = limits.maxSize > std::numeric_limits<std::size_t>::max() / 2
@@ -634,8 +630,9 @@ Classification classify(ByteView input, const ClassifyLimits &limits) {
                                          "a SEQUENCE",
                                          form, decoded.empty() ? 0 : decoded[0]),
                              0, false};
-        const Bytes copy = decoded;
-        return classifyBinary(copy, std::move(decoded), pem ? Encoding::Pem : Encoding::Base64,
+        // A moved vector keeps its buffer, so the view stays valid inside `owned`.
+        const ByteView view = decoded;
+        return classifyBinary(view, std::move(decoded), pem ? Encoding::Pem : Encoding::Base64,
                               limits, fmt::format("in the decoded {}: ", form));
     }
     return Rejection{fmt::format("not DER: first byte 0x{:02x} is not a SEQUENCE", input[0]), 0,
