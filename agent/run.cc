@@ -294,8 +294,8 @@ std::optional<std::string> unacceptableAnswer(Kind request, const Message &answe
         return fmt::format("{} answered a {} with a {}", endpoint, kindInfo(request).title,
                            kindInfo(answer.kind).title);
     // An encrypted CMC answer is EnvelopedData (RFC 5272/10002 confidentiality wrapping, as in
-    // ../shared/PROTOCOLS.md §2.1), which
-    // cannot be told from an encrypted request without the key: the exchange says it is one.
+    // ../shared/PROTOCOLS.md §2.1), which cannot be told from an encrypted request without the
+    // key: the exchange says it is one.
     const bool isAnswer = cmpAnswer ? (answer.cmp->bodyType == 23 || !answer.isRequest())
                                     : (answer.kind == Kind::CmcEnveloped || !answer.isRequest());
     if (!isAnswer)
