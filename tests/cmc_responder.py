@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""A small CMC responder over HTTP (RFC 5273 §4 / RFC 10003 §4), for pkirelay's tests only.
+"""A small CMC responder over HTTP(S) (RFC 5273 §4 / RFC 10003 §4), for pkirelay's tests only.
 
 It listens on 127.0.0.1 on a free port, prints "LISTENING <port>" on stdout once it accepts
-connections, and answers every POST (any path):
+connections (HTTPS when --tls-cert is given), and answers every POST (any path):
   application/pkcs10                                -> certs-only Simple PKI Response
   application/pkcs7-mime; smime-type=CMC-Request    -> signed Full PKI Response (statusInfoV2
                                                        success, nonce and transactionId echoed)
@@ -13,13 +13,21 @@ command line, so the responses are independent of pkirelay's own code. It trusts
 connection.
 
 Options: --fail-status N answers every request with HTTP N and an empty body;
-         --log FILE appends one line per request: method path "content-type" length client-port.
+         --log FILE appends one line per request: method path "content-type" length client-port,
+           followed by client=CN when the client presented a (verified) certificate;
+         --tls-cert FILE --tls-key FILE serve HTTPS (TLS 1.2 or later) with that PEM certificate
+           (chain) and key instead of HTTP, on the same kind of port;
+         --tls-client-ca FILE (with --tls-cert) requires a client certificate issued by a CA in
+           that PEM file: connections without one fail in the handshake.
+TLS handshakes run in the connection's thread, so a client that stalls or fails its handshake
+never blocks the listener; a failed handshake is reported on stderr in one line.
 """
 import argparse
 import http.server
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -128,8 +136,55 @@ class Responder:
                        "-inkey", self.key)
 
 
+HANDSHAKE_TIMEOUT = 30  # seconds a client gets to finish its TLS handshake
+
+
+def tls_context(cert, key, client_ca):
+    """The server's SSLContext: TLS 1.2 or later, and a required client certificate when
+    client_ca is given."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def peer_cn(sock):
+    """The subject CN of the client's verified certificate, or None (plain HTTP, no cert)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    cert = sock.getpeercert()  # {} unless a certificate was requested and verified
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return value
+    return None
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+
+    def setup(self):
+        self.tls_failed = False
+        if isinstance(self.request, ssl.SSLSocket):
+            # The listening socket was wrapped with do_handshake_on_connect=False: the
+            # handshake happens here, in this connection's thread, with a deadline.
+            self.request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                sys.stderr.write("cmc_responder: TLS handshake with port %d failed: %s\n"
+                                 % (self.client_address[1], e))
+                sys.stderr.flush()
+                self.tls_failed = True
+            self.request.settimeout(None)
+        super().setup()
+
+    def handle(self):
+        if not self.tls_failed:
+            super().handle()
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
@@ -142,8 +197,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         if srv.log:
             with srv.lock:
-                srv.log.write('%s %s "%s" %d %d\n' % (self.command, self.path, ctype, len(body),
-                                                     self.client_address[1]))
+                cn = peer_cn(self.request)
+                srv.log.write('%s %s "%s" %d %d%s\n' % (self.command, self.path, ctype, len(body),
+                                                       self.client_address[1],
+                                                       "" if cn is None else " client=" + cn))
                 srv.log.flush()
         if srv.fail_status:
             return self.answer(srv.fail_status)
@@ -177,12 +234,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fail-status", type=int, default=0)
     ap.add_argument("--log")
+    ap.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    ap.add_argument("--tls-client-ca", help="PEM CA file: require a client certificate from it")
     args = ap.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        ap.error("--tls-client-ca needs --tls-cert and --tls-key")
     # SIGTERM (how tests stop it) unwinds normally, so the CA's temporary directory goes away.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with tempfile.TemporaryDirectory(prefix="cmc_responder.") as workdir:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
+        if args.tls_cert:
+            ctx = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
         server.responder = Responder(workdir)
         server.fail_status = args.fail_status
         server.lock = threading.Lock()
