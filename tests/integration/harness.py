@@ -96,6 +96,25 @@ class Peer:
         self.proc.stdout.close()
 
 
+def read_responder_log(path):
+    """tests/cmc_responder.py's --log as (method, path, content-type, length, client port,
+    client certificate CN or None), one tuple per request."""
+    entries = []
+    if not os.path.exists(path):
+        return entries
+    with open(path) as f:
+        for line in f:
+            head, ctype, tail = line.rstrip("\n").split('"')
+            method, target = head.split()
+            fields = tail.split()
+            client = None
+            if fields[-1].startswith("client="):
+                client = fields.pop()[len("client="):]
+            length, port = map(int, fields)
+            entries.append((method, target, ctype, length, port, client))
+    return entries
+
+
 class CmpCredentials:
     """Throw-away credentials for OpenSSL's CMP mock CA and client (PROTOCOLS.md §7.3).
 

@@ -16,7 +16,8 @@ import secrets
 import unittest
 import urllib.request
 
-from harness import PkirelayTestCase, openssl, start_cmc_responder, wait_until
+from harness import (PkirelayTestCase, openssl, read_responder_log, start_cmc_responder,
+                     wait_until)
 
 ID_CCT_PKI_RESPONSE = "1.3.6.1.5.5.7.12.3"
 CMC_REQUEST_TYPE = "application/pkcs7-mime; smime-type=CMC-Request"
@@ -34,10 +35,7 @@ class CmcRoundTrip(PkirelayTestCase):
         return peer
 
     def responder_log(self):
-        """The responder's request log as (method, path, content-type, length, client port)."""
-        entries = []
-        if not os.path.exists(self.log):
-            return entries
+        return read_responder_log(self.log)
         with open(self.log) as f:
             for line in f:
                 head, ctype, tail = line.rstrip("\n").split('"')
@@ -266,7 +264,7 @@ class CmcRoundTrip(PkirelayTestCase):
         self.assertEqual(self.inbox_files(), ["req.crp", "req.crq", "user.p10", "user.p7c"])
         by_size = {e[3]: e for e in self.responder_log()}
         self.assertIn(size, by_size, self.responder_log())
-        method, path, ctype, _, _ = by_size[size]
+        method, path, ctype, _, _, _ = by_size[size]
         self.assertEqual((method, path), ("POST", "/"))
         self.assertEqual(ctype, CMC_REQUEST_TYPE)
 

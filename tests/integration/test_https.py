@@ -21,7 +21,8 @@ import json
 import os
 import unittest
 
-from harness import PkirelayTestCase, openssl, start_cmc_responder, wait_until
+from harness import (PkirelayTestCase, openssl, read_responder_log, start_cmc_responder,
+                     wait_until)
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
@@ -88,11 +89,7 @@ class HttpsRelay(PkirelayTestCase):
                           extra="[retry]\ninitial_seconds = 1")
 
     def responder_log(self):
-        """The responder's request log: (method, path, content-type, length, client port,
-        client CN or None) per request."""
-        entries = []
-        if not os.path.exists(self.log):
-            return entries
+        return read_responder_log(self.log)
         with open(self.log) as f:
             for line in f:
                 head, ctype, tail = line.rstrip("\n").split('"')
