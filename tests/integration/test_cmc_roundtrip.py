@@ -36,13 +36,6 @@ class CmcRoundTrip(PkirelayTestCase):
 
     def responder_log(self):
         return read_responder_log(self.log)
-        with open(self.log) as f:
-            for line in f:
-                head, ctype, tail = line.rstrip("\n").split('"')
-                method, path = head.split()
-                length, client_port = map(int, tail.split())
-                entries.append((method, path, ctype, length, client_port))
-        return entries
 
     # Requests, made by OpenSSL alone.
 

@@ -90,17 +90,6 @@ class HttpsRelay(PkirelayTestCase):
 
     def responder_log(self):
         return read_responder_log(self.log)
-        with open(self.log) as f:
-            for line in f:
-                head, ctype, tail = line.rstrip("\n").split('"')
-                method, path = head.split()
-                fields = tail.split()
-                client = None
-                if fields[-1].startswith("client="):
-                    client = fields.pop()[len("client="):]
-                length, port = map(int, fields)
-                entries.append((method, path, ctype, length, port, client))
-        return entries
 
     # Requests and answers.
 
