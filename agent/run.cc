@@ -466,6 +466,7 @@ void Runner::deliverAnswers(RunReport &report) {
         // rewrites the same file instead of making a second response (DESIGN: exactly one).
         std::vector<std::pair<std::int64_t, std::string>> names;
         std::set<std::pair<std::string, std::string>> chosen;
+        std::set<std::int64_t> assignedNow;
         for (auto &d : deliveries) {
             if (!d.output.empty())
                 continue;
@@ -480,16 +481,42 @@ void Runner::deliverAnswers(RunReport &report) {
             chosen.insert({d.arrival.replyTo, name});
             d.output = name;
             names.emplace_back(d.deliveryId, name);
+            assignedNow.insert(d.deliveryId);
         }
         store_.assignOutputs(names, clock_());
 
-        std::vector<FileToWrite> files;
-        for (const auto &d : deliveries)
-            files.push_back({&*dirs[d.arrival.replyTo], d.output, d.response});
-        const auto errors = writeFilesDurably(files, responseMode);
+        // A name assigned by an earlier pass that stopped before recording the delivery may
+        // already hold this very response (written, not recorded): then it is delivered. Anything
+        // else under that name is not ours and is never replaced: the delivery waits for a
+        // person (`pkirelay show` says why).
         std::vector<std::int64_t> written;
-        for (std::size_t i = 0; i < deliveries.size(); ++i) {
-            const auto &d = deliveries[i];
+        std::vector<FileToWrite> files;
+        std::vector<const spool::Delivery *> toWrite;
+        for (const auto &d : deliveries) {
+            const auto &dir = *dirs[d.arrival.replyTo];
+            if (!assignedNow.contains(d.deliveryId) && dir.exists(d.output)) {
+                FileRead there;
+                try {
+                    there = dir.read(d.output, d.response.size());
+                } catch (const IoError &) {
+                    // Unreadable, a symlink, not a regular file: not this response either.
+                }
+                if (!there.tooLarge && there.bytes == d.response) {
+                    written.push_back(d.deliveryId);
+                    continue;
+                }
+                spdlog::error("{}: {}/{} is taken by a file that is not this response; not "
+                              "replaced (move it away and the response is written)",
+                              d.itemId, d.arrival.replyTo, printable(d.output));
+                ++report.deliveryErrors;
+                continue;
+            }
+            files.push_back({&dir, d.output, d.response});
+            toWrite.push_back(&d);
+        }
+        const auto errors = writeFilesDurably(files, responseMode);
+        for (std::size_t i = 0; i < toWrite.size(); ++i) {
+            const auto &d = *toWrite[i];
             if (!errors[i].empty()) {
                 spdlog::error("{}: writing the response failed: {} (it stays pending)", d.itemId,
                               printable(errors[i]));

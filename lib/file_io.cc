@@ -237,8 +237,11 @@ std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, m
         if (!errors[i].empty())
             continue;
         const auto &file = files[i];
-        if (::renameat(file.dir->fd(), temps[i].c_str(), file.dir->fd(), file.name.c_str()) != 0) {
-            errors[i] = IoError("rename " + file.dir->path() + "/" + temps[i], errno).what();
+        if (::renameat2(file.dir->fd(), temps[i].c_str(), file.dir->fd(), file.name.c_str(),
+                        RENAME_NOREPLACE) != 0) {
+            errors[i] = errno == EEXIST
+                            ? std::string(nameTakenError)
+                            : IoError("rename " + file.dir->path() + "/" + temps[i], errno).what();
             ::unlinkat(file.dir->fd(), temps[i].c_str(), 0);
             continue;
         }

@@ -11,6 +11,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 #include <utility>
 #include <vector>
@@ -104,11 +105,16 @@ struct FileToWrite {
     ByteView bytes;
 };
 
+// The error text writeFilesDurably gives for a name that is already taken.
+constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";
+
 // Writes a batch durably: each file to ".<name>.pkirelay-tmp", fsync each, rename each over its
 // name, then fsync each distinct folder once. A crash leaves either the old state or the new
 // file, never a partial one under the final name. Temporary names start with '.', which every
-// scan skips. Files succeed or fail one by one: the result has, per file, an empty string or
-// the error; a failed file leaves no temporary file behind.
+// scan skips. A file never replaces one that is there already (RENAME_NOREPLACE): what is there
+// may be someone's request. Files succeed or fail one by one: the result has, per file, an empty
+// string or the error (nameTakenError for a taken name); a failed file leaves no temporary file
+// behind.
 std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, mode_t mode);
 
 // Longest file name pkirelay writes, leaving room for the temporary affixes within NAME_MAX.

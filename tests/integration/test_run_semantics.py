@@ -20,6 +20,7 @@ Against tests/cmc_responder.py on loopback, with PKCS#10 requests made by `opens
   the others, a slowly copied base64 file is not quarantined, and HTTP 201 is no answer.
 """
 import base64
+import sqlite3
 
 import fcntl
 import json
@@ -345,6 +346,34 @@ class RunSemantics(PkirelayTestCase):
         self.assertEqual(item["state"], "failed")
         self.assertIn("201", item["reason"])
         self.assertEqual(self.inbox_files(), ["req.p10"])
+
+    def test_a_response_never_replaces_a_file_it_did_not_write(self):
+        # The window of a crash after the response's name was recorded and before the file was
+        # written: simulated by putting the delivery back to 'writing' in the store.
+        out = os.path.join(self.tmp, "out")  # apart from the inbox: only the writer is tested
+        self.configure(extra_source=f'responses = "{out}"')
+        self.csr("req.p10")
+        self.run_once(expect=0)
+        answer = os.path.join(out, "req.p7c")
+        with open(answer, "rb") as f:
+            response = f.read()
+        db = sqlite3.connect(os.path.join(self.tmp, "store.db"))
+        with db:
+            db.execute("UPDATE delivery SET state = 'writing'")
+        db.close()
+        with open(answer, "wb") as f:
+            f.write(b"someone else's file")
+        proc = self.run_once(expect=75)
+        self.assertIn("not replaced", proc.stderr)
+        with open(answer, "rb") as f:
+            self.assertEqual(f.read(), b"someone else's file")
+        # With the response itself there (written, not recorded), it is simply delivered.
+        with open(answer, "wb") as f:
+            f.write(response)
+        self.run_once(expect=0)
+        (item,) = self.items()
+        self.assertEqual(self.show(item["id"])["arrivals"][0]["delivery"], "delivered")
+        self.assertEqual(self.requests_seen(), 1)
 
 
 if __name__ == "__main__":
