@@ -365,10 +365,12 @@ void Runner::relayReady(RunReport &report) {
             byId[claim.itemId] = &claim;
             const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
             if (!endpoint) {
+                // Only a source that left the configuration has no route (check-config sees to
+                // the rest): a slip that a reload can mend, so retried until retry.max_age.
                 outcomes.push_back(
                     {claim.itemId, "",
-                     spool::Permanent{fmt::format("no route: source {} has no endpoint for {}",
-                                                  claim.source, kindInfo(claim.kind).id)}});
+                     spool::Transient{fmt::format("no route: source {} is not in the configuration",
+                                                  claim.source)}});
                 continue;
             }
             const auto index = static_cast<std::size_t>(endpoint - config_.endpoints.data());

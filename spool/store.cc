@@ -249,9 +249,11 @@ struct Store::Impl {
         State state = e.state;
         if (e.state == State::Failed) {
             // Submitting a failed request again is how a user retries it; attempts are kept so
-            // the history stays honest.
+            // the history stays honest. The age that retry.max_age counts from starts again
+            // (created_at), or an old item would fail at its first transient error; the event
+            // log keeps the first arrival's time.
             auto q = db.query("UPDATE item SET state = 'queued', next_try = ?2, reason = NULL, "
-                              "updated_at = ?2 WHERE id = ?1");
+                              "created_at = ?2, updated_at = ?2 WHERE id = ?1");
             q->bind(1, e.id).bind(2, now);
             q->run();
             addEvent(e.id, now, "resubmitted", fmt::format("failed item queued again by {}", from));

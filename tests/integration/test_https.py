@@ -195,7 +195,9 @@ class HttpsRelay(PkirelayTestCase):
         # No client certificate: the responder ends the handshake (TLS 1.3: after curl thinks
         # it is done, so curl sees the alert on its first read: "tlsv13 alert certificate
         # required"), and the item waits.
-        self.assert_deferred(r"(?i)(certificate|alert|handshake|reset)")
+        # The server drops the handshake; what curl reports depends on timing (an alert, a
+        # reset, or a socket already closed when it asks for the peer).
+        self.assert_deferred(r"(?i)(certificate|alert|handshake|reset|ssl|connect)")
         self.wait_for_responder_error("did not return a certificate")
 
         # A client certificate CN=relay from a CA the responder does not trust: still refused.
