@@ -229,6 +229,13 @@ class InspectDamagedMessages(PkirelayTestCase):
 
 class CheckConfig(PkirelayTestCase):
 
+    def test_readme_has_the_current_key_reference(self):
+        # The reference is generated from the table the parser uses; the README must carry it
+        # as it is now (update it with `pkirelay check-config --keys`).
+        keys = self.pkirelay("check-config", "--keys", check=True).stdout
+        with open(os.path.join(os.path.dirname(TESTS_DIR), "README.md")) as f:
+            self.assertIn(keys, f.read())
+
     def config_file(self, text):
         with open(self.config, "w") as f:
             f.write(f'[store]\npath = "{self.tmp}/store.db"\n' + text)
