@@ -321,7 +321,11 @@ void Runner::relayReady(RunReport &report) {
             store_.claim(static_cast<std::size_t>(config_.settings.batchSize), now, now + lease);
         if (claims.empty())
             return;
-        std::map<std::int64_t, const spool::Claim *> byId;
+        struct Sent {
+            Kind kind;
+            std::string endpoint;
+        };
+        std::map<std::int64_t, Sent> sent;    // by item id
         std::vector<spool::Outcome> outcomes; // not yet recorded
         std::vector<HttpRequest> requests;
 
@@ -332,29 +336,36 @@ void Runner::relayReady(RunReport &report) {
         auto recordPending = [&] {
             if (outcomes.empty())
                 return;
-            const Millis recordedAt = clock_();
-            store_.record(outcomes, recordedAt, policy);
-            for (const auto &outcome : outcomes) {
-                const auto &claim = *byId.at(outcome.itemId);
-                if (const auto *answer = std::get_if<spool::Answer>(&outcome.result)) {
+            const auto states = store_.record(outcomes, clock_(), policy);
+            for (std::size_t i = 0; i < outcomes.size(); ++i) {
+                const auto &outcome = outcomes[i];
+                const std::string_view why = std::visit(
+                    [](const auto &r) -> std::string_view {
+                        if constexpr (std::is_same_v<std::decay_t<decltype(r)>, spool::Answer>)
+                            return r.detail;
+                        else
+                            return r.reason;
+                    },
+                    outcome.result);
+                // Counted by what the store decided (a transient failure past retry.max_age is
+                // a failure), not by the kind of outcome.
+                switch (states[i]) {
+                case spool::State::Answered:
                     ++report.answered;
-                    spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
-                                 answer->detail);
-                } else if (const auto *t = std::get_if<spool::Transient>(&outcome.result)) {
-                    // The store fails a transient outcome once the item is older than maxAge.
-                    if (recordedAt - claim.firstSeen >= policy.maxAge) {
-                        ++report.failed;
-                        spdlog::error("{}: failed, retries exhausted: {}", outcome.itemId,
-                                      t->reason);
-                    } else {
-                        ++report.deferred;
-                        spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint,
-                                     t->reason);
-                    }
-                } else {
+                    spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint, why);
+                    break;
+                case spool::State::Deferred:
+                    ++report.deferred;
+                    spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint, why);
+                    break;
+                case spool::State::Failed:
                     ++report.failed;
-                    spdlog::error("{}: failed: {}", outcome.itemId,
-                                  std::get<spool::Permanent>(outcome.result).reason);
+                    spdlog::error("{}: failed: {}", outcome.itemId, why);
+                    break;
+                default:
+                    spdlog::warn("{}: outcome not applied, the item is {}: {}", outcome.itemId,
+                                 spool::stateName(states[i]), why);
+                    break;
                 }
             }
             outcomes.clear();
@@ -362,7 +373,6 @@ void Runner::relayReady(RunReport &report) {
         };
 
         for (const auto &claim : claims) {
-            byId[claim.itemId] = &claim;
             const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
             if (!endpoint) {
                 // Only a source that left the configuration has no route (check-config sees to
@@ -377,6 +387,7 @@ void Runner::relayReady(RunReport &report) {
             if (claim.attempts > 1)
                 spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
             requests.push_back({claim.itemId, &endpoints_[index], claim.kind, claim.der});
+            sent[claim.itemId] = {claim.kind, endpoint->name};
         }
         recordPending();
 
@@ -384,12 +395,11 @@ void Runner::relayReady(RunReport &report) {
             requests, static_cast<unsigned>(config_.settings.maxInFlight),
             [&](const HttpResult &result) {
                 ++report.relayed;
-                const spool::Claim &claim = *byId.at(result.id);
-                const std::string endpoint = config_.route(claim.source, claim.kind)->name;
+                const auto &[kind, endpoint] = sent.at(result.id);
                 spool::Outcome outcome{result.id, endpoint, spool::Transient{""}};
                 switch (result.type) {
                 case HttpResult::Type::Response:
-                    if (auto why = unacceptableAnswer(claim.kind, *result.response, endpoint))
+                    if (auto why = unacceptableAnswer(kind, *result.response, endpoint))
                         outcome.result = spool::Permanent{*why};
                     else
                         outcome.result = spool::Answer{result.response->der, result.response->kind,

@@ -262,7 +262,8 @@ struct Store::Impl {
         return {e.id, addDelivery(e.id, s, e.nothingToDeliver, now), true, state};
     }
 
-    void recordOne(const Outcome &o, Millis now, const RetryPolicy &policy) {
+    // Returns the state the item is in afterwards.
+    State recordOne(const Outcome &o, Millis now, const RetryPolicy &policy) {
         std::int64_t attempts = 0, createdAt = 0;
         std::string state;
         {
@@ -280,7 +281,7 @@ struct Store::Impl {
             // and the outcome only goes into the history.
             addEvent(o.itemId, now, "late outcome",
                      fmt::format("ignored, the item is {}: {}", state, summary(o)));
-            return;
+            return stateFromDb(state);
         }
 
         std::string newState, reason, what, detail;
@@ -307,7 +308,7 @@ struct Store::Impl {
                      fmt::format("{} from {}: {}{}",
                                  a->kind ? kindInfo(*a->kind).id : "no response", o.endpoint,
                                  a->detail, a->kind ? "" : "; nothing to deliver"));
-            return;
+            return State::Answered;
         }
         if (const auto *t = std::get_if<Transient>(&o.result)) {
             if (now - createdAt >= policy.maxAge) {
@@ -341,6 +342,7 @@ struct Store::Impl {
             .bind(6, now);
         q->run();
         addEvent(o.itemId, now, what, detail);
+        return stateFromDb(newState);
     }
 
     static std::string summary(const Outcome &o) {
@@ -498,11 +500,15 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
     return claims;
 }
 
-void Store::record(std::span<const Outcome> outcomes, Millis now, const RetryPolicy &policy) {
+std::vector<State> Store::record(std::span<const Outcome> outcomes, Millis now,
+                                 const RetryPolicy &policy) {
+    std::vector<State> states;
+    states.reserve(outcomes.size());
     sql::Transaction tx(impl_->db);
     for (const auto &o : outcomes)
-        impl_->recordOne(o, now, policy);
+        states.push_back(impl_->recordOne(o, now, policy));
     tx.commit();
+    return states;
 }
 
 std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t afterId) {

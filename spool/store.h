@@ -189,8 +189,10 @@ public:
 
     // Records the outcomes of a batch in one transaction: Answer -> Answered (response stored);
     // Transient -> Deferred with backoff, or Failed once policy.maxAge has passed;
-    // Permanent -> Failed.
-    void record(std::span<const Outcome> outcomes, Millis now, const RetryPolicy &policy);
+    // Permanent -> Failed. Returns the state each item is in afterwards, in order (an outcome
+    // for an item that is no longer Relaying changes nothing and returns its state).
+    std::vector<State> record(std::span<const Outcome> outcomes, Millis now,
+                              const RetryPolicy &policy);
 
     // Deliveries whose item is Answered with a response and that are not yet delivered, in id
     // order, starting after afterId (so a caller can page past deliveries it could not write).
