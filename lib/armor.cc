@@ -87,17 +87,6 @@ bool looksLikePem(ByteView text) {
     return asChars(text.subspan(i)).starts_with("-----BEGIN ");
 }
 
-bool looksLikeBase64(ByteView text) {
-    bool any = false;
-    for (std::uint8_t c : text) {
-        if (isB64(c) || c == '=')
-            any = true;
-        else if (c != '\r' && c != '\n')
-            return false;
-    }
-    return any;
-}
-
 Bytes decodeBase64(ByteView text) {
     std::string chars;
     std::vector<std::size_t> offsets;

@@ -26,8 +26,6 @@ struct Pem {
 bool isBase64Char(std::uint8_t c);
 
 bool looksLikePem(ByteView text);
-// True when every byte is a base64 alphabet character, '=', CR or LF (and there is one).
-bool looksLikeBase64(ByteView text);
 
 // One PEM block: whitespace only around it, matching BEGIN/END labels, only base64 lines in
 // between (RFC 7468 §3 strict form); RFC 1421 headers (Proc-Type, DEK-Info) are refused.

@@ -39,11 +39,4 @@ std::optional<Kind> kindFromId(std::string_view id) {
     return it->kind;
 }
 
-const KindInfo *kindsBegin() {
-    return std::begin(table);
-}
-const KindInfo *kindsEnd() {
-    return std::end(table);
-}
-
 } // namespace pkirelay

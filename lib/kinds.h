@@ -29,8 +29,4 @@ struct KindInfo {
 const KindInfo &kindInfo(Kind kind);
 std::optional<Kind> kindFromId(std::string_view id);
 
-// All kinds, in table order (for config validation and help texts).
-const KindInfo *kindsBegin();
-const KindInfo *kindsEnd();
-
 } // namespace pkirelay
