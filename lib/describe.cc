@@ -4,6 +4,7 @@
 #include "describe.h"
 
 #include <algorithm>
+#include <cctype>
 #include <utility>
 #include <vector>
 
@@ -40,16 +41,12 @@ std::string_view encodingName(Encoding e) {
     return "?";
 }
 
-std::string_view encodingId(Encoding e) {
-    switch (e) {
-    case Encoding::Der:
-        return "der";
-    case Encoding::Pem:
-        return "pem";
-    case Encoding::Base64:
-        return "base64";
-    }
-    return "?";
+// The JSON form: the name in lower case ("der", "pem", "base64").
+std::string encodingId(Encoding e) {
+    std::string id(encodingName(e));
+    std::transform(id.begin(), id.end(), id.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return id;
 }
 
 // RFC 9810 §5.2.3 PKIStatus.
