@@ -69,7 +69,7 @@ RunReport Runner::runOnce() {
     RunReport report;
     // The caller holds the run lock, so an item still marked as relaying belongs to a pass that
     // died: its lease is void whatever its time says, and it goes back to the queue.
-    if (int n = store_.requeueExpiredLeases(std::numeric_limits<Millis>::max()); n > 0)
+    if (int n = store_.requeueExpiredLeases(clock_(), std::numeric_limits<Millis>::max()); n > 0)
         spdlog::warn("- {} item(s) were being relayed when an earlier run stopped: queued again "
                      "(the CA may see them twice; `pkirelay show` lists each resend)",
                      n);

@@ -438,14 +438,18 @@ std::unordered_map<std::string, std::string> Store::outputs(std::string_view rep
 }
 
 int Store::requeueExpiredLeases(Millis now) {
+    return requeueExpiredLeases(now, now);
+}
+
+int Store::requeueExpiredLeases(Millis now, Millis expiredBy) {
     auto &db = impl_->db;
     sql::Transaction tx(db);
     std::vector<std::pair<std::int64_t, std::int64_t>> expired; // id, attempts
     {
         auto q = db.query("UPDATE item SET state = 'queued', next_try = ?1, lease_until = NULL, "
                           "outcome_unknown = 1, updated_at = ?1 "
-                          "WHERE state = 'relaying' AND lease_until <= ?1 RETURNING id, attempts");
-        q->bind(1, now);
+                          "WHERE state = 'relaying' AND lease_until <= ?2 RETURNING id, attempts");
+        q->bind(1, now).bind(2, expiredBy);
         while (q->step())
             expired.emplace_back(q->int64(0), q->int64(1));
     }

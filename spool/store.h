@@ -179,9 +179,11 @@ public:
     // request that reuses one of those names is a new request.
     std::unordered_map<std::string, std::string> outputs(std::string_view replyTo);
 
-    // Puts items whose relaying lease expired back in the queue (an event says the CA may see
-    // the request again). Returns how many.
+    // Puts items whose relaying lease expired by expiredBy (default: now) back in the queue (an
+    // event says the CA may see the request again), stamped with now. Returns how many. A caller
+    // that holds the run lock knows every lease is void and passes the largest time.
     int requeueExpiredLeases(Millis now);
+    int requeueExpiredLeases(Millis now, Millis expiredBy);
 
     // Claims up to limit ready items (Queued, or Deferred with next_try <= now), oldest first,
     // moving them to Relaying until leaseUntil and counting the attempt. One transaction.

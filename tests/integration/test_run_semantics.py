@@ -222,8 +222,13 @@ class RunSemantics(PkirelayTestCase):
         (item,) = self.items()
         self.assertEqual(item["state"], "answered")
         self.assertEqual(item["attempts"], 2)
-        history = " ".join(e["detail"] for e in self.show(item["id"])["events"])
+        events = self.show(item["id"])["events"]
+        history = " ".join(e["detail"] for e in events)
         self.assertIn("again", history)
+        # Every event is stamped with the time it happened (not a sentinel far in the future).
+        self.assertLess(max(e["at_ms"] for e in events), (time.time() + 3600) * 1000)
+        self.assertLess(item["updated_at_ms"], (time.time() + 3600) * 1000)
+        self.pkirelay("show", str(item["id"]), "-c", self.config, check=True)
         self.assertTrue(os.path.exists(os.path.join(self.inbox, "inflight.p7c")))
 
     def test_symlink_not_followed_and_response_kept_unmatched(self):
