@@ -9,7 +9,6 @@
 #include <optional>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <variant>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -160,52 +159,29 @@ int commandRun(const std::string &cfgPath, bool once) {
     }
 }
 
-// Reads a file for inspect: a regular file, at most limit bytes (one more tells it is larger).
-// Returns an error text instead when that is not possible.
-std::variant<Bytes, std::string> readForInspect(const std::string &file, std::size_t limit) {
-    Fd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
-    struct stat st {};
-    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0)
-        return fmt::format("cannot open: {}", std::strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return std::string(S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file");
-    Bytes bytes(limit + 1);
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-        const ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return fmt::format("cannot read: {}", std::strerror(errno));
-        if (n == 0)
-            break;
-        done += static_cast<std::size_t>(n);
-    }
-    bytes.resize(done);
-    return bytes;
-}
-
 int commandInspect(const std::vector<std::string> &files, bool json) {
     constexpr int exitNoInput = 66; // EX_NOINPUT
     int code = ExitOk;
     nlohmann::json all = nlohmann::json::array();
     const ClassifyLimits limits;
     for (const auto &file : files) {
-        auto read = readForInspect(file, limits.maxSize);
-        if (const auto *error = std::get_if<std::string>(&read)) {
+        FileRead read;
+        try {
+            read = readFile(file, limits.maxSize);
+        } catch (const IoError &e) {
             // In --json output every file has its entry, so scripts can match by position.
             if (json)
-                all.push_back({{"file", printable(file)}, {"error", *error}});
-            fmt::print(stderr, "pkirelay: {}: {}\n", printable(file), *error);
+                all.push_back({{"file", printable(file)}, {"error", printable(e.what())}});
+            fmt::print(stderr, "pkirelay: {}\n", printable(e.what()));
             code = exitNoInput;
             continue;
         }
-        const Bytes &bytes = std::get<Bytes>(read);
-        Classification c = bytes.size() > limits.maxSize
-                               ? Classification{Rejection{
-                                     fmt::format("too large: more than {} bytes", limits.maxSize),
-                                     std::nullopt, false}}
-                               : classify(bytes, limits);
+        Classification c =
+            read.tooLarge
+                ? Classification{Rejection{fmt::format("too large: {} bytes, the limit is {}",
+                                                       read.size, limits.maxSize),
+                                           std::nullopt, false}}
+                : classify(read.bytes, limits);
         if (std::holds_alternative<Rejection>(c) && code == ExitOk)
             code = ExitDataErr;
         if (json) {

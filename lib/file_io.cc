@@ -125,16 +125,15 @@ std::vector<DirEntry> Directory::list() const {
     return entries;
 }
 
-FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
-    const std::string what = path_ + "/" + name;
-    // O_NOFOLLOW: a symlink planted in a watched folder must not make us read elsewhere;
-    // O_NONBLOCK: a FIFO must not hang the scan (it is refused below as not a regular file).
-    Fd fd(::openat(fd_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-    if (fd.get() < 0)
-        throw IoError("open " + what, errno);
+namespace {
+
+// Reads an open file to its end, bounded by maxSize: what Directory::read and readFile share.
+FileRead readOpened(const Fd &fd, const std::string &what, std::uint64_t maxSize) {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0)
         throw IoError("stat " + what, errno);
+    if (S_ISDIR(st.st_mode))
+        throw IoError("read " + what, EISDIR);
     if (!S_ISREG(st.st_mode))
         throw IoError("read " + what + " (not a regular file)", EINVAL);
     FileRead result;
@@ -176,6 +175,25 @@ FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
         throw IoError("stat " + what, errno);
     result.identity = identityOf(st);
     return result;
+}
+
+} // namespace
+
+FileRead Directory::read(const std::string &name, std::uint64_t maxSize) const {
+    const std::string what = path_ + "/" + name;
+    // O_NOFOLLOW: a symlink planted in a watched folder must not make us read elsewhere;
+    // O_NONBLOCK: a FIFO must not hang the scan (it is refused as not a regular file).
+    Fd fd(::openat(fd_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (fd.get() < 0)
+        throw IoError("open " + what, errno);
+    return readOpened(fd, what, maxSize);
+}
+
+FileRead readFile(const std::string &path, std::uint64_t maxSize) {
+    Fd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (fd.get() < 0)
+        throw IoError("open " + path, errno);
+    return readOpened(fd, path, maxSize);
 }
 
 std::optional<FileIdentity> Directory::identity(const std::string &name) const {

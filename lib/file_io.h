@@ -99,6 +99,10 @@ private:
     Fd fd_;
 };
 
+// Reads a file named by the operator (e.g. `pkirelay inspect FILE`), bounded like
+// Directory::read; unlike it, a symlink given on purpose is followed.
+FileRead readFile(const std::string &path, std::uint64_t maxSize);
+
 struct FileToWrite {
     const Directory *dir = nullptr;
     std::string name;
