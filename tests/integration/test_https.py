@@ -192,12 +192,12 @@ class HttpsRelay(PkirelayTestCase):
         url = self.start_responder(client_ca=self.ca)
         self.configure(url)
         p7c = self.drop_csr()
-        # No client certificate: the responder ends the handshake (TLS 1.3: after curl thinks
-        # it is done, so curl sees the alert on its first read: "tlsv13 alert certificate
-        # required"), and the item waits.
-        # The server drops the handshake; what curl reports depends on timing (an alert, a
-        # reset, or a socket already closed when it asks for the peer).
-        self.assert_deferred(r"(?i)(certificate|alert|handshake|reset|ssl|connect)")
+        # No client certificate: the responder ends the handshake and the item waits. With
+        # TLS 1.3 curl has finished its side by then, so what it reports depends on which of
+        # its reads or writes meets the closed connection (seen: "tlsv13 alert certificate
+        # required", "getpeername() failed", "Send failure: Broken pipe"). The cause is checked
+        # on the responder's side instead; here any recorded reason will do.
+        self.assert_deferred(r"\S")
         self.wait_for_responder_error("did not return a certificate")
 
         # A client certificate CN=relay from a CA the responder does not trust: still refused.
@@ -216,7 +216,7 @@ class HttpsRelay(PkirelayTestCase):
         wait_until(tried_again, "a second attempt with the stranger's certificate", interval=0.3)
         item = self.only_item()
         self.assertEqual(item["state"], "deferred", item)
-        self.assertRegex(item["reason"] or "", r"(?i)(alert|certificate|handshake|reset)")
+        self.assertRegex(item["reason"] or "", r"\S")  # wording depends on timing, as above
         self.assertEqual(self.responder_log(), [])
         self.wait_for_responder_error("certificate verify failed")
 
