@@ -510,11 +510,11 @@ TEST_CASE("deliveries: assign, write, mark delivered; a crash keeps the output n
 
     std::vector<std::pair<std::int64_t, std::string>> names = {{first.deliveryId, "req.pki.pki"}};
     store.assignOutputs(names, t0 + 60);
-    const auto outputs = store.outputs("/media/out");
-    REQUIRE(outputs.size() == 1);
-    CHECK(outputs.begin()->first == "req.pki.pki");
-    CHECK(outputs.begin()->second == sha256Hex(todo[0].response));
-    CHECK(store.outputs("/elsewhere").empty());
+    CHECK(store.isOutput("/media/out", "req.pki.pki", sha256Hex(todo[0].response)));
+    CHECK(!store.isOutput("/media/out", "req.pki.pki", sha256Hex(bytes("other"))));
+    CHECK(!store.isOutput("/elsewhere", "req.pki.pki", sha256Hex(todo[0].response)));
+    CHECK(store.outputReserved("/media/out", "req.pki.pki"));
+    CHECK(!store.outputReserved("/elsewhere", "req.pki.pki"));
 
     // Crash here: a restarted writer is given the same name to write again.
     {
@@ -550,7 +550,8 @@ TEST_CASE("deliveries: assign, write, mark delivered; a crash keeps the output n
     CHECK(todo[0].deliveryId == dup.deliveryId);
     CHECK(todo[0].arrival.replyTo == "/media/other");
     CHECK(todo[0].response == bytes("ip-response"));
-    CHECK(store.outputs("/media/out").size() == 1); // names are per folder
+    CHECK(store.isOutput("/media/out", "req.pki.pki", sha256Hex(bytes("ip-response"))));
+    CHECK(!store.outputReserved("/media/out", "req.pki.pki")); // delivered: no longer held
 }
 
 TEST_CASE("knownArrival recognises a file already seen under the same name and bytes") {
