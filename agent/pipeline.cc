@@ -201,7 +201,8 @@ void Pipeline::sweep() {
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
-    deliverAll();
+    if (deliveriesWaiting_)
+        deliverAll();
     queueMayHaveItems_ = true;
     scheduleRelay();
     sweepTimer_ = loop_.after(config_.settings.pollSeconds * 1000, [this] { sweep(); });
@@ -226,7 +227,13 @@ void Pipeline::intake() {
     bool more = false;
     std::vector<std::int64_t> answeredAgain; // duplicates of answered items: deliver at once
     const auto batch = static_cast<std::size_t>(config_.settings.batchSize);
-    for (auto &source : sources_) {
+    wasAvailable_.resize(sources_.size(), true);
+    bool cameBack = false;
+    for (std::size_t s = 0; s < sources_.size(); ++s) {
+        auto &source = sources_[s];
+        // A folder that came back (a stick put back in) may be where answers wait to be written.
+        cameBack = cameBack || (source->available() && !wasAvailable_[s]);
+        wasAvailable_[s] = source->available();
         Taken taken = source->take(*ledger_, batch, maxBatchBytes, full);
         report_.stillArriving += taken.stillArriving;
         report_.sourceErrors += taken.errors;
@@ -284,6 +291,8 @@ void Pipeline::intake() {
     }
     if (!answeredAgain.empty())
         deliverItems(answeredAgain);
+    if (cameBack && deliveriesWaiting_)
+        deliverAll();
     if (queueMayHaveItems_)
         scheduleRelay();
     if (more)
@@ -446,7 +455,8 @@ void Pipeline::deliverItems(const std::vector<std::int64_t> &items) {
 }
 
 void Pipeline::deliverAll() {
-    std::int64_t after = 0; // page past deliveries that could not be written now
+    deliveriesWaiting_ = false; // set again by deliver() for what still cannot be written
+    std::int64_t after = 0;     // page past deliveries that could not be written now
     for (;;) {
         auto page = store_.deliveriesToWrite(static_cast<std::size_t>(config_.settings.batchSize),
                                              after, maxBatchBytes);
@@ -502,6 +512,7 @@ void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
             continue;
         }
         ++report_.deliveryErrors;
+        deliveriesWaiting_ = true;
         const std::string why =
             fmt::format("cannot write responses into {} now (is it there?)", task.arrival.replyTo);
         spdlog::error("{}: {}; it stays pending", task.itemId, why);
@@ -519,6 +530,7 @@ void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
             continue;
         }
         ++report_.deliveryErrors;
+        deliveriesWaiting_ = true;
         if (r.type == DeliveryResult::Type::NeedsPerson)
             spdlog::error("{}: {}", task.itemId, printable(r.detail));
         else

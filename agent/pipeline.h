@@ -127,6 +127,8 @@ private:
     bool queueMayHaveItems_ = true;
     bool recordScheduled_ = false;
     bool stopped_ = false;
+    bool deliveriesWaiting_ = false;           // a delivery could not be written: tried again later
+    std::vector<bool> wasAvailable_;           // per source, as the last intake saw it
     std::vector<Claimed> waiting_;             // claimed, not yet sent (their transport was full)
     std::map<std::int64_t, Claimed> inFlight_; // by item id
     std::vector<spool::Outcome> outcomes_;     // arrived, not yet recorded

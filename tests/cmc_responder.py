@@ -18,7 +18,12 @@ Options: --fail-status N answers every request with HTTP N and an empty body;
          --tls-cert FILE --tls-key FILE serve HTTPS (TLS 1.2 or later) with that PEM certificate
            (chain) and key instead of HTTP, on the same kind of port;
          --tls-client-ca FILE (with --tls-cert) requires a client certificate issued by a CA in
-           that PEM file: connections without one fail in the handshake.
+           that PEM file: connections without one fail in the handshake;
+         --hang-every K: every K-th request (counted from 1) is read and logged, then never
+           answered (a CA that hangs), until the responder is stopped;
+         --delay-ms N waits N ms before answering each request (a slow CA);
+         --fixed FILE answers every PKCS#10 with the certs-only response in FILE instead of
+           issuing a certificate (a fast CA for many requests; still logged one by one).
 TLS handshakes run in the connection's thread, so a client that stalls or fails its handshake
 never blocks the listener; a failed handshake is reported on stderr in one line.
 """
@@ -165,6 +170,10 @@ def peer_cn(sock):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    # Headers and body go out in two writes: without TCP_NODELAY the body waits for the
+    # client's delayed ACK of the headers (about 40 ms on Linux), which would be measured as
+    # pkirelay's latency.
+    disable_nagle_algorithm = True
 
     def setup(self):
         self.tls_failed = False
@@ -202,12 +211,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                        self.client_address[1],
                                                        "" if cn is None else " client=" + cn))
                 srv.log.flush()
+        if srv.hang_every:
+            with srv.lock:
+                srv.count += 1
+                hang = srv.count % srv.hang_every == 0
+            if hang:
+                srv.stopping.wait()  # never answered; the connection dies with the responder
+                return
+        if srv.delay:
+            srv.stopping.wait(srv.delay)
         if srv.fail_status:
             return self.answer(srv.fail_status)
         mtype, params = media_type(ctype)
         try:
             with tempfile.TemporaryDirectory(dir=srv.responder.dir) as tmp:
-                if mtype == "application/pkcs10":
+                if mtype == "application/pkcs10" and srv.fixed is not None:
+                    rsp, rtype = srv.fixed, "certs-only"
+                elif mtype == "application/pkcs10":
                     rsp, rtype = srv.responder.simple(body, tmp), "certs-only"
                 elif mtype == "application/pkcs7-mime" and params.get("smime-type") == "cmc-request":
                     rsp, rtype = srv.responder.full(body, tmp), "CMC-Response"
@@ -237,6 +257,9 @@ def main():
     ap.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--tls-client-ca", help="PEM CA file: require a client certificate from it")
+    ap.add_argument("--hang-every", type=int, default=0)
+    ap.add_argument("--delay-ms", type=int, default=0)
+    ap.add_argument("--fixed", help="certs-only response (DER) for every PKCS#10")
     args = ap.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
@@ -253,6 +276,14 @@ def main():
                                             do_handshake_on_connect=False)
         server.responder = Responder(workdir)
         server.fail_status = args.fail_status
+        server.hang_every = args.hang_every
+        server.count = 0
+        server.delay = args.delay_ms / 1000.0
+        server.stopping = threading.Event()
+        server.fixed = None
+        if args.fixed:
+            with open(args.fixed, "rb") as f:
+                server.fixed = f.read()
         server.lock = threading.Lock()
         server.log = open(args.log, "a") if args.log else None
         print("LISTENING %d" % server.server_address[1], flush=True)

@@ -6,6 +6,7 @@ by sleeping: each wait reads a peer's output, or polls a condition, against a de
 Environment (set by tests/meson.build): PKIRELAY = the binary, PKIRELAY_SHARED = ../shared.
 """
 
+import json
 import os
 import select
 import shutil
@@ -209,6 +210,16 @@ class PkirelayTestCase(unittest.TestCase):
         self.assertEqual(proc.returncode, expect,
                          f"run --once exited {proc.returncode}\n{proc.stderr}")
         return proc
+
+    def items(self, state=None):
+        """Every item in the store (`pkirelay list --json`), newest first."""
+        args = ["list", "--json", "-n", "1000000", "-c", self.config]
+        args += ["--state", state] if state else []
+        return json.loads(self.pkirelay(*args, check=True).stdout)
+
+    def show(self, item_id):
+        return json.loads(self.pkirelay("show", str(item_id), "--json", "-c", self.config,
+                                        check=True).stdout)
 
     def inbox_files(self):
         return sorted(os.listdir(self.inbox))

@@ -70,14 +70,6 @@ class RunSemantics(PkirelayTestCase):
                 "-out", path)
         return path
 
-    def items(self, state=None):
-        args = ["list", "--json", "-c", self.config] + (["--state", state] if state else [])
-        return json.loads(self.pkirelay(*args, check=True).stdout)
-
-    def show(self, item_id):
-        return json.loads(self.pkirelay("show", str(item_id), "--json", "-c", self.config,
-                                        check=True).stdout)
-
     def test_bad_input_is_quarantined_and_never_sent(self):
         self.configure()
         self.csr("good.p10")
