@@ -192,8 +192,9 @@ void Pipeline::start() {
 }
 
 bool Pipeline::finished() const {
-    return !intakeScheduled_ && !relayScheduled_ && !recordScheduled_ && inFlight_.empty() &&
-           waiting_.empty() && outcomes_.empty() && !queueMayHaveItems_;
+    return !intakeScheduled_ && !relayScheduled_ && !recordScheduled_ && !flushScheduled_ &&
+           inFlight_.empty() && waiting_.empty() && outcomes_.empty() && !queueMayHaveItems_ &&
+           pendingDelivered_.empty() && pendingAcks_.empty();
 }
 
 void Pipeline::sweep() {
@@ -225,7 +226,6 @@ void Pipeline::intake() {
     if (stopped_)
         return;
     bool more = false;
-    std::vector<std::int64_t> answeredAgain; // duplicates of answered items: deliver at once
     const auto batch = static_cast<std::size_t>(config_.settings.batchSize);
     wasAvailable_.resize(sources_.size(), true);
     bool cameBack = false;
@@ -240,9 +240,27 @@ void Pipeline::intake() {
         more = more || taken.more;
         if (taken.submissions.empty() && taken.unacknowledged.empty())
             continue;
-        const Millis now = clock_();
-        const auto results = store_.ingest(taken.submissions, now);
-        // Committed: from here on the store has every item, so the inputs may go.
+
+        // One transaction: the batch, the claims of what can be sent at once, the names of the
+        // answers that duplicates get. The source is acknowledged only after it committed.
+        std::vector<spool::Ingested> results;
+        std::vector<DeliveryTask> answers;
+        {
+            auto unit = store_.unit();
+            results = store_.ingest(taken.submissions, clock_());
+            std::vector<std::int64_t> answeredAgain; // duplicates of answered items
+            for (const auto &res : results) {
+                if (res.state == spool::State::Queued)
+                    queueMayHaveItems_ = true;
+                if (res.state == spool::State::Answered)
+                    answeredAgain.push_back(res.itemId);
+            }
+            if (!answeredAgain.empty())
+                answers = planDeliveries(store_.deliveriesFor(answeredAgain));
+            claimReady();
+            flushLazy();
+            unit.commit();
+        }
         std::vector<std::uint64_t> tokens;
         std::vector<std::int64_t> deliveries;
         std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
@@ -266,10 +284,6 @@ void Pipeline::intake() {
                 else
                     spdlog::warn("{}: {}", res.itemId, describeIngest(sub));
             }
-            if (res.state == spool::State::Queued)
-                queueMayHaveItems_ = true;
-            if (res.state == spool::State::Answered)
-                answeredAgain.push_back(res.itemId);
             tokens.push_back(taken.tokens[i]);
             deliveries.push_back(res.deliveryId);
             recordedAck.push_back(sub.acknowledgedWhenStored);
@@ -279,24 +293,23 @@ void Pipeline::intake() {
             deliveries.push_back(delivery);
             recordedAck.push_back(false);
         }
+        dispatch(); // the CA sees the new requests before the files are acknowledged
         const auto acks = source->acknowledge(tokens);
-        std::vector<std::pair<std::int64_t, Source::Ack>> toRecord;
         for (std::size_t i = 0; i < acks.size(); ++i) {
             if (acks[i] == Source::Ack::Failed)
                 ++report_.sourceErrors;
             else if (!recordedAck[i])
-                toRecord.emplace_back(deliveries[i], acks[i]);
+                pendingAcks_.emplace_back(deliveries[i], acks[i]);
         }
-        store_.markAcknowledged(toRecord, clock_());
+        writeDeliveries(std::move(answers));
     }
-    if (!answeredAgain.empty())
-        deliverItems(answeredAgain);
     if (cameBack && deliveriesWaiting_)
         deliverAll();
     if (queueMayHaveItems_)
         scheduleRelay();
     if (more)
         scheduleIntake(false);
+    scheduleFlush();
 }
 
 void Pipeline::scheduleRelay() {
@@ -310,31 +323,44 @@ void Pipeline::relay() {
     relayScheduled_ = false;
     if (stopped_)
         return;
+    if (queueMayHaveItems_) {
+        auto unit = store_.unit();
+        claimReady();
+        flushLazy();
+        unit.commit();
+    }
+    dispatch();
+}
+
+void Pipeline::claimReady() {
     const auto maxInFlight = static_cast<std::size_t>(config_.settings.maxInFlight);
     const std::size_t held = inFlight_.size() + waiting_.size();
-    if (queueMayHaveItems_ && held < maxInFlight) {
-        const std::size_t want =
-            std::min(maxInFlight - held, static_cast<std::size_t>(config_.settings.batchSize));
-        const Millis now = clock_();
-        auto claims = store_.claim(want, now, now + lease_, maxBatchBytes);
-        if (claims.size() < want)
-            queueMayHaveItems_ = false; // until something is stored, retried or recorded
-        for (auto &claim : claims) {
-            const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
-            if (!endpoint) {
-                // Only a source that left the configuration has no route (check-config sees to
-                // the rest): a slip that a reload can mend, so retried until retry.max_age.
-                outcomes_.push_back(
-                    {claim.itemId, "",
-                     spool::Transient{fmt::format("no route: source {} is not in the configuration",
-                                                  claim.source)}});
-                continue;
-            }
-            if (claim.attempts > 1)
-                spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
-            waiting_.push_back({std::move(claim), transports_.at(endpoint->name).get()});
+    if (stopped_ || !queueMayHaveItems_ || held >= maxInFlight)
+        return;
+    const std::size_t want =
+        std::min(maxInFlight - held, static_cast<std::size_t>(config_.settings.batchSize));
+    const Millis now = clock_();
+    auto claims = store_.claim(want, now, now + lease_, maxBatchBytes);
+    if (claims.size() < want)
+        queueMayHaveItems_ = false; // until something is stored, retried or recorded
+    for (auto &claim : claims) {
+        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
+        if (!endpoint) {
+            // Only a source that left the configuration has no route (check-config sees to the
+            // rest): a slip that a reload can mend, so retried until retry.max_age.
+            outcomes_.push_back(
+                {claim.itemId, "",
+                 spool::Transient{fmt::format("no route: source {} is not in the configuration",
+                                              claim.source)}});
+            continue;
         }
+        if (claim.attempts > 1)
+            spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
+        waiting_.push_back({std::move(claim), transports_.at(endpoint->name).get()});
     }
+}
+
+void Pipeline::dispatch() {
     // Send what the transports have room for; the rest waits for a reply to free a place.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         if (it->transport->capacity() == 0) {
@@ -342,7 +368,7 @@ void Pipeline::relay() {
             continue;
         }
         const auto id = it->claim.itemId;
-        auto [slot, fresh] = inFlight_.emplace(id, std::move(*it));
+        auto slot = inFlight_.emplace(id, std::move(*it)).first;
         it = waiting_.erase(it);
         const Claimed &c = slot->second;
         const std::string endpoint = c.transport->name();
@@ -396,8 +422,23 @@ void Pipeline::recordOutcomes() {
         return;
     auto outcomes = std::move(outcomes_);
     outcomes_.clear();
-    const auto states = store_.record(outcomes, clock_(), policy_);
+    // One transaction: the outcomes, the names of the response files they lead to, and the
+    // claims for the places they free.
+    std::vector<spool::State> states;
+    std::vector<DeliveryTask> answers;
     std::vector<std::int64_t> answered;
+    {
+        auto unit = store_.unit();
+        states = store_.record(outcomes, clock_(), policy_);
+        for (std::size_t i = 0; i < outcomes.size(); ++i)
+            if (states[i] == spool::State::Answered)
+                answered.push_back(outcomes[i].itemId);
+        if (!answered.empty())
+            answers = planDeliveries(store_.deliveriesFor(answered));
+        claimReady();
+        flushLazy();
+        unit.commit();
+    }
     bool deferred = false;
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
         const auto &outcome = outcomes[i];
@@ -407,7 +448,6 @@ void Pipeline::recordOutcomes() {
         switch (states[i]) {
         case spool::State::Answered:
             ++report_.answered;
-            answered.push_back(outcome.itemId);
             spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint, why);
             break;
         case spool::State::Deferred:
@@ -425,12 +465,14 @@ void Pipeline::recordOutcomes() {
             break;
         }
     }
+    writeDeliveries(std::move(answers));
+    dispatch();
     std::erase_if(retired_, [](const auto &t) { return t->inFlight() == 0; });
-    if (!answered.empty())
-        deliverItems(answered);
     if (deferred)
         armRetryTimer();
-    scheduleRelay(); // places are free again
+    if (queueMayHaveItems_)
+        scheduleRelay();
+    scheduleFlush();
 }
 
 void Pipeline::armRetryTimer() {
@@ -450,33 +492,39 @@ void Pipeline::armRetryTimer() {
     });
 }
 
-void Pipeline::deliverItems(const std::vector<std::int64_t> &items) {
-    deliver(store_.deliveriesFor(items));
-}
-
 void Pipeline::deliverAll() {
-    deliveriesWaiting_ = false; // set again by deliver() for what still cannot be written
-    std::int64_t after = 0;     // page past deliveries that could not be written now
+    deliveriesWaiting_ = false; // set again by writeDeliveries() for what still cannot be
+    std::int64_t after = 0;     // written; paged past what could not be written now
     for (;;) {
         auto page = store_.deliveriesToWrite(static_cast<std::size_t>(config_.settings.batchSize),
                                              after, maxBatchBytes);
         if (page.empty())
             return;
         after = page.back().deliveryId;
-        deliver(std::move(page));
+        std::vector<DeliveryTask> tasks;
+        {
+            auto unit = store_.unit();
+            tasks = planDeliveries(std::move(page));
+            flushLazy();
+            unit.commit();
+        }
+        writeDeliveries(std::move(tasks));
     }
 }
 
-void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
-    if (deliveries.empty())
-        return;
+std::vector<DeliveryTask> Pipeline::planDeliveries(std::vector<spool::Delivery> deliveries) {
     std::vector<DeliveryTask> tasks;
     tasks.reserve(deliveries.size());
-    for (const auto &d : deliveries)
-        tasks.push_back({d.deliveryId, d.itemId, d.arrival, d.output, !d.output.empty(),
-                         d.responseKind, d.response});
-    // Choose names, then reserve them in the store before anything is written: a crash between
-    // writing and recording rewrites the same file instead of making a second response.
+    for (auto &d : deliveries) {
+        DeliveryTask t{d.deliveryId,      d.itemId,       d.arrival, d.output,
+                       !d.output.empty(), d.responseKind, {}};
+        tasks.push_back(std::move(t));
+        responses_[d.deliveryId] = std::move(d.response);
+        tasks.back().response = responses_[d.deliveryId];
+    }
+    // Choose names and reserve them in the store (in the caller's transaction) before anything
+    // is written: a crash between writing and recording rewrites the same file instead of
+    // making a second response.
     const auto reserved = [this](std::string_view replyTo, std::string_view output) {
         return store_.outputReserved(replyTo, output);
     };
@@ -498,17 +546,23 @@ void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
             if (assigned[n]) {
                 task.planned = true;
             } else {
-                task.output.clear(); // another delivery took it meanwhile: choose again
+                task.output.clear(); // another delivery holds it: choose again
                 again = true;
             }
         }
         if (!again)
             break;
     }
+    return tasks;
+}
+
+void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
+    if (tasks.empty())
+        return;
     std::vector<DeliveryTask> ready;
-    for (const auto &task : tasks) {
+    for (auto &task : tasks) {
         if (task.planned) {
-            ready.push_back(task);
+            ready.push_back(std::move(task));
             continue;
         }
         ++report_.deliveryErrors;
@@ -517,29 +571,56 @@ void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
             fmt::format("cannot write responses into {} now (is it there?)", task.arrival.replyTo);
         spdlog::error("{}: {}; it stays pending", task.itemId, why);
         store_.noteDeliveryProblem(task.deliveryId, why, clock_());
+        responses_.erase(task.deliveryId);
     }
     const auto results = responder_->deliver(ready);
-    std::vector<std::int64_t> written;
     for (std::size_t i = 0; i < ready.size(); ++i) {
         const auto &task = ready[i];
         const auto &r = results[i];
         if (r.type == DeliveryResult::Type::Delivered) {
-            written.push_back(task.deliveryId);
+            // Recorded lazily: the file is durable, and a crash before the record finds it
+            // there with these very bytes and records it then.
+            pendingDelivered_.push_back(task.deliveryId);
+            ++report_.delivered;
             spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
                          printable(task.output));
-            continue;
+        } else {
+            ++report_.deliveryErrors;
+            deliveriesWaiting_ = true;
+            if (r.type == DeliveryResult::Type::NeedsPerson)
+                spdlog::error("{}: {}", task.itemId, printable(r.detail));
+            else
+                spdlog::error("{}: writing the response failed: {} (it stays pending)", task.itemId,
+                              printable(r.detail));
+            store_.noteDeliveryProblem(task.deliveryId, r.detail, clock_());
         }
-        ++report_.deliveryErrors;
-        deliveriesWaiting_ = true;
-        if (r.type == DeliveryResult::Type::NeedsPerson)
-            spdlog::error("{}: {}", task.itemId, printable(r.detail));
-        else
-            spdlog::error("{}: writing the response failed: {} (it stays pending)", task.itemId,
-                          printable(r.detail));
-        store_.noteDeliveryProblem(task.deliveryId, r.detail, clock_());
+        responses_.erase(task.deliveryId);
     }
-    store_.markDelivered(written, clock_());
-    report_.delivered += static_cast<int>(written.size());
+    scheduleFlush();
+}
+
+void Pipeline::flushLazy() {
+    if (!pendingDelivered_.empty())
+        store_.markDelivered(pendingDelivered_, clock_());
+    if (!pendingAcks_.empty())
+        store_.markAcknowledged(pendingAcks_, clock_());
+    pendingDelivered_.clear();
+    pendingAcks_.clear();
+}
+
+void Pipeline::scheduleFlush() {
+    if (flushScheduled_ || (pendingDelivered_.empty() && pendingAcks_.empty()))
+        return;
+    flushScheduled_ = true;
+    // At the end of the turn, unless a transaction of this turn takes them along first.
+    loop_.defer([this] {
+        flushScheduled_ = false;
+        if (pendingDelivered_.empty() && pendingAcks_.empty())
+            return;
+        auto unit = store_.unit();
+        flushLazy();
+        unit.commit();
+    });
 }
 
 void Pipeline::stop(std::string_view why) {
@@ -547,6 +628,11 @@ void Pipeline::stop(std::string_view why) {
         return;
     // What arrived is recorded first: an answer in hand is never thrown away.
     recordOutcomes();
+    {
+        auto unit = store_.unit();
+        flushLazy();
+        unit.commit();
+    }
     stopped_ = true;
     std::vector<std::int64_t> abandoned;
     for (auto &[name, t] : transports_)

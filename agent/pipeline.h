@@ -100,12 +100,19 @@ private:
     void intake();
     void scheduleRelay();
     void relay();
+    // These two join the caller's transaction (spool::Store::Unit).
+    void claimReady();
+    std::vector<DeliveryTask> planDeliveries(std::vector<spool::Delivery> deliveries);
+    void dispatch();
     void onReply(Reply reply, const std::string &endpoint, Kind kind);
     void recordOutcomes();
     void armRetryTimer();
-    void deliverItems(const std::vector<std::int64_t> &items);
     void deliverAll();
-    void deliver(std::vector<spool::Delivery> deliveries);
+    void writeDeliveries(std::vector<DeliveryTask> tasks);
+    // Records written responses and acknowledgements that were left for a later transaction
+    // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction.
+    void flushLazy();
+    void scheduleFlush();
     void sweep();
 
     Config config_;
@@ -132,6 +139,10 @@ private:
     std::vector<Claimed> waiting_;             // claimed, not yet sent (their transport was full)
     std::map<std::int64_t, Claimed> inFlight_; // by item id
     std::vector<spool::Outcome> outcomes_;     // arrived, not yet recorded
+    std::map<std::int64_t, Bytes> responses_;  // response bytes of planned deliveries, by id
+    std::vector<std::int64_t> pendingDelivered_;                    // written, not yet recorded
+    std::vector<std::pair<std::int64_t, Source::Ack>> pendingAcks_; // likewise
+    bool flushScheduled_ = false;
     EventLoop::TimerId retryTimer_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;

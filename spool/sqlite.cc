@@ -3,6 +3,8 @@
 // a bare number.
 #include "spool/sqlite.h"
 
+#include <exception>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -229,18 +231,25 @@ std::string Database::queryText(std::string_view sql) {
 
 // --- Transaction -------------------------------------------------------------------------
 
-Transaction::Transaction(Database &db, Mode mode) : db_(db) {
-    db_.exec(mode == Mode::Immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED");
+Transaction::Transaction(Database &db, Mode mode)
+    : db_(db), joined_(!::sqlite3_get_autocommit(db.get())),
+      exceptions_(std::uncaught_exceptions()) {
+    if (!joined_)
+        db_.exec(mode == Mode::Immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED");
 }
 
 Transaction::~Transaction() {
+    // A joined transaction that ends without an exception leaves the outer one to commit.
+    if (done_ || (joined_ && std::uncaught_exceptions() <= exceptions_))
+        return;
     // Only when a transaction is still open: a failed COMMIT may already have ended it.
-    if (!done_ && !::sqlite3_get_autocommit(db_.get()))
+    if (!::sqlite3_get_autocommit(db_.get()))
         ::sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
 }
 
 void Transaction::commit() {
-    db_.exec("COMMIT");
+    if (!joined_)
+        db_.exec("COMMIT");
     done_ = true;
 }
 

@@ -108,6 +108,10 @@ private:
 // write lock up front, so busy_timeout can wait for it; a DEFERRED transaction that reads and
 // then writes would fail at once under WAL with SQLITE_BUSY_SNAPSHOT. Deferred is only for
 // several reads that must see one snapshot (show), never for writing.
+//
+// A Transaction begun while the connection is already in one joins it: it begins and commits
+// nothing itself, so that a caller can group several store calls into one transaction (one
+// fsync). A joined Transaction destroyed by an exception rolls the whole transaction back.
 class Transaction {
 public:
     enum class Mode { Immediate, ReadOnly };
@@ -120,6 +124,8 @@ public:
 private:
     Database &db_;
     bool done_ = false;
+    bool joined_ = false;
+    int exceptions_ = 0; // std::uncaught_exceptions() when it began
 };
 
 // A StoreError from the connection's last error: "<what>: <errmsg> (<code name>, <code>)".

@@ -410,6 +410,18 @@ Store Store::open(const std::string &path) {
     return Store(std::move(impl));
 }
 
+Store::Unit Store::unit() {
+    return Unit(std::make_unique<sql::Transaction>(impl_->db));
+}
+
+Store::Unit::Unit(std::unique_ptr<sql::Transaction> tx) : tx_(std::move(tx)) {}
+Store::Unit::~Unit() = default;
+Store::Unit::Unit(Unit &&) noexcept = default;
+
+void Store::Unit::commit() {
+    tx_->commit();
+}
+
 std::vector<Ingested> Store::ingest(std::span<const Submission> batch, Millis now) {
     std::vector<Ingested> out;
     out.reserve(batch.size());

@@ -29,6 +29,10 @@
 
 namespace pkirelay::spool {
 
+namespace sql {
+class Transaction;
+}
+
 using Millis = std::int64_t; // Unix time in milliseconds
 
 // Item states. Kept as text in the database (CHECK-constrained) so that `sqlite3` shows them.
@@ -149,6 +153,22 @@ public:
     Store(Store &&) noexcept;
     Store &operator=(Store &&) noexcept;
     ~Store();
+
+    // Groups the calls made while it lives into one transaction (one fsync): each write below
+    // joins it instead of committing on its own. Nothing is durable before commit(); a Unit
+    // destroyed without commit() rolls everything back.
+    class Unit {
+    public:
+        ~Unit();
+        Unit(Unit &&) noexcept;
+        void commit();
+
+    private:
+        friend class Store;
+        explicit Unit(std::unique_ptr<sql::Transaction> tx);
+        std::unique_ptr<sql::Transaction> tx_;
+    };
+    Unit unit();
 
     // Stores a batch of arrivals in one transaction. Returns one Ingested per submission, in
     // order. Duplicates (same DER hash, or CMP transactionID+senderNonce) attach a delivery to
