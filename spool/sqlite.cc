@@ -23,8 +23,16 @@ void fail(sqlite3 *db, std::string_view what) {
             ? "; the database's directory must exist and be writable, because WAL mode keeps "
               "-wal and -shm files beside the database"
             : "";
-    throw StoreError(
-        fmt::format("{}: {} ({}, {}){}", what, msg, ::sqlite3_errstr(code), code, hint));
+    std::string text =
+        fmt::format("{}: {} ({}, {}){}", what, msg, ::sqlite3_errstr(code), code, hint);
+    if (isCorruption(code))
+        throw StoreCorrupt(std::move(text));
+    throw StoreError(std::move(text));
+}
+
+bool isCorruption(int code) {
+    const int primary = code & 0xff;
+    return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
 }
 
 namespace {
@@ -146,17 +154,23 @@ Query::Query(Statement &statement) : statement_(&statement) {
 // --- Database ----------------------------------------------------------------------------
 
 Database Database::open(const std::string &path, int busyTimeoutMs) {
+    return open(path, Access::Create, busyTimeoutMs);
+}
+
+Database Database::open(const std::string &path, Access access, int busyTimeoutMs) {
     // Create the file ourselves so that it is private from the first byte: SQLite would create
     // it with 0644 minus umask, and gives the -wal and -shm files the database file's mode.
-    if (path != ":memory:" && !path.empty()) {
+    if (access == Access::Create && path != ":memory:" && !path.empty()) {
         const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd >= 0)
             ::close(fd); // only created here; SQLite opens it itself just below
     }
 
+    const int flags = access == Access::ReadOnly   ? SQLITE_OPEN_READONLY
+                      : access == Access::NoCreate ? SQLITE_OPEN_READWRITE
+                                                   : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     sqlite3 *raw = nullptr;
-    const int rc =
-        ::sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+    const int rc = ::sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
     // sqlite3_open_v2 returns a handle even on failure; own it before anything can throw.
     DatabaseHandle handle(raw);
     if (rc != SQLITE_OK)
@@ -170,6 +184,10 @@ Database Database::open(const std::string &path, int busyTimeoutMs) {
     // transaction; synchronous=FULL explicitly, because we acknowledge sources after commit and
     // NORMAL may lose the last commits on power loss (LIBRARIES.md, SQLite 2).
     db.exec("PRAGMA foreign_keys = ON");
+    // A reader changes nothing: the journal mode is the writer's (a WAL database stays WAL),
+    // and SQLite reads a WAL database read-only even where it cannot create the -shm file.
+    if (access == Access::ReadOnly)
+        return db;
     const std::string mode = db.switchToWal(busyTimeoutMs);
     if (mode != "wal" && path != ":memory:")
         throw StoreError(fmt::format(

@@ -585,7 +585,7 @@ TEST_CASE("operator views: counts, list newest first, show with the full timelin
     store.markDelivered(ids, t0 + 4);
 
     auto counts = store.countByState();
-    REQUIRE(counts.size() == 9); // every state, in enum order, zeros included
+    REQUIRE(counts.size() == 10); // every state, in enum order, zeros included
     CHECK(counts[0].first == State::Queued);
     CHECK(stateCount(store, State::Queued) == 1);
     CHECK(stateCount(store, State::Answered) == 1);
