@@ -72,7 +72,7 @@ class RunSemantics(PkirelayTestCase):
 
     def items(self, state=None):
         args = ["list", "--json", "-c", self.config] + (["--state", state] if state else [])
-        return json.loads(self.pkirelay(*args, check=True).stdout)
+        return json.loads(self.pkirelay(*args, check=True).stdout)["items"]
 
     def show(self, item_id):
         return json.loads(self.pkirelay("show", str(item_id), "--json", "-c", self.config,
