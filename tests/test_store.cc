@@ -1079,3 +1079,139 @@ TEST_CASE("a schema 1 store with rows migrates to schema 2 and keeps them") {
     auto n = ingest(store, {submit(p10("new"), "n.p10")}, t0);
     CHECK(n[0].itemId == 9);
 }
+
+TEST_CASE("operator: status counts only live leases as relaying, oldest waiting, last errors") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(
+        store,
+        {submit(p10("a"), "a.p10"), submit(p10("b"), "b.p10", "other"), submit(p10("c"), "c.p10")},
+        t0);
+    auto c = store.claim(2, t0 + 10, t0 + 100); // a and b relaying until t0 + 100
+    REQUIRE(c.size() == 2);
+    record(store, {c[1].itemId, "ca", Transient{"connection refused"}}, t0 + 20);
+
+    auto st = store.status(t0 + 50);
+    CHECK(st.counts[static_cast<std::size_t>(State::Relaying)].second == 1);
+    CHECK(st.orphaned == 0);
+    REQUIRE(st.oldestWaitingId);
+    CHECK(*st.oldestWaitingId == r[0].itemId);
+    CHECK(st.oldestWaitingSince == t0);
+    REQUIRE(st.lastErrors.size() == 1);
+    CHECK(st.lastErrors[0].endpoint == "ca");
+    CHECK(st.lastErrors[0].itemId == r[1].itemId);
+    CHECK(st.lastErrors[0].reason == "connection refused");
+
+    // Past the lease, the relaying item is no longer in flight: its run died.
+    st = store.status(t0 + 500);
+    CHECK(st.counts[static_cast<std::size_t>(State::Relaying)].second == 0);
+    CHECK(st.orphaned == 1);
+}
+
+TEST_CASE("operator: list filters by state, source, kind and age, and says when it is cut") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    ingest(store, {submit(p10("old"), "old.p10")}, t0);
+    ingest(store, {submit(cmpMessage("cmp", "t", "n"), "x.pki", "other")}, t0 + 60'000);
+    ingest(store, {submit(p10("new"), "new.p10")}, t0 + 120'000);
+    ListFilter f;
+    CHECK(store.list(f).items.size() == 3);
+    CHECK_FALSE(store.list(f).truncated);
+    f.limit = 2;
+    auto page = store.list(f);
+    CHECK(page.items.size() == 2);
+    CHECK(page.truncated);
+    f.limit = 3;
+    CHECK_FALSE(store.list(f).truncated);
+
+    ListFilter bySource;
+    bySource.source = "other";
+    REQUIRE(store.list(bySource).items.size() == 1);
+    CHECK(store.list(bySource).items[0].origin == "x.pki");
+    ListFilter byKind;
+    byKind.kind = Kind::CmcSimpleRequest;
+    CHECK(store.list(byKind).items.size() == 2);
+    ListFilter older;
+    older.createdBefore = t0 + 60'000;
+    REQUIRE(store.list(older).items.size() == 1);
+    CHECK(store.list(older).items[0].origin == "old.p10");
+    ListFilter newer;
+    newer.createdAfter = t0 + 60'000;
+    REQUIRE(store.list(newer).items.size() == 1);
+    CHECK(store.list(newer).items[0].origin == "new.p10");
+    ListFilter none;
+    none.state = State::Failed;
+    CHECK(store.list(none).items.empty());
+}
+
+TEST_CASE("operator: retry, hold and release move items with an event each") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store, {submit(p10("a"), "a.p10"), submit(p10("b"), "b.p10")}, t0);
+    auto c = store.claim(1, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 1);
+    record(store, {c[0].itemId, "ca", Permanent{"HTTP 400"}}, t0 + 2);
+
+    std::vector<std::int64_t> both = {r[0].itemId, r[1].itemId, 4242};
+    auto held = store.hold(both, t0 + 3);
+    REQUIRE(held.size() == 3);
+    CHECK_FALSE(held[0].changed); // failed: not holdable
+    CHECK(held[1].changed);
+    CHECK(held[1].state == State::Held);
+    CHECK_FALSE(held[2].changed);
+    CHECK(held[2].why == "no such item");
+    CHECK(store.claim(10, t0 + 4, t0 + 100).empty()); // held: not claimed
+
+    std::vector<std::int64_t> second = {r[1].itemId};
+    auto released = store.release(second, t0 + 5);
+    CHECK(released[0].changed);
+    CHECK(released[0].state == State::Queued);
+    CHECK_FALSE(store.release(second, t0 + 5)[0].changed); // queued, not held
+
+    auto retried = store.retryFailed(t0 + 6);
+    REQUIRE(retried.size() == 1);
+    CHECK(retried[0].itemId == r[0].itemId);
+    CHECK(retried[0].changed);
+    CHECK(store.claim(10, t0 + 7, t0 + 100).size() == 2);
+    auto d = store.show(r[0].itemId);
+    REQUIRE(d);
+    CHECK(lastEvent(*d, "retried"));
+    CHECK(d->summary.reason.empty());
+    auto e = store.show(r[1].itemId);
+    REQUIRE(e);
+    CHECK(lastEvent(*e, "held"));
+    CHECK(lastEvent(*e, "released"));
+    std::vector<std::int64_t> relaying = {r[1].itemId};
+    CHECK_FALSE(store.retry(relaying, t0 + 8)[0].changed); // in flight: never touched
+}
+
+TEST_CASE("operator: purge deletes only final items, with their deliveries and events") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store,
+                    {submit(p10("done"), "done.p10"), submit(p10("open"), "open.p10"),
+                     submit(p10("waiting"), "waiting.p10"), rejected("zz", "z.der", "junk")},
+                    t0);
+    auto c = store.claim(2, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 2);
+    record(store, answer(r[0].itemId, "ans-1"), t0 + 2);
+    record(store, answer(r[1].itemId, "ans-2"), t0 + 2);
+    // Only the first answer is written out; the second still has a delivery to write.
+    auto todo = store.deliveriesToWrite(10);
+    REQUIRE(todo.size() == 2);
+    std::vector<std::pair<std::int64_t, std::string>> names = {{todo[0].deliveryId, "done.pki"}};
+    store.assignOutputs(names, t0 + 3);
+    std::vector<std::int64_t> written = {todo[0].deliveryId};
+    store.markDelivered(written, t0 + 3);
+
+    CHECK(store.purge(t0, t0 + 10) == 0);     // nothing older than t0
+    CHECK(store.purge(t0 + 5, t0 + 10) == 2); // the delivered answer and the quarantined input
+    CHECK_FALSE(store.show(r[0].itemId));
+    CHECK_FALSE(store.show(r[3].itemId));
+    CHECK(store.show(r[1].itemId)); // answered, delivery still pending
+    CHECK(store.show(r[2].itemId)); // queued
+    auto db = sql::Database::open(dir.db());
+    CHECK(db.queryInt("SELECT count(*) FROM event WHERE item_id IN (1, 4)") == 0);
+    CHECK(db.queryInt("SELECT count(*) FROM delivery WHERE item_id IN (1, 4)") == 0);
+    CHECK(db.queryInt("SELECT count(*) FROM delivery") == 2);
+}
