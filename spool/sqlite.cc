@@ -4,8 +4,10 @@
 #include "spool/sqlite.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <thread>
 
@@ -153,6 +155,52 @@ Query::Query(Statement &statement) : statement_(&statement) {
 
 // --- Database ----------------------------------------------------------------------------
 
+namespace {
+
+// RFC 3986 §3.3 percent-encoding for the path of a file: URI (SQLite's uri.html).
+std::string uriPath(std::string_view path) {
+    std::string out;
+    for (unsigned char c : path) {
+        if (std::isalnum(c) || c == '/' || c == '-' || c == '_' || c == '.' || c == '~')
+            out.push_back(static_cast<char>(c));
+        else
+            out += fmt::format("%{:02X}", c);
+    }
+    return out;
+}
+
+} // namespace
+
+// SQLite reads a WAL database read-only when its -shm and -wal files exist or can be created
+// (wal.html, "Read-Only Databases"). In a folder the reader cannot write, with no -wal there,
+// the first read fails with SQLITE_READONLY_DIRECTORY (or CANTOPEN). No -wal file means no
+// connection has the database open for writing (a writer creates it, in this same folder, and
+// the last one to close removes it), so the file is read as immutable: what it holds is all
+// there is. A writer that starts during the read could make this one view inconsistent, never
+// the store.
+Database Database::readOnlyFallback(Database db, const std::string &path, int busyTimeoutMs) {
+    const int rc =
+        ::sqlite3_exec(db.get(), "SELECT count(*) FROM sqlite_master", nullptr, nullptr, nullptr);
+    const int code = ::sqlite3_extended_errcode(db.get());
+    const bool folderReadOnly =
+        rc != SQLITE_OK && (code == SQLITE_READONLY_DIRECTORY || (code & 0xff) == SQLITE_CANTOPEN);
+    struct ::stat st {};
+    if (!folderReadOnly || ::stat((path + "-wal").c_str(), &st) == 0)
+        return db; // fine, or another failure that the caller's first statement reports
+    sqlite3 *raw = nullptr;
+    const std::string uri = "file:" + uriPath(path) + "?immutable=1";
+    const int rc2 =
+        ::sqlite3_open_v2(uri.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr);
+    DatabaseHandle handle(raw);
+    if (rc2 != SQLITE_OK)
+        fail(raw, fmt::format("cannot open database {} read-only", path));
+    ::sqlite3_extended_result_codes(raw, 1);
+    check(raw, ::sqlite3_busy_timeout(raw, busyTimeoutMs), "busy_timeout");
+    Database immutable(std::move(handle));
+    immutable.exec("PRAGMA foreign_keys = ON");
+    return immutable;
+}
+
 Database Database::open(const std::string &path, int busyTimeoutMs) {
     return open(path, Access::Create, busyTimeoutMs);
 }
@@ -184,10 +232,9 @@ Database Database::open(const std::string &path, Access access, int busyTimeoutM
     // transaction; synchronous=FULL explicitly, because we acknowledge sources after commit and
     // NORMAL may lose the last commits on power loss (LIBRARIES.md, SQLite 2).
     db.exec("PRAGMA foreign_keys = ON");
-    // A reader changes nothing: the journal mode is the writer's (a WAL database stays WAL),
-    // and SQLite reads a WAL database read-only even where it cannot create the -shm file.
+    // A reader changes nothing: the journal mode is the writer's (a WAL database stays WAL).
     if (access == Access::ReadOnly)
-        return db;
+        return readOnlyFallback(std::move(db), path, busyTimeoutMs);
     const std::string mode = db.switchToWal(busyTimeoutMs);
     if (mode != "wal" && path != ":memory:")
         throw StoreError(fmt::format(

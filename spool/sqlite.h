@@ -105,6 +105,7 @@ public:
 
 private:
     explicit Database(DatabaseHandle db) : db_(std::move(db)) {}
+    static Database readOnlyFallback(Database db, const std::string &path, int busyTimeoutMs);
     std::string switchToWal(int busyTimeoutMs);
     DatabaseHandle db_;
     // Declared after db_, so statements are finalised before the connection is closed.
