@@ -874,9 +874,7 @@ struct Transition {
     bool restartAge = false; // created_at = now: retry.max_age counts from the retry
 };
 
-} // namespace
-
-static std::vector<Change> applyTransition(
+std::vector<Change> applyTransition(
     sql::Database &db, bool readOnly, std::span<const std::int64_t> ids, const Transition &t,
     Millis now,
     const std::function<void(std::int64_t, std::string_view, std::string_view)> &event) {
@@ -921,6 +919,8 @@ static std::vector<Change> applyTransition(
     tx.commit();
     return out;
 }
+
+} // namespace
 
 std::vector<Change> Store::retry(std::span<const std::int64_t> ids, Millis now) {
     // The age that retry.max_age counts from starts again, as for a resubmission (ingest), or
