@@ -8,9 +8,18 @@
 #include <filesystem>
 #include <variant>
 
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <sys/stat.h>
+
 #include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <toml++/toml.h>
 #include <unistd.h>
+
+#include "lib/owned.h"
 
 namespace pkirelay::agent {
 namespace {
@@ -85,7 +94,8 @@ const std::vector<Key<Settings>> &settingsKeys() {
          1,
          3600,
          {},
-         "How often `pkirelay run` (without --once) scans its sources."},
+         "How often the daemon rescans its sources in full and retries waiting deliveries "
+         "(inotify wakes it at once for every file; the rescan catches what events miss)."},
         {"retry.initial_seconds",
          Type::Int,
          &S::retryInitialSeconds,
@@ -241,12 +251,33 @@ private:
     std::vector<std::string> list_;
 };
 
+// A configured path in its one canonical spelling, so that one folder is one string wherever the
+// store and the stages compare folders: absolute, without "." or "..", without a trailing slash,
+// and with every folder above the last component resolved (symlinks included). The last
+// component itself is kept as written, so that a watched folder that is a symlink can still be
+// seen, and refused (see checkFolders).
 std::string resolvePath(const fs::path &base, std::string_view value) {
     fs::path p(value);
     if (p.is_relative())
         p = base / p;
-    return p.lexically_normal().string();
+    p = p.lexically_normal();
+    if (!p.has_filename() && p.has_parent_path() && p != p.root_path())
+        p = p.parent_path(); // "/srv/in/" -> "/srv/in"
+    if (p == p.root_path())
+        return p.string();
+    std::error_code ec;
+    const fs::path parent = fs::weakly_canonical(p.parent_path(), ec);
+    return (ec ? p : parent / p.filename()).string();
 }
+
+// Folders pkirelay reads and writes are never reached through a symlink (lib/file_io.h opens
+// them with O_NOFOLLOW): a watched folder, a responses folder and move_to are refused the same
+// way, here and so at start.
+void checkFolders(const SourceConfig &source, Problems &problems);
+
+// A PEM file that must hold at least one certificate (ca_file, client_cert): a missing or
+// unreadable one is a configuration error, not a reason to defer every request.
+std::optional<std::string> certificateFileProblem(const std::string &file);
 
 bool isRequestKind(Kind kind) {
     return kind == Kind::CmcSimpleRequest || kind == Kind::CmcFullRequest ||
@@ -369,6 +400,29 @@ void applyNamed(const toml::node &node, std::string_view section, const std::vec
     }
 }
 
+void checkFolders(const SourceConfig &source, Problems &problems) {
+    for (const auto &[key, folder] :
+         {std::pair{"path", &source.path}, std::pair{"responses", &source.responses},
+          std::pair{"move_to", &source.moveTo}}) {
+        struct stat st {};
+        if (!folder->empty() && ::lstat(folder->c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+            problems.add(fmt::format("source.{}.{}: {} is a symlink; pkirelay never reads or "
+                                     "writes folders through one: name the folder itself",
+                                     source.name, key, *folder));
+    }
+}
+
+std::optional<std::string> certificateFileProblem(const std::string &file) {
+    Owned<BIO, ::BIO_free> bio(::BIO_new_file(file.c_str(), "r"));
+    if (!bio)
+        return fmt::format("cannot read {}: {}", file, std::strerror(errno));
+    Owned<X509, ::X509_free> cert(::PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    ::ERR_clear_error();
+    if (!cert)
+        return fmt::format("{} holds no PEM certificate", file);
+    return std::nullopt;
+}
+
 void checkConsistency(Config &config, Problems &problems) {
     if (config.sources.empty())
         problems.add("no sources: add a [source.NAME] table with a path");
@@ -388,6 +442,14 @@ void checkConsistency(Config &config, Problems &problems) {
         if (endpoint.clientCert.empty() != endpoint.clientKey.empty())
             problems.add(
                 fmt::format("endpoint.{}: client_cert and client_key go together", endpoint.name));
+        for (const auto &[key, file] : {std::pair{"ca_file", &endpoint.caFile},
+                                        std::pair{"client_cert", &endpoint.clientCert}})
+            if (!file->empty())
+                if (auto why = certificateFileProblem(*file))
+                    problems.add(fmt::format("endpoint.{}.{}: {}", endpoint.name, key, *why));
+        if (!endpoint.clientKey.empty() && ::access(endpoint.clientKey.c_str(), R_OK) != 0)
+            problems.add(fmt::format("endpoint.{}.client_key: cannot read {}: {}", endpoint.name,
+                                     endpoint.clientKey, std::strerror(errno)));
     }
 
     for (auto &source : config.sources) {
@@ -408,6 +470,7 @@ void checkConsistency(Config &config, Problems &problems) {
                                          "outside",
                                          source.name, *folder));
         }
+        checkFolders(source, problems);
         if (source.endpoint.empty() && config.endpoints.size() == 1)
             source.endpoint = config.endpoints.front().name;
         if (source.endpoint.empty() && config.endpoints.size() > 1)

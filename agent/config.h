@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "lib/http_relay.h"
+#include "lib/transports/http.h"
 #include "lib/kinds.h"
 #include "spool/store.h"
 

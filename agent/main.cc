@@ -41,108 +41,6 @@ std::string configPath(const std::string &given) {
     return defaultConfig;
 }
 
-// One run at a time per store: a second `run` refuses instead of double-sending (DESIGN,
-// "Batch by cron"). flock is released by the kernel when the process dies, so a crash never
-// leaves a stale lock behind.
-std::optional<Fd> takeRunLock(const std::string &storePath, int &exitCode) {
-    const std::string lockPath = storePath + ".lock";
-    Fd fd(::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (fd.get() < 0) {
-        fmt::print(stderr, "pkirelay: cannot open {}: {}\n", lockPath, std::strerror(errno));
-        exitCode = ExitCantCreat;
-        return std::nullopt;
-    }
-    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK) {
-            fmt::print(stderr,
-                       "pkirelay: another pkirelay run is using {}; not starting a second\n",
-                       storePath);
-            exitCode = ExitTempFail;
-        } else {
-            fmt::print(stderr, "pkirelay: cannot lock {}: {}\n", lockPath, std::strerror(errno));
-            exitCode = ExitCantCreat;
-        }
-        return std::nullopt;
-    }
-    return fd;
-}
-
-void printReport(const RunReport &r) {
-    spdlog::info("- pass done: {} received, {} duplicate, {} quarantined, {} unmatched, {} "
-                 "still arriving; {} relayed: {} answered, {} deferred, {} failed; {} response "
-                 "file(s) written; {} waiting; {} folder error(s), {} delivery error(s)",
-                 r.received, r.duplicates, r.quarantined, r.unmatched, r.stillArriving, r.relayed,
-                 r.answered, r.deferred, r.failed, r.delivered, r.waiting, r.sourceErrors,
-                 r.deliveryErrors);
-}
-
-int commandRun(const std::string &cfgPath, bool once, [[maybe_unused]] bool newStore) {
-    auto config = loadOrReport(cfgPath);
-    if (!config)
-        return ExitConfig;
-    int lockStatus = ExitOk;
-    auto lock = takeRunLock(config->settings.storePath, lockStatus);
-    if (!lock)
-        return lockStatus;
-
-    // Signals are taken synchronously (sigtimedwait between passes, sigpending between relay
-    // batches), never in a handler: a pass in progress records what it has before it stops.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    const auto stopRequested = [] {
-        sigset_t waiting;
-        sigemptyset(&waiting);
-        ::sigpending(&waiting);
-        return sigismember(&waiting, SIGTERM) == 1 || sigismember(&waiting, SIGINT) == 1;
-    };
-
-    auto store = spool::Store::open(config->settings.storePath);
-    httpGlobalInit();
-    for (;;) {
-        int code = ExitOk;
-        try {
-            Runner runner(*config, store, systemClock, stopRequested);
-            RunReport report = runner.runOnce();
-            printReport(report);
-            code = Runner::exitCode(report);
-        } catch (const spool::StoreCorrupt &) {
-            throw; // not a deferral: main() reports it and exits ExitStoreCorrupt
-        } catch (const spool::StoreError &e) {
-            // A busy or full database mid-pass: what was committed stays; try again later.
-            spdlog::error("- store: {}; this pass stops here", e.what());
-            code = ExitTempFail;
-        }
-        if (once)
-            return code;
-        timespec wait{static_cast<time_t>(config->settings.pollSeconds), 0};
-        const int sig = ::sigtimedwait(&signals, nullptr, &wait);
-        if (sig == SIGTERM || sig == SIGINT) {
-            spdlog::info("- stopping on signal {}", sig);
-            return ExitOk;
-        }
-        if (sig == SIGHUP) {
-            // Keep the old configuration if the new one is invalid (DESIGN, "Operating it").
-            try {
-                Config fresh = loadConfig(cfgPath);
-                if (fresh.settings.storePath != config->settings.storePath)
-                    spdlog::warn("- reload: store.path cannot change while running; keeping {}",
-                                 config->settings.storePath);
-                fresh.settings.storePath = config->settings.storePath;
-                config = std::move(fresh);
-                spdlog::info("- reloaded {}", cfgPath);
-            } catch (const ConfigError &e) {
-                for (const auto &p : e.problems())
-                    spdlog::error("- reload: {}", p);
-                spdlog::error("- reload failed; keeping the running configuration");
-            }
-        }
-    }
-}
-
 int commandInspect(const std::vector<std::string> &files, bool json) {
     constexpr int exitNoInput = 66; // EX_NOINPUT
     int code = ExitOk;
@@ -240,8 +138,7 @@ int main(int argc, char **argv) {
     run->add_option("-c,--config", cfg, cfgHelp);
     run->add_flag("--once", once, "One pass over everything waiting, then exit (for cron)");
     run->add_flag("--new-store", newStore,
-                  "Start with a new, empty store where none is (refused otherwise: a store that "
-                  "vanished or was emptied would make every kept request go to the CA again)");
+                  "Start with a new, empty store although the folders hold pkirelay's answers");
 
     auto *inspect = app.add_subcommand("inspect", "Classify files and print what they are");
     std::vector<std::string> files;
@@ -314,8 +211,10 @@ int main(int argc, char **argv) {
     }
     if (verbose)
         setLogLevelOverride(spdlog::level::debug);
-    if (quiet)
+    else if (quiet)
         setLogLevelOverride(spdlog::level::warn);
+    else if (!*inspect)
+        applyConfiguredLogLevel(configPath(cfg));
 
     try {
         if (*run)

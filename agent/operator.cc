@@ -163,16 +163,13 @@ void setLogLevelOverride(std::optional<spdlog::level::level_enum> level) {
         spdlog::set_level(*level);
 }
 
-std::optional<Config> loadOrReport(const std::string &path) {
+void applyConfiguredLogLevel(const std::string &cfgPath) {
+    if (levelOverride)
+        return;
     try {
-        Config config = loadConfig(path);
-        spdlog::set_level(levelOverride ? *levelOverride : levelFromName(config.settings.logLevel));
-        return config;
-    } catch (const ConfigError &e) {
-        for (const auto &p : e.problems())
-            fmt::print(stderr, "{}\n", p);
-        fmt::print(stderr, "pkirelay: configuration {} is not valid\n", path);
-        return std::nullopt;
+        spdlog::set_level(levelFromName(loadConfig(cfgPath).settings.logLevel));
+    } catch (const std::exception &) {
+        // Reported by the command that loads it.
     }
 }
 
@@ -450,7 +447,7 @@ int commandExport(const std::string &cfgPath, std::int64_t id, const std::string
     std::vector<std::string> what;
     if (!stored->request.empty()) {
         const auto ext = stored->kind ? kindInfo(*stored->kind).fileExt : std::string_view(".bin");
-        files.push_back({&dir, fmt::format("{}-request{}", id, ext), stored->request});
+        files.push_back({&dir, fmt::format("{}-request{}", id, ext), stored->request, "export"});
         what.push_back("request");
     } else {
         fmt::print(stderr,
@@ -472,7 +469,7 @@ int commandExport(const std::string &cfgPath, std::int64_t id, const std::string
         files.push_back({&dir,
                          fmt::format("{}-answer{}", id,
                                      kind ? kindInfo(*kind).fileExt : std::string_view(".bin")),
-                         *stored->response});
+                         *stored->response, "export"});
         what.push_back("answer");
     }
     const auto errors = writeFilesDurably(files, 0640);

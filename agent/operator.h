@@ -17,8 +17,7 @@
 
 namespace pkirelay::agent {
 
-// sysexits(3) statuses besides those in run.h.
-constexpr int ExitUsage = 64;   // EX_USAGE
+// sysexits(3) statuses besides those in pipeline.h's ExitCode (move them there when convenient).
 constexpr int ExitNoInput = 66; // EX_NOINPUT: a store that should exist is missing or empty
 // The store is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, PRAGMA quick_check). sysexits has no
 // code for "data on disk is corrupt": EX_IOERR (74, "an error occurred while doing I/O on some
@@ -26,12 +25,11 @@ constexpr int ExitNoInput = 66; // EX_NOINPUT: a store that should exist is miss
 // pkirelay) and from EX_TEMPFAIL (75, try again later), which cron is told to ignore.
 constexpr int ExitStoreCorrupt = 74;
 
-// The level set by --verbose/--quiet; when unset, loadOrReport applies the file's log.level.
+// The level set by --verbose/--quiet.
 void setLogLevelOverride(std::optional<spdlog::level::level_enum> level);
-
-// Loads a configuration, printing every problem on stderr when it is not valid, and applies its
-// log.level (unless --verbose/--quiet said otherwise).
-std::optional<Config> loadOrReport(const std::string &path);
+// Without --verbose/--quiet: the level of the file's log.level, read before the command runs
+// (a file that is not valid changes nothing here; the command itself reports it).
+void applyConfiguredLogLevel(const std::string &cfgPath);
 
 // Names from folders may be any bytes: never let one make the JSON encoder throw.
 void printJson(const nlohmann::json &j);

@@ -52,15 +52,6 @@ void writeAll(int fd, ByteView bytes, const std::string &what) {
 } // namespace
 
 Directory Directory::open(const std::string &path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        throw IoError("open folder " + path, errno);
-    return Directory(path, Fd(fd));
-}
-
-Directory Directory::openOrCreate(const std::string &path) {
-    if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
-        throw IoError("create folder " + path, errno);
     const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
@@ -70,6 +61,12 @@ Directory Directory::openOrCreate(const std::string &path) {
         throw IoError("open folder " + path, err);
     }
     return Directory(path, Fd(fd));
+}
+
+Directory Directory::openOrCreate(const std::string &path) {
+    if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+        throw IoError("create folder " + path, errno);
+    return open(path);
 }
 
 namespace {
@@ -232,7 +229,9 @@ std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, m
     std::vector<std::string> temps(files.size());
     for (std::size_t i = 0; i < files.size(); ++i) {
         const auto &file = files[i];
-        temps[i] = "." + file.name + ".pkirelay-tmp";
+        // Unique per writer (tag), so that two deliveries can never share a temporary file.
+        temps[i] =
+            "." + file.name + (file.tempTag.empty() ? "" : "." + file.tempTag) + ".pkirelay-tmp";
         const std::string what = file.dir->path() + "/" + temps[i];
         try {
             Fd fd(::openat(file.dir->fd(), temps[i].c_str(),

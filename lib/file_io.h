@@ -70,7 +70,9 @@ struct FileRead {
 };
 class Directory {
 public:
-    // Opens a folder (the configured path itself is trusted; what is inside it is not).
+    // Opens a folder (the configured path itself is trusted; what is inside it is not). The
+    // last component must not be a symlink: a watched folder is refused the same way as the
+    // folders pkirelay writes into.
     static Directory open(const std::string &path);
     // Opens it, creating it (mode 0700) first when it is missing. The last component must not
     // be a symlink: folders such as <watched>/processed live where a hostile writer could plant
@@ -107,14 +109,15 @@ struct FileToWrite {
     const Directory *dir = nullptr;
     std::string name;
     ByteView bytes;
+    std::string tempTag; // makes the temporary name unique to this writer (e.g. a delivery id)
 };
 
 // The error text writeFilesDurably gives for a name that is already taken.
 constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";
 
-// Writes a batch durably: each file to ".<name>.pkirelay-tmp", fsync each, rename each over its
-// name, then fsync each distinct folder once. A crash leaves either the old state or the new
-// file, never a partial one under the final name. Temporary names start with '.', which every
+// Writes a batch durably: each file to ".<name>.<tempTag>.pkirelay-tmp", fsync each, rename each
+// over its name, then fsync each distinct folder once. A crash leaves either the old state or the
+// new file, never a partial one under the final name. Temporary names start with '.', which every
 // scan skips. A file never replaces one that is there already (RENAME_NOREPLACE): what is there
 // may be someone's request. Files succeed or fail one by one: the result has, per file, an empty
 // string or the error (nameTakenError for a taken name); a failed file leaves no temporary file

@@ -111,8 +111,8 @@ struct Store::Impl {
 
     std::int64_t addDelivery(std::int64_t item, const Submission &s, bool delivered, Millis now) {
         auto q = db.query("INSERT INTO delivery (item_id, source, origin, reply_to, "
-                          "arrival_sha256, state, created_at, updated_at) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)");
+                          "arrival_sha256, state, created_at, updated_at, ack) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)");
         q->bind(1, item)
             .bind(2, s.arrival.source)
             .bind(3, s.arrival.origin)
@@ -120,6 +120,8 @@ struct Store::Impl {
             .bind(5, s.arrivalSha256)
             .bind(6, delivered ? "delivered" : "pending")
             .bind(7, now);
+        if (s.acknowledgedWhenStored)
+            q->bind(8, "kept");
         q->run();
         return ::sqlite3_last_insert_rowid(db.get());
     }
@@ -523,23 +525,48 @@ std::vector<Ingested> Store::ingest(std::span<const Submission> batch, Millis no
     return out;
 }
 
-bool Store::knownArrival(std::string_view source, std::string_view origin,
-                         std::string_view arrivalSha256) {
-    auto q = impl_->db.query("SELECT 1 FROM delivery WHERE source = ?1 AND origin = ?2 AND "
-                             "arrival_sha256 = ?3 LIMIT 1");
+Ledger::Seen Store::arrivalSeen(std::string_view source, std::string_view origin,
+                                std::string_view arrivalSha256) {
+    auto q = impl_->db.query("SELECT id, ack FROM delivery WHERE source = ?1 AND origin = ?2 AND "
+                             "arrival_sha256 = ?3 ORDER BY id DESC LIMIT 1");
     q->bind(1, source).bind(2, origin).bind(3, arrivalSha256);
+    using State = Ledger::Seen::State;
+    if (!q->step())
+        return {State::New, 0};
+    if (q->isNull(1))
+        return {State::Unacknowledged, q->int64(0)};
+    return {q->text(1) == "kept" ? State::Kept : State::New, q->int64(0)};
+}
+
+void Store::markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks,
+                             Millis now) {
+    if (acks.empty())
+        return;
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto &[id, ack] : acks) {
+        if (ack == Source::Ack::Failed)
+            continue;
+        auto q = db.query("UPDATE delivery SET ack = ?2, updated_at = ?3 WHERE id = ?1");
+        q->bind(1, id).bind(2, ack == Source::Ack::Kept ? "kept" : "removed").bind(3, now);
+        q->run();
+    }
+    tx.commit();
+}
+
+bool Store::isOutput(std::string_view replyTo, std::string_view name, std::string_view sha256) {
+    auto q = impl_->db.query("SELECT 1 FROM delivery d JOIN item i ON i.id = d.item_id "
+                             "WHERE d.reply_to = ?1 AND d.output = ?2 AND "
+                             "i.response_sha256 = ?3 LIMIT 1");
+    q->bind(1, replyTo).bind(2, name).bind(3, sha256);
     return q->step();
 }
 
-std::unordered_map<std::string, std::string> Store::outputs(std::string_view replyTo) {
-    std::unordered_map<std::string, std::string> names;
-    auto q = impl_->db.query("SELECT d.output, i.response_sha256 FROM delivery d "
-                             "JOIN item i ON i.id = d.item_id "
-                             "WHERE d.reply_to = ?1 AND d.output IS NOT NULL");
-    q->bind(1, replyTo);
-    while (q->step())
-        names[q->text(0)] = q->text(1);
-    return names;
+bool Store::outputReserved(std::string_view replyTo, std::string_view name) {
+    auto q = impl_->db.query("SELECT 1 FROM delivery WHERE reply_to = ?1 AND output = ?2 AND "
+                             "state = 'writing' LIMIT 1");
+    q->bind(1, replyTo).bind(2, name);
+    return q->step();
 }
 
 int Store::requeueExpiredLeases(Millis now) {
@@ -568,7 +595,7 @@ int Store::requeueExpiredLeases(Millis now, Millis expiredBy) {
 }
 
 std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil,
-                                std::vector<Damaged> *damaged) {
+                                std::size_t maxBytes, std::vector<Damaged> *damaged) {
     auto &db = impl_->db;
     std::vector<Claim> claims;
     std::vector<bool> resend;
@@ -579,7 +606,8 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
                           "sha256 FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
                           "next_try <= ?1) ORDER BY id LIMIT ?2");
         q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
-        while (q->step()) {
+        std::size_t bytes = 0;
+        while (bytes < maxBytes && q->step()) {
             Claim c;
             c.itemId = q->int64(0);
             auto kind = kindFromDb(q->text(1));
@@ -599,6 +627,7 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.attempts = static_cast<int>(q->int64(4)) + 1;
             c.firstSeen = q->int64(5);
             resend.push_back(q->int64(6) != 0);
+            bytes += c.der.size();
             claims.push_back(std::move(c));
         }
     }
@@ -643,30 +672,56 @@ std::vector<State> Store::record(std::span<const Outcome> outcomes, Millis now,
     return states;
 }
 
-std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t afterId) {
+namespace {
+
+constexpr std::string_view deliveryColumns =
+    "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
+    "i.response FROM delivery d JOIN item i ON i.id = d.item_id "
+    "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
+    "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL ";
+
+Delivery readDelivery(sql::Statement &q) {
+    Delivery d;
+    d.deliveryId = q.int64(0);
+    d.itemId = q.int64(1);
+    d.arrival = {q.text(2), q.text(3), q.text(4)};
+    d.output = q.text(5);
+    d.responseKind = kindFromDb(q.text(6)).value();
+    d.response = q.blob(7);
+    return d;
+}
+
+} // namespace
+
+std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t afterId,
+                                               std::size_t maxBytes) {
     std::vector<Delivery> out;
-    auto q = impl_->db.query(
-        "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
-        "i.response FROM delivery d JOIN item i ON i.id = d.item_id "
-        "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
-        "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL AND d.id > ?2 "
-        "ORDER BY d.id LIMIT ?1");
+    auto q = impl_->db.query(std::string(deliveryColumns) + "AND d.id > ?2 ORDER BY d.id LIMIT ?1");
     q->bind(1, static_cast<std::int64_t>(limit)).bind(2, afterId);
-    while (q->step()) {
-        Delivery d;
-        d.deliveryId = q->int64(0);
-        d.itemId = q->int64(1);
-        d.arrival = {q->text(2), q->text(3), q->text(4)};
-        d.output = q->text(5);
-        d.responseKind = kindFromDb(q->text(6)).value();
-        d.response = q->blob(7);
-        out.push_back(std::move(d));
+    std::size_t bytes = 0;
+    while (bytes < maxBytes && q->step()) {
+        out.push_back(readDelivery(*q));
+        bytes += out.back().response.size();
     }
     return out;
 }
 
-void Store::assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names, Millis now) {
+std::vector<Delivery> Store::deliveriesFor(std::span<const std::int64_t> itemIds) {
+    std::vector<Delivery> out;
+    for (const auto id : itemIds) {
+        auto q = impl_->db.query(std::string(deliveryColumns) + "AND d.item_id = ?1 ORDER BY d.id");
+        q->bind(1, id);
+        while (q->step())
+            out.push_back(readDelivery(*q));
+    }
+    return out;
+}
+
+std::vector<bool> Store::assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names,
+                                       Millis now) {
     auto &db = impl_->db;
+    std::vector<bool> assigned;
+    assigned.reserve(names.size());
     sql::Transaction tx(db);
     for (const auto &[id, name] : names) {
         std::string current;
@@ -686,12 +741,77 @@ void Store::assignOutputs(std::span<const std::pair<std::int64_t, std::string>> 
             throw StoreError(fmt::format("assignOutputs: delivery {} already has the output {}, "
                                          "not {}",
                                          id, current, name));
+        // Held by another unfinished delivery in the same folder (the unique index
+        // delivery_reserved would refuse it too): the caller chooses again.
+        auto held = db.query("SELECT 1 FROM delivery WHERE reply_to = "
+                             "(SELECT reply_to FROM delivery WHERE id = ?1) AND output = ?2 AND "
+                             "state = 'writing' AND id <> ?1 LIMIT 1");
+        held->bind(1, id).bind(2, name);
+        if (held->step()) {
+            assigned.push_back(false);
+            continue;
+        }
         auto q = db.query("UPDATE delivery SET output = ?2, state = 'writing', updated_at = ?3 "
                           "WHERE id = ?1");
         q->bind(1, id).bind(2, name).bind(3, now);
         q->run();
+        assigned.push_back(true);
     }
     tx.commit();
+    return assigned;
+}
+
+void Store::noteDeliveryProblem(std::int64_t deliveryId, std::string_view detail, Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    std::int64_t item = 0;
+    {
+        auto q = db.query("SELECT item_id FROM delivery WHERE id = ?1");
+        q->bind(1, deliveryId);
+        if (!q->step())
+            return;
+        item = q->int64(0);
+    }
+    {
+        auto q = db.query("SELECT detail FROM event WHERE item_id = ?1 AND what = 'delivery "
+                          "waiting' ORDER BY id DESC LIMIT 1");
+        q->bind(1, item);
+        if (q->step() && q->text(0) == detail)
+            return; // said already
+    }
+    impl_->addEvent(item, now, "delivery waiting", detail);
+    tx.commit();
+}
+
+void Store::abandon(std::span<const std::int64_t> itemIds, Millis now, std::string_view why) {
+    if (itemIds.empty())
+        return;
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto id : itemIds) {
+        std::int64_t attempts = 0;
+        {
+            auto q = db.query("UPDATE item SET state = 'queued', next_try = ?2, lease_until = "
+                              "NULL, outcome_unknown = 1, updated_at = ?2 WHERE id = ?1 AND "
+                              "state = 'relaying' RETURNING attempts");
+            q->bind(1, id).bind(2, now);
+            if (!q->step())
+                continue;
+            attempts = q->int64(0);
+        }
+        impl_->addEvent(id, now, "abandoned",
+                        fmt::format("attempt {} abandoned ({}); its outcome is unknown, the CA may "
+                                    "see this request again",
+                                    attempts, why));
+    }
+    tx.commit();
+}
+
+std::optional<Millis> Store::nextRetry() {
+    auto q = impl_->db.query("SELECT min(next_try) FROM item WHERE state = 'deferred'");
+    if (!q->step())
+        return std::nullopt;
+    return q->optInt64(0);
 }
 
 void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now) {

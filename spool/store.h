@@ -25,6 +25,7 @@
 #include "lib/bytes.h"
 #include "lib/classify.h"
 #include "lib/kinds.h"
+#include "lib/sources/source.h"
 
 namespace pkirelay::spool {
 
@@ -48,24 +49,9 @@ enum class State {
 std::string_view stateName(State state);
 std::optional<State> stateFromName(std::string_view name);
 
-// One arrival of an item: where it came from and where its answer goes.
-struct Arrival {
-    std::string source;  // configured source name
-    std::string origin;  // the file's name in the source folder (later: a mail's Message-ID)
-    std::string replyTo; // the folder the response file is written to (later: a mail address)
-};
-
-// What a source hands to ingest() for one file.
-struct Submission {
-    Arrival arrival;
-    std::string arrivalSha256;      // hash of the raw input as found (for known-arrival checks)
-    std::uint64_t size = 0;         // of the raw input
-    std::optional<Message> message; // the classified message, or nullopt when rejected
-    bool relay = true;              // false: a message that is not a request (-> Unmatched)
-    std::string rejectReason;       // when message is nullopt: why (-> Quarantined)
-    Bytes rejectedBytes;            // the raw input of a rejected file, kept for `show`; may be
-                                    // empty when it was too large to read
-};
+// Arrivals and submissions are the source interface's (lib/sources/source.h).
+using pkirelay::Arrival;
+using pkirelay::Submission;
 
 struct Ingested {
     std::int64_t itemId = 0;
@@ -268,15 +254,24 @@ public:
     // the existing item; a duplicate of a Failed item puts it back in the queue.
     std::vector<Ingested> ingest(std::span<const Submission> batch, Millis now);
 
-    // True when this source already recorded an arrival of exactly these bytes under this name
-    // (a kept file seen again by a later scan).
+    // What the store knows of the latest arrival of exactly these bytes under this name from
+    // this source (the Ledger a source asks, lib/sources/source.h): new, stored but never
+    // acknowledged, or kept in place. One indexed lookup.
+    Ledger::Seen arrivalSeen(std::string_view source, std::string_view origin,
+                             std::string_view arrivalSha256);
     bool knownArrival(std::string_view source, std::string_view origin,
-                      std::string_view arrivalSha256);
+                      std::string_view arrivalSha256) {
+        return arrivalSeen(source, origin, arrivalSha256).state != Ledger::Seen::State::New;
+    }
+    // Records how sources acknowledged arrivals (delivery ids from ingest() or arrivalSeen()).
+    void markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks, Millis now);
 
-    // The response files pkirelay assigned in a folder, by name, with the SHA-256 of the response
-    // written under each. A scan of that folder skips a file only when both match: a new
-    // request that reuses one of those names is a new request.
-    std::unordered_map<std::string, std::string> outputs(std::string_view replyTo);
+    // True when a delivery wrote (or is writing) a response named `name` into folder replyTo
+    // whose bytes hash to sha256: such a file in a watched folder is an answer, not a request.
+    // A new request reusing the name of an earlier answer is a new request. One indexed lookup.
+    bool isOutput(std::string_view replyTo, std::string_view name, std::string_view sha256);
+    // True when an unfinished delivery holds this response file name in this folder.
+    bool outputReserved(std::string_view replyTo, std::string_view name);
 
     // Puts items whose relaying lease expired by expiredBy (default: now) back in the queue (an
     // event says the CA may see the request again), stamped with now. Returns how many. A caller
@@ -285,12 +280,19 @@ public:
     int requeueExpiredLeases(Millis now, Millis expiredBy);
 
     // Claims up to limit ready items (Queued, or Deferred with next_try <= now), oldest first,
-    // moving them to Relaying until leaseUntil and counting the attempt. One transaction.
+    // and about maxBytes of them (always at least one), moving them to Relaying until
+    // leaseUntil and counting the attempt. One transaction.
     // An item whose stored DER no longer hashes to its recorded sha256 is not returned: it goes
     // to Review ("stored bytes damaged", an event says so) and, when damaged is given, is
     // appended there so the caller can log it loudly.
     std::vector<Claim> claim(std::size_t limit, Millis now, Millis leaseUntil,
+                             std::size_t maxBytes = 64 * 1024 * 1024,
                              std::vector<Damaged> *damaged = nullptr);
+    // Puts items that were in flight back in the queue (shutdown): their outcome is unknown,
+    // so the next send is a recorded resend. One transaction.
+    void abandon(std::span<const std::int64_t> itemIds, Millis now, std::string_view why);
+    // The earliest next_try of a deferred item, when there is one: when the relay stage wakes.
+    std::optional<Millis> nextRetry();
 
     // Records the outcomes of a batch in one transaction: Answer -> Answered (response stored);
     // Transient -> Deferred with backoff, or Failed once policy.maxAge has passed;
@@ -301,11 +303,23 @@ public:
                               const RetryPolicy &policy);
 
     // Deliveries whose item is Answered with a response and that are not yet delivered, in id
-    // order, starting after afterId (so a caller can page past deliveries it could not write).
-    std::vector<Delivery> deliveriesToWrite(std::size_t limit, std::int64_t afterId = 0);
+    // order, starting after afterId (so a caller can page past deliveries it could not write),
+    // and about maxBytes of responses (always at least one). A sweep: its cost grows with the
+    // number of undelivered arrivals, so the pipeline runs it at start and on a timer, and
+    // otherwise asks deliveriesFor() the items it just saw answered.
+    std::vector<Delivery> deliveriesToWrite(std::size_t limit, std::int64_t afterId = 0,
+                                            std::size_t maxBytes = 64 * 1024 * 1024);
+    // The undelivered deliveries of these items, when they are answered. Indexed by item.
+    std::vector<Delivery> deliveriesFor(std::span<const std::int64_t> itemIds);
     // Records the chosen response file names before the files are written (state writing), so a
     // crash between write and commit rewrites the same file instead of making a second one.
-    void assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names, Millis now);
+    // A name another unfinished delivery holds in the same folder is not assigned: the result
+    // says, per name, whether it was (false: choose again).
+    std::vector<bool> assignOutputs(std::span<const std::pair<std::int64_t, std::string>> names,
+                                    Millis now);
+    // Records why a delivery is waiting (a folder gone, a name taken by someone else's file),
+    // as an event, once per distinct reason.
+    void noteDeliveryProblem(std::int64_t deliveryId, std::string_view detail, Millis now);
     void markDelivered(std::span<const std::int64_t> deliveryIds, Millis now);
 
     // Operator views.

@@ -123,7 +123,7 @@ class Operator(PkirelayTestCase):
     def test_views_work_while_a_run_holds_the_lock(self):
         item = self.answered_item()
         self.csr("b.p10")
-        with open(self.store + ".lock", "w") as lock:
+        with open(self.store, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # as a running `pkirelay run` holds it
             self.assertEqual(self.js("status")["counts"]["answered"], 1)
             self.assertEqual(len(self.js("list")["items"]), 1)

@@ -175,10 +175,23 @@ class RunSemantics(PkirelayTestCase):
 
     def test_second_run_refuses_while_one_holds_the_lock(self):
         self.configure()
+        self.run_once(expect=0)  # creates the store
         self.csr("locked.p10")
-        with open(os.path.join(self.tmp, "store.db.lock"), "w") as lock:
+        # The lock is on the database file itself, so naming the store through a symlink (or
+        # any other path) does not get around it.
+        link = os.path.join(self.tmp, "alias.db")
+        os.symlink(os.path.join(self.tmp, "store.db"), link)
+        with open(os.path.join(self.tmp, "store.db"), "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             proc = self.run_once(expect=75)
+            self.assertIn("another pkirelay run", proc.stderr)
+            with open(self.config) as f:
+                text = f.read()
+            alias = os.path.join(self.tmp, "alias.toml")
+            with open(alias, "w") as f:
+                f.write(text.replace(os.path.join(self.tmp, "store.db"), link))
+            proc = self.pkirelay("run", "--once", "-c", alias, check=False)
+            self.assertEqual(proc.returncode, 75, proc.stderr)
             self.assertIn("another pkirelay run", proc.stderr)
         self.assertEqual(self.requests_seen(), 0)
         self.run_once(expect=0)
@@ -310,11 +323,68 @@ class RunSemantics(PkirelayTestCase):
         os.symlink(elsewhere, os.path.join(self.inbox, "processed"))
         self.configure(extra_source='after = "move"')
         self.csr("req.p10")
-        proc = self.run_once(expect=75)
+        # A configuration error (78), found by check-config and at start alike.
+        proc = self.pkirelay("check-config", "-c", self.config)
+        self.assertEqual(proc.returncode, 78, proc.stdout + proc.stderr)
+        self.assertIn("symlink", proc.stderr)
+        proc = self.run_once(expect=78)
         self.assertIn("symlink", proc.stderr)
         self.assertEqual(os.listdir(elsewhere), [])
         self.assertIn("req.p10", self.inbox_files())
         self.assertEqual(self.requests_seen(), 0)
+
+    def test_symlinked_watched_folder_is_refused(self):
+        # Issue 13, defect 7: a watched folder that is a symlink was followed, while a
+        # symlinked responses folder was refused. Both are refused the same way now.
+        real = os.path.join(self.tmp, "real-inbox")
+        os.rename(self.inbox, real)
+        os.symlink(real, self.inbox)
+        self.configure()
+        self.csr("req.p10", folder=real)
+        proc = self.pkirelay("check-config", "-c", self.config)
+        self.assertEqual(proc.returncode, 78, proc.stdout + proc.stderr)
+        self.assertIn("symlink", proc.stderr)
+        self.run_once(expect=78)
+        self.assertEqual(os.listdir(real), ["req.p10"])
+        self.assertEqual(self.requests_seen(), 0)
+
+    def test_same_bytes_put_back_after_delete_are_a_new_arrival(self):
+        # Issue 13, defect 3: a request answered earlier and put back under the same name (a
+        # client retrying) was deleted without a trace. Acknowledgement is in the store now, so
+        # this is a second arrival: it gets the recorded answer, and the CA is not asked again.
+        self.configure(extra_source='after = "delete"')
+        path = self.csr("req.p10")
+        with open(path, "rb") as f:
+            request = f.read()
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["req.p7c"])
+        with open(os.path.join(self.inbox, "req.p7c"), "rb") as f:
+            answer = f.read()
+        os.unlink(os.path.join(self.inbox, "req.p7c"))  # the client took its answer
+        with open(path, "wb") as f:
+            f.write(request)
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["req.p7c"])
+        with open(os.path.join(self.inbox, "req.p7c"), "rb") as f:
+            self.assertEqual(f.read(), answer)
+        self.assertEqual(self.requests_seen(), 1)
+        (item,) = self.items()
+        detail = json.loads(self.pkirelay("show", str(item["id"]), "--json", "-c",
+                                          self.config, check=True).stdout)
+        self.assertEqual(len(detail["arrivals"]), 2)
+        self.assertEqual([a["delivery"] for a in detail["arrivals"]], ["delivered", "delivered"])
+
+    def test_trailing_slash_in_responses_is_the_same_folder(self):
+        # Issue 13, defect 2: responses = "<path>/" made the scan take pkirelay's own answer as
+        # an unmatched response and, with after = "delete", delete it.
+        self.configure(extra_source=f'responses = "{self.inbox}/"\nafter = "delete"')
+        self.csr("req.p10")
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["req.p7c"])
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["req.p7c"])
+        states = sorted(i["state"] for i in self.items())
+        self.assertEqual(states, ["answered"])
 
     def test_long_name_does_not_block_other_responses(self):
         self.configure(extra="[limits]\nbatch_size = 1")

@@ -1,7 +1,7 @@
-// HTTP(S) relaying of PKI messages with libcurl's multi interface: POST with the Content-Type of
-// the message's kind (RFC 10003 §4 for CMC, RFC 9811 §3 for CMP), several requests in flight,
-// connections kept alive and reused. The outcome of each exchange is a value the store records:
-// a response to deliver, a transient failure to retry, or a permanent one.
+// The HTTP(S) transport: PKI messages POSTed with libcurl's multi interface: POST with the
+// Content-Type of the message's kind (RFC 10003 §4 for CMC, RFC 9811 §3 for CMP), several requests
+// in flight, connections kept alive and reused. The outcome of each exchange is a value the store
+// records: a response to deliver, a transient failure to retry, or a permanent one.
 //
 // Outcome rules (../shared/DESIGN.md, "Transports" and "Failures"):
 // - 200 with a body that classifies as a PKI message: the response.
@@ -15,15 +15,18 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "bytes.h"
-#include "classify.h"
-#include "kinds.h"
+#include "lib/bytes.h"
+#include "lib/classify.h"
+#include "lib/kinds.h"
+#include "lib/loop/event_loop.h"
+#include "lib/transports/transport.h"
 
 namespace pkirelay {
 
@@ -42,38 +45,31 @@ struct HttpEndpoint {
     // connection is refused; and, single-threaded, while a transaction is open it reads only
     // from that kept-alive connection and leaves every other connection waiting.
     bool keepAlive = true;
+    // Answers are classified with this limit (limits.max_message_size); a larger body is still
+    // read, up to a hard cap, and kept, so that nothing the CA returned is thrown away.
+    std::size_t maxMessageSize = 4 * 1024 * 1024;
 };
 
-struct HttpRequest {
-    std::int64_t id = 0; // the caller's item id, returned with the result
-    const HttpEndpoint *endpoint = nullptr;
-    Kind kind = Kind::Cmp; // decides the Content-Type
-    ByteView body;         // must stay valid until perform() returns
-};
-
-struct HttpResult {
-    std::int64_t id = 0;
-    enum class Type { Response, Done, Transient, Permanent } type = Type::Transient;
-    long httpStatus = 0;             // 0 when no HTTP response arrived
-    std::string contentType;         // of the response, as sent
-    std::optional<Message> response; // set for Type::Response: the classified body
-    std::string detail;              // one line: "HTTP 200 application/pkixcmp, 1532 bytes" or the
-                                     // curl error ("Connection refused"), for the event log
-};
-
-// One HttpRelay per thread; it keeps its connections between perform() calls.
-class HttpRelay {
+// The HTTP(S) transport of one endpoint, driven by an EventLoop through libcurl's multi socket
+// interface (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION, as curl's ephiperfifo.c does):
+// it never blocks, keeps its connections between exchanges, and runs at most
+// endpoint.maxConnections exchanges at once.
+class HttpTransport final : public Transport {
 public:
-    HttpRelay();
-    ~HttpRelay();
-    HttpRelay(const HttpRelay &) = delete;
-    HttpRelay &operator=(const HttpRelay &) = delete;
+    explicit HttpTransport(HttpEndpoint endpoint);
+    ~HttpTransport() override;
+    HttpTransport(const HttpTransport &) = delete;
+    HttpTransport &operator=(const HttpTransport &) = delete;
 
-    // Sends all requests, at most maxInFlight at once overall (and each endpoint's
-    // maxConnections per endpoint), and returns one result per request in completion order.
-    // onResult, when given, is called as each one completes (for progress and logs).
-    std::vector<HttpResult> perform(std::span<const HttpRequest> requests, unsigned maxInFlight,
-                                    const std::function<void(const HttpResult &)> &onResult = {});
+    const std::string &name() const override;
+    void attach(EventLoop &loop) override;
+    std::size_t capacity() const override;
+    std::size_t inFlight() const override;
+    void send(const Exchange &exchange, OnReply onReply) override;
+    std::vector<std::int64_t> abandon() override;
+
+    // The endpoint's settings; changes apply to exchanges started afterwards.
+    HttpEndpoint &endpoint();
 
     // Counters since construction, for metrics and for tests that check keep-alive.
     struct Stats {
@@ -85,6 +81,37 @@ public:
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
+};
+
+using HttpResult = Reply;
+
+struct HttpRequest {
+    std::int64_t id = 0; // the caller's item id, returned with the result
+    const HttpEndpoint *endpoint = nullptr;
+    Kind kind = Kind::Cmp; // decides the Content-Type
+    ByteView body;         // must stay valid until perform() returns
+};
+
+// Blocking batches over HttpTransports with a loop of their own: for tests and tools that want
+// "send these, give me the results". It keeps one transport (and so its connections) per
+// endpoint between perform() calls.
+class HttpRelay {
+public:
+    HttpRelay();
+    ~HttpRelay();
+    HttpRelay(const HttpRelay &) = delete;
+    HttpRelay &operator=(const HttpRelay &) = delete;
+
+    // Sends all requests, at most maxInFlight at once overall (and each endpoint's
+    // maxConnections per endpoint), and returns one result per request in completion order.
+    // onResult, when given, is called as each one completes.
+    std::vector<HttpResult> perform(std::span<const HttpRequest> requests, unsigned maxInFlight,
+                                    const std::function<void(const HttpResult &)> &onResult = {});
+    HttpTransport::Stats stats() const;
+
+private:
+    EventLoop loop_;
+    std::map<const HttpEndpoint *, std::unique_ptr<HttpTransport>> transports_;
 };
 
 // curl_global_init, once, before any thread starts (../shared/LIBRARIES.md).

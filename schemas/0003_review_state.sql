@@ -1,4 +1,4 @@
--- Schema 2 of the pkirelay store: the item state 'review' ("needs a person"): an answer the CA
+-- Schema 3 of the pkirelay store: the item state 'review' ("needs a person"): an answer the CA
 -- gave that pkirelay could not accept (kept byte for byte in response, response_kind NULL,
 -- response_detail saying why), or a request whose stored bytes no longer match their hash.
 -- Applied inside BEGIN IMMEDIATE with foreign keys off (spool/store.cc, Store::open); compiled

@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "lib/http_relay.h"
+#include "lib/transports/http.h"
 #include "peer.h"
 
 using namespace pkirelay;
@@ -195,7 +195,7 @@ TEST_CASE("CMP ir relayed to OpenSSL's mock server comes back as an ip", "[cmp][
     HttpEndpoint ep = endpoint(server.url());
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
     INFO(r.detail << "\n" << server.peer->transcript());
-    CHECK(r.httpStatus == 200);
+    CHECK(r.status == 200);
     CHECK(r.contentType == "application/pkixcmp");
     REQUIRE(r.type == Type::Response); // [classify]
     REQUIRE(r.response);
@@ -210,7 +210,7 @@ TEST_CASE("CMP error message from the server is a response to deliver", "[cmp][c
     HttpRelay relay;
     HttpEndpoint ep = endpoint(server.url());
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
-    CHECK(r.httpStatus == 200);
+    CHECK(r.status == 200);
     REQUIRE(r.type == Type::Response); // [classify]
     REQUIRE(r.response->cmp);
     CHECK(r.response->cmp->bodyType == 23); // error
@@ -221,7 +221,7 @@ TEST_CASE("CMP server answers 404 on a path it does not serve: permanent", "[cmp
     HttpRelay relay;
     HttpEndpoint ep = endpoint(server.url("/other"));
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
-    CHECK(r.httpStatus == 404);
+    CHECK(r.status == 404);
     CHECK(r.type == Type::Permanent);
     CHECK(r.detail.find("HTTP 404") == 0);
 }
@@ -240,7 +240,7 @@ TEST_CASE("OpenSSL's mock server with several requests in flight", "[cmp][keepal
     };
     auto count = [](const std::vector<HttpResult> &rs, long status) {
         return std::count_if(rs.begin(), rs.end(),
-                             [&](const HttpResult &r) { return r.httpStatus == status; });
+                             [&](const HttpResult &r) { return r.status == status; });
     };
 
     SECTION("open transactions: the other connections wait, and time out as transient") {
@@ -254,15 +254,15 @@ TEST_CASE("OpenSSL's mock server with several requests in flight", "[cmp][keepal
         CHECK(count(rs, 200) == 1);
         for (const auto &r : rs) {
             INFO(r.id << " " << typeName(r.type) << " " << r.detail);
-            if (r.httpStatus != 200) {
+            if (r.status != 200) {
                 CHECK(r.type == Type::Transient);
-                CHECK(r.httpStatus == 0);
+                CHECK(r.status == 0);
             }
         }
         CHECK(elapsed < 5s); // the timeout fired; nothing hangs
         // The kept-alive connection is reused by the next perform(), so it is served.
         auto again = relay.perform({reqs.data(), 1}, 8);
-        CHECK(again.at(0).httpStatus == 200);
+        CHECK(again.at(0).status == 200);
     }
     SECTION("open transactions, one connection per endpoint: served one after another") {
         CmpServer server;
@@ -271,7 +271,7 @@ TEST_CASE("OpenSSL's mock server with several requests in flight", "[cmp][keepal
         make(ep, f.irOpen);
         auto rs = relay.perform(reqs, 8);
         CHECK(count(rs, 200) == 3);
-        // The connection stays open across requests (HTTP/1.0 keep-alive, see http_relay.cc).
+        // The connection stays open across requests (HTTP/1.0 keep-alive, see transports/http.cc).
         CHECK(relay.stats().newConnections == 1);
     }
     SECTION("open transactions, keepAlive off: every connection is served in turn") {
@@ -302,7 +302,7 @@ TEST_CASE("CMC Full PKI Request gets a Full PKI Response", "[cmc][classify]") {
     HttpRelay relay;
     HttpEndpoint ep = endpoint(responder.url());
     HttpResult r = one(relay, ep, Kind::CmcFullRequest, fixtures().cmcFull);
-    CHECK(r.httpStatus == 200);
+    CHECK(r.status == 200);
     CHECK(r.contentType == "application/pkcs7-mime; smime-type=CMC-Response");
     REQUIRE(r.type == Type::Response); // [classify]
     CHECK(r.response->kind == Kind::CmcFullResponse);
@@ -317,7 +317,7 @@ TEST_CASE("CMC Simple PKI Request gets a certs-only response", "[cmc][classify]"
     HttpRelay relay;
     HttpEndpoint ep = endpoint(responder.url());
     HttpResult r = one(relay, ep, Kind::CmcSimpleRequest, fixtures().cmcSimple);
-    CHECK(r.httpStatus == 200);
+    CHECK(r.status == 200);
     CHECK(r.contentType == "application/pkcs7-mime; smime-type=certs-only");
     REQUIRE(r.type == Type::Response); // [classify]
     CHECK(r.response->kind == Kind::CmcSimpleResponse);
@@ -329,7 +329,7 @@ TEST_CASE("Status codes without a PKI body map to outcomes", "[cmc]") {
         CmcResponder responder({"--fail-status", std::to_string(status)});
         HttpEndpoint ep = endpoint(responder.url());
         HttpResult r = one(relay, ep, Kind::CmcSimpleRequest, fixtures().cmcSimple);
-        CHECK(r.httpStatus == status);
+        CHECK(r.status == status);
         CHECK(!r.response);
         return r.type;
     };
@@ -349,7 +349,7 @@ TEST_CASE("The Content-Type comes from the kind; the responder refuses others", 
     HttpEndpoint ep = endpoint(responder.url());
     // Enveloped CMC goes out as smime-type=enveloped-data, which this responder does not take.
     HttpResult r = one(relay, ep, Kind::CmcEnveloped, fixtures().cmcFull);
-    CHECK(r.httpStatus == 415);
+    CHECK(r.status == 415);
     CHECK(r.type == Type::Permanent);
     one(relay, ep, Kind::CmcFullRequest, fixtures().cmcFull);
     one(relay, ep, Kind::CmcSimpleRequest, fixtures().cmcSimple);
@@ -387,7 +387,7 @@ TEST_CASE("Many requests in flight come back paired with their ids", "[cmc]") {
         REQUIRE(r.id >= 100);
         REQUIRE(r.id < 112);
         bool full = (r.id - 100) % 3 != 0;
-        CHECK(r.httpStatus == 200);
+        CHECK(r.status == 200);
         // The responder answers each kind with its own type, so a mix-up would show here.
         CHECK(r.contentType == (full ? "application/pkcs7-mime; smime-type=CMC-Response"
                                      : "application/pkcs7-mime; smime-type=certs-only"));
@@ -408,7 +408,7 @@ TEST_CASE("Connections are kept alive and reused across perform() calls", "[cmc]
         reqs.push_back({i, &ep, Kind::CmcSimpleRequest, f.cmcSimple});
     for (int round = 0; round < 2; ++round)
         for (const auto &r : relay.perform(reqs, 8))
-            CHECK(r.httpStatus == 200);
+            CHECK(r.status == 200);
     CHECK(relay.stats().requests == 12);
     CHECK(relay.stats().newConnections <= 2);
     // The responder's view: 12 requests from at most 2 client ports.
@@ -428,7 +428,7 @@ TEST_CASE("Connection refused is transient", "[transport]") {
     HttpEndpoint ep = endpoint("http://127.0.0.1:" + std::to_string(closed.port()) + "/pkix/");
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
     CHECK(r.type == Type::Transient);
-    CHECK(r.httpStatus == 0);
+    CHECK(r.status == 0);
     CHECK(!r.detail.empty());
 }
 
@@ -441,7 +441,7 @@ TEST_CASE("A server that never answers times out as transient", "[transport]") {
     auto elapsed = Clock::now() - start;
     INFO(r.detail);
     CHECK(r.type == Type::Transient);
-    CHECK(r.httpStatus == 0);
+    CHECK(r.status == 0);
     CHECK(r.detail.find("timed out") != std::string::npos);
     CHECK(elapsed >= 900ms);
     CHECK(elapsed < 5s);
@@ -480,7 +480,7 @@ TEST_CASE("A response over the size cap is refused, not buffered", "[transport]"
         pollfd p{big.fd(), POLLIN, 0};
         if (::poll(&p, 1, 10'000) != 1)
             return;
-        Fd conn(::accept(big.fd(), nullptr, nullptr));
+        test::Fd conn(::accept(big.fd(), nullptr, nullptr));
         std::string head;
         char buf[65536] = {};
         while (head.find("\r\n\r\n") == std::string::npos) {
@@ -513,7 +513,7 @@ TEST_CASE("A response over the size cap is refused, not buffered", "[transport]"
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
     server.join();
     INFO(r.detail);
-    CHECK(r.httpStatus == 200);
+    CHECK(r.status == 200);
     CHECK(r.type == Type::Permanent);
     CHECK(r.detail.find("response too large") != std::string::npos);
 }

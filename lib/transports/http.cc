@@ -1,11 +1,12 @@
-// HttpRelay: POSTs PKI messages with libcurl's multi interface and turns each exchange into an
-// HttpResult (../shared/DESIGN.md, "Transports"; outcome rules in http_relay.h).
-// It trusts the caller's requests (endpoints outlive perform(), bodies stay valid) and nothing
+// HttpTransport: POSTs PKI messages with libcurl's multi socket interface, driven by the event
+// loop, and turns each exchange into a Reply (../shared/DESIGN.md, "Transports"; outcome rules
+// in http.h). It trusts the caller's exchanges (bodies stay valid until the reply) and nothing
 // that comes off the wire: response bodies are size-capped and handed to classify(), which
 // decides whether they are PKI messages. curl callbacks never throw; every handle is Owned.
-#include "http_relay.h"
+#include "lib/transports/http.h"
 
 #include <curl/curl.h>
+#include <sys/epoll.h>
 
 #include <algorithm>
 #include <deque>
@@ -20,7 +21,7 @@
 
 #include <fmt/format.h>
 
-#include "owned.h"
+#include "lib/owned.h"
 
 namespace pkirelay {
 namespace {
@@ -29,9 +30,13 @@ using CurlEasy = Owned<CURL, ::curl_easy_cleanup>;
 using CurlMulti = Owned<CURLM, ::curl_multi_cleanup>;
 using CurlSlist = Owned<curl_slist, ::curl_slist_free_all>;
 
-// A response larger than this is not a PKI message we would relay (the classifier's own limit
-// is smaller); reading stops there so a hostile or broken server cannot exhaust memory.
+// Reading a response stops here, so a hostile or broken server cannot exhaust memory. It is
+// above any classifier limit so that an answer slightly too large is still kept whole.
 constexpr std::size_t kMaxResponseSize = 16 * 1024 * 1024;
+
+std::size_t readCap(const HttpEndpoint &ep) {
+    return std::max(kMaxResponseSize, ep.maxMessageSize + 64 * 1024);
+}
 
 // libcurl's option setters are variadic C functions; check each call so a missing feature
 // (CURLOPT_PROTOCOLS_STR needs 7.85) fails loudly instead of silently weakening a request.
@@ -51,7 +56,9 @@ template <class T> void setMultiOpt(CURLM *multi, CURLMoption option, T value, c
 // One request on the wire: the response buffer and everything libcurl points into while the
 // transfer runs (headers, error buffer), so they live exactly as long as the transfer.
 struct Transfer {
-    const HttpRequest *request = nullptr;
+    Exchange exchange;
+    Transport::OnReply onReply;
+    std::size_t cap = kMaxResponseSize;
     CurlEasy easy;
     CurlSlist headers;
     std::string body;
@@ -65,7 +72,7 @@ std::size_t writeBody(char *data, std::size_t size, std::size_t count, void *use
     // short count makes libcurl fail it with CURLE_WRITE_ERROR).
     auto *t = static_cast<Transfer *>(user);
     std::size_t n = size * count;
-    if (t->body.size() + n > kMaxResponseSize) {
+    if (t->body.size() + n > t->cap) {
         t->tooLarge = true;
         return 0;
     }
@@ -93,19 +100,20 @@ long curlInfoLong(CURL *easy, CURLINFO info) {
 }
 
 // Applies the outcome rules of http_relay.h to a finished exchange.
-HttpResult makeResult(Transfer &t, CURLcode rc) {
-    HttpResult r;
-    r.id = t.request->id;
+Reply makeResult(Transfer &t, CURLcode rc, const HttpEndpoint &ep) {
+    Reply r;
+    r.id = t.exchange.id;
     CURL *easy = t.easy.get();
-    r.httpStatus = curlInfoLong(easy, CURLINFO_RESPONSE_CODE);
+    r.status = curlInfoLong(easy, CURLINFO_RESPONSE_CODE);
     r.contentType = curlInfoString(easy, CURLINFO_CONTENT_TYPE);
-    std::string head = fmt::format("HTTP {} {}", r.httpStatus,
-                                   r.contentType.empty() ? "(no type)" : r.contentType);
+    std::string head =
+        fmt::format("HTTP {} {}", r.status, r.contentType.empty() ? "(no type)" : r.contentType);
 
     if (t.tooLarge || t.outOfMemory) {
         // The same answer would come again, except from a server in trouble (5xx).
-        r.type = r.httpStatus >= 500 ? HttpResult::Type::Transient : HttpResult::Type::Permanent;
-        r.detail = fmt::format("{}: response too large (over {} bytes)", head, kMaxResponseSize);
+        r.type = r.status >= 500 ? HttpResult::Type::Transient : HttpResult::Type::Permanent;
+        r.detail = fmt::format("{}: response too large (over {} bytes)", head, t.cap);
+        r.body.assign(t.body.begin(), t.body.end()); // what came, kept for a person
         return r;
     }
     if (rc != CURLE_OK) {
@@ -114,18 +122,21 @@ HttpResult makeResult(Transfer &t, CURLcode rc) {
         // URL, unreadable client key) land here too; deferring keeps the item until fixed.
         r.type = HttpResult::Type::Transient;
         r.detail = t.error[0] != '\0' ? std::string(t.error) : ::curl_easy_strerror(rc);
-        if (r.httpStatus != 0)
+        if (r.status != 0)
             r.detail = fmt::format("{}: {}", head, r.detail);
         return r;
     }
 
     std::string sized = fmt::format("{}, {} bytes", head, t.body.size());
     std::string notPki;
+    r.body.assign(t.body.begin(), t.body.end());
     if (!t.body.empty()) {
         // RFC 9811 §3: a PKI message in a 2xx, 4xx or 5xx body is the answer and is delivered,
         // whatever the status. The relay does not trust the Content-Type for this: the bytes
         // decide.
-        Classification c = classify(asBytes(t.body));
+        ClassifyLimits limits;
+        limits.maxSize = ep.maxMessageSize;
+        Classification c = classify(r.body, limits);
         if (auto *m = std::get_if<Message>(&c)) {
             r.type = HttpResult::Type::Response;
             r.response = std::move(*m);
@@ -135,7 +146,7 @@ HttpResult makeResult(Transfer &t, CURLcode rc) {
         notPki = std::get<Rejection>(c).reason;
     }
 
-    long s = r.httpStatus;
+    long s = r.status;
     if (s == 201) {
         // RFC 9811 §3: announcement stored (or already present); the content is empty.
         r.type = HttpResult::Type::Done;
@@ -162,10 +173,126 @@ HttpResult makeResult(Transfer &t, CURLcode rc) {
 
 } // namespace
 
-struct HttpRelay::Impl {
+struct HttpTransport::Impl {
+    HttpEndpoint endpoint;
     CurlMulti multi;
+    EventLoop *loop = nullptr;
+    EventLoop::TimerId timer = 0;
     std::vector<CurlEasy> pool; // idle easy handles, reset and reused
+    // Exchanges in flight, by easy handle: libcurl reports completions by handle.
+    std::unordered_map<CURL *, std::unique_ptr<Transfer>> active;
     Stats stats;
+
+    explicit Impl(HttpEndpoint ep) : endpoint(std::move(ep)) {
+        multi.reset(::curl_multi_init());
+        if (!multi)
+            throw std::runtime_error("curl_multi_init failed");
+        CURLM *m = multi.get();
+        setMultiOpt(m, CURLMOPT_SOCKETFUNCTION, onSocket, "CURLMOPT_SOCKETFUNCTION");
+        setMultiOpt(m, CURLMOPT_SOCKETDATA, static_cast<void *>(this), "CURLMOPT_SOCKETDATA");
+        setMultiOpt(m, CURLMOPT_TIMERFUNCTION, onTimer, "CURLMOPT_TIMERFUNCTION");
+        setMultiOpt(m, CURLMOPT_TIMERDATA, static_cast<void *>(this), "CURLMOPT_TIMERDATA");
+    }
+
+    ~Impl() { detachAll(); }
+
+    // libcurl tells which sockets to watch for what (CURLMOPT_SOCKETFUNCTION). Never throws.
+    static int onSocket(CURL *, curl_socket_t s, int what, void *user, void *) noexcept {
+        auto *self = static_cast<Impl *>(user);
+        if (self->loop == nullptr)
+            return 0;
+        try {
+            if (what == CURL_POLL_REMOVE) {
+                self->loop->unwatch(s);
+                return 0;
+            }
+            std::uint32_t events = 0;
+            if (what & CURL_POLL_IN)
+                events |= EPOLLIN;
+            if (what & CURL_POLL_OUT)
+                events |= EPOLLOUT;
+            self->loop->watch(s, events, [self, s](std::uint32_t ev) {
+                int flags = 0;
+                if (ev & EPOLLIN)
+                    flags |= CURL_CSELECT_IN;
+                if (ev & EPOLLOUT)
+                    flags |= CURL_CSELECT_OUT;
+                if (ev & (EPOLLERR | EPOLLHUP))
+                    flags |= CURL_CSELECT_ERR;
+                self->action(s, flags);
+            });
+        } catch (...) {
+            return -1; // libcurl fails the transfers on this socket
+        }
+        return 0;
+    }
+
+    // libcurl asks to be called back after timeoutMs (CURLMOPT_TIMERFUNCTION); -1 cancels.
+    // It must not be called from here, so the loop calls it in a later turn.
+    static int onTimer(CURLM *, long timeoutMs, void *user) noexcept {
+        auto *self = static_cast<Impl *>(user);
+        if (self->loop == nullptr)
+            return 0;
+        try {
+            if (self->timer != 0)
+                self->loop->cancel(self->timer);
+            self->timer = 0;
+            if (timeoutMs >= 0)
+                self->timer = self->loop->after(timeoutMs, [self] {
+                    self->timer = 0;
+                    self->action(CURL_SOCKET_TIMEOUT, 0);
+                });
+        } catch (...) {
+            return -1;
+        }
+        return 0;
+    }
+
+    void action(curl_socket_t s, int flags) {
+        int running = 0;
+        if (CURLMcode rc = ::curl_multi_socket_action(multi.get(), s, flags, &running);
+            rc != CURLM_OK)
+            throw std::runtime_error(
+                fmt::format("curl_multi_socket_action: {}", ::curl_multi_strerror(rc)));
+        int queued = 0;
+        while (CURLMsg *msg = ::curl_multi_info_read(multi.get(), &queued))
+            if (msg->msg == CURLMSG_DONE)
+                finish(msg->easy_handle, msg->data.result);
+    }
+
+    void finish(CURL *easy, CURLcode rc) {
+        auto node = active.extract(easy);
+        if (node.empty())
+            throw std::logic_error("HttpTransport: completion for an unknown transfer");
+        ::curl_multi_remove_handle(multi.get(), easy);
+        Transfer &t = *node.mapped();
+        ++stats.requests;
+        stats.newConnections +=
+            static_cast<std::uint64_t>(curlInfoLong(easy, CURLINFO_NUM_CONNECTS));
+        Reply reply = makeResult(t, rc, endpoint);
+        pool.push_back(std::move(t.easy));
+        // Last, and with nothing of ours borrowed: the callback may send again.
+        auto onReply = std::move(t.onReply);
+        node.mapped().reset();
+        onReply(std::move(reply));
+    }
+
+    void detachAll() {
+        for (auto &[easy, t] : active)
+            ::curl_multi_remove_handle(multi.get(), easy);
+        active.clear();
+    }
+
+    void applyLimits() {
+        CURLM *m = multi.get();
+        const long n = static_cast<long>(std::max(1U, endpoint.maxConnections));
+        // The transport's own capacity() decides what is in flight; these caps only keep libcurl
+        // from opening more than that, never fewer, so libcurl never queues a transfer
+        // internally while its timeout runs. Idle connections stay cached (keep-alive).
+        setMultiOpt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, n, "CURLMOPT_MAX_TOTAL_CONNECTIONS");
+        setMultiOpt(m, CURLMOPT_MAX_HOST_CONNECTIONS, n, "CURLMOPT_MAX_HOST_CONNECTIONS");
+        setMultiOpt(m, CURLMOPT_MAXCONNECTS, std::max(n, 4L), "CURLMOPT_MAXCONNECTS");
+    }
 
     CurlEasy acquire() {
         if (!pool.empty()) {
@@ -182,8 +309,8 @@ struct HttpRelay::Impl {
     }
 
     void setup(Transfer &t) {
-        const HttpRequest &req = *t.request;
-        const HttpEndpoint &ep = *req.endpoint;
+        const Exchange &req = t.exchange;
+        const HttpEndpoint &ep = endpoint;
         CURL *e = t.easy.get();
 
         PKIRELAY_SETOPT(e, CURLOPT_ERRORBUFFER, t.error);
@@ -248,16 +375,75 @@ struct HttpRelay::Impl {
     }
 };
 
-HttpRelay::HttpRelay() : impl_(std::make_unique<Impl>()) {
-    impl_->multi.reset(::curl_multi_init());
-    if (!impl_->multi)
-        throw std::runtime_error("curl_multi_init failed");
+HttpTransport::HttpTransport(HttpEndpoint endpoint)
+    : impl_(std::make_unique<Impl>(std::move(endpoint))) {}
+
+HttpTransport::~HttpTransport() = default;
+
+const std::string &HttpTransport::name() const {
+    return impl_->endpoint.name;
 }
 
+HttpEndpoint &HttpTransport::endpoint() {
+    return impl_->endpoint;
+}
+
+void HttpTransport::attach(EventLoop &loop) {
+    if (impl_->loop != nullptr && impl_->loop != &loop)
+        throw std::logic_error("HttpTransport: attached to a second loop");
+    impl_->loop = &loop;
+}
+
+std::size_t HttpTransport::capacity() const {
+    const std::size_t max = std::max(1U, impl_->endpoint.maxConnections);
+    return impl_->active.size() >= max ? 0 : max - impl_->active.size();
+}
+
+std::size_t HttpTransport::inFlight() const {
+    return impl_->active.size();
+}
+
+void HttpTransport::send(const Exchange &exchange, OnReply onReply) {
+    if (impl_->loop == nullptr)
+        throw std::logic_error("HttpTransport: send before attach");
+    impl_->applyLimits();
+    auto t = std::make_unique<Transfer>();
+    t->exchange = exchange;
+    t->onReply = std::move(onReply);
+    t->cap = readCap(impl_->endpoint);
+    t->easy = impl_->acquire();
+    impl_->setup(*t);
+    CURL *easy = t->easy.get();
+    impl_->active.emplace(easy, std::move(t));
+    if (CURLMcode rc = ::curl_multi_add_handle(impl_->multi.get(), easy); rc != CURLM_OK) {
+        impl_->active.erase(easy);
+        throw std::runtime_error(
+            fmt::format("curl_multi_add_handle: {}", ::curl_multi_strerror(rc)));
+    }
+}
+
+std::vector<std::int64_t> HttpTransport::abandon() {
+    std::vector<std::int64_t> ids;
+    for (const auto &[easy, t] : impl_->active)
+        ids.push_back(t->exchange.id);
+    impl_->detachAll();
+    return ids;
+}
+
+HttpTransport::Stats HttpTransport::stats() const {
+    return impl_->stats;
+}
+
+HttpRelay::HttpRelay() = default;
 HttpRelay::~HttpRelay() = default;
 
-HttpRelay::Stats HttpRelay::stats() const {
-    return impl_->stats;
+HttpTransport::Stats HttpRelay::stats() const {
+    HttpTransport::Stats total;
+    for (const auto &[ep, t] : transports_) {
+        total.requests += t->stats().requests;
+        total.newConnections += t->stats().newConnections;
+    }
+    return total;
 }
 
 std::vector<HttpResult>
@@ -265,108 +451,55 @@ HttpRelay::perform(std::span<const HttpRequest> requests, unsigned maxInFlight,
                    const std::function<void(const HttpResult &)> &onResult) {
     if (maxInFlight == 0)
         throw std::invalid_argument("HttpRelay::perform: maxInFlight must be at least 1");
-    unsigned hostConnections = 0;
-    std::map<const HttpEndpoint *, unsigned> perEndpoint; // requests in flight per endpoint
     for (const HttpRequest &r : requests) {
         if (r.endpoint == nullptr)
             throw std::invalid_argument("HttpRelay::perform: request without endpoint");
         if (r.endpoint->maxConnections == 0)
             throw std::invalid_argument("HttpRelay::perform: endpoint " + r.endpoint->name +
                                         " has maxConnections 0");
-        if (perEndpoint.emplace(r.endpoint, 0).second)
-            hostConnections += r.endpoint->maxConnections;
+        auto &t = transports_[r.endpoint];
+        if (!t) {
+            t = std::make_unique<HttpTransport>(*r.endpoint);
+            t->attach(loop_);
+        }
+        t->endpoint() = *r.endpoint; // the caller may have changed it since the last batch
     }
-
-    CURLM *multi = impl_->multi.get();
-    // The relay's own limits below decide what is in flight. These caps only keep libcurl from
-    // opening more than that; they are never lower, so libcurl never queues a transfer
-    // internally while its timeout runs.
-    setMultiOpt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(maxInFlight),
-                "CURLMOPT_MAX_TOTAL_CONNECTIONS");
-    setMultiOpt(multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                static_cast<long>(std::min(maxInFlight, hostConnections)),
-                "CURLMOPT_MAX_HOST_CONNECTIONS");
-    // Idle connections stay in the multi's cache between perform() calls (keep-alive).
-    setMultiOpt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(std::max(maxInFlight, 16U)),
-                "CURLMOPT_MAXCONNECTS");
-
     std::vector<HttpResult> results;
     results.reserve(requests.size());
     std::deque<const HttpRequest *> waiting;
     for (const HttpRequest &r : requests)
         waiting.push_back(&r);
-
-    // Transfers in flight, by easy handle: libcurl reports completions in any order, and the
-    // handle is what it reports, so the handle is the key back to the request (and its id).
-    std::unordered_map<CURL *, std::unique_ptr<Transfer>> active;
-    // On any exit, including an exception from onResult, no handle may stay in the multi.
-    struct Detach {
-        Impl &impl;
-        std::unordered_map<CURL *, std::unique_ptr<Transfer>> &active;
-        ~Detach() {
-            for (auto &[easy, t] : active)
-                ::curl_multi_remove_handle(impl.multi.get(), easy);
-            active.clear();
-        }
-    } detach{*impl_, active};
-
+    std::size_t inFlight = 0;
     auto dispatch = [&] {
-        for (auto it = waiting.begin(); it != waiting.end() && active.size() < maxInFlight;) {
-            const HttpRequest *req = *it;
-            unsigned &n = perEndpoint[req->endpoint];
-            if (n >= req->endpoint->maxConnections) {
+        for (auto it = waiting.begin(); it != waiting.end() && inFlight < maxInFlight;) {
+            HttpTransport &t = *transports_.at((*it)->endpoint);
+            if (t.capacity() == 0) {
                 ++it;
                 continue;
             }
-            auto t = std::make_unique<Transfer>();
-            t->request = req;
-            t->easy = impl_->acquire();
-            impl_->setup(*t);
-            CURL *easy = t->easy.get();
-            if (CURLMcode rc = ::curl_multi_add_handle(multi, easy); rc != CURLM_OK)
-                throw std::runtime_error(
-                    fmt::format("curl_multi_add_handle: {}", ::curl_multi_strerror(rc)));
-            active.emplace(easy, std::move(t));
-            ++n;
+            const HttpRequest &req = **it;
+            t.send({req.id, req.kind, req.body}, [&](Reply reply) {
+                --inFlight;
+                results.push_back(std::move(reply));
+                if (onResult)
+                    onResult(results.back());
+            });
+            ++inFlight;
             it = waiting.erase(it);
         }
     };
-
-    auto finish = [&](CURL *easy, CURLcode rc) {
-        auto node = active.extract(easy);
-        if (node.empty())
-            throw std::logic_error("HttpRelay: completion for an unknown transfer");
-        ::curl_multi_remove_handle(multi, easy);
-        Transfer &t = *node.mapped();
-        --perEndpoint[t.request->endpoint];
-        ++impl_->stats.requests;
-        impl_->stats.newConnections +=
-            static_cast<std::uint64_t>(curlInfoLong(easy, CURLINFO_NUM_CONNECTS));
-        HttpResult result = makeResult(t, rc);
-        impl_->pool.push_back(std::move(t.easy));
-        results.push_back(std::move(result));
-        if (onResult)
-            onResult(results.back());
-    };
-
+    // On any exit, including an exception from onResult, nothing stays in flight.
+    struct Abandon {
+        std::map<const HttpEndpoint *, std::unique_ptr<HttpTransport>> &transports;
+        ~Abandon() {
+            for (auto &[ep, t] : transports)
+                t->abandon();
+        }
+    } abandon{transports_};
     dispatch();
-    while (!active.empty()) {
-        int running = 0;
-        if (CURLMcode rc = ::curl_multi_perform(multi, &running); rc != CURLM_OK)
-            throw std::runtime_error(
-                fmt::format("curl_multi_perform: {}", ::curl_multi_strerror(rc)));
-        int queued = 0;
-        while (CURLMsg *msg = ::curl_multi_info_read(multi, &queued)) {
-            if (msg->msg == CURLMSG_DONE)
-                finish(msg->easy_handle, msg->data.result);
-        }
+    while (inFlight > 0) {
+        loop_.turn();
         dispatch();
-        if (!active.empty() && running > 0) {
-            // Waits for socket activity or libcurl's next timeout, whichever comes first.
-            if (CURLMcode rc = ::curl_multi_poll(multi, nullptr, 0, 1000, nullptr); rc != CURLM_OK)
-                throw std::runtime_error(
-                    fmt::format("curl_multi_poll: {}", ::curl_multi_strerror(rc)));
-        }
     }
     return results;
 }

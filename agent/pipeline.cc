@@ -1,0 +1,595 @@
+// The pipeline's stages (pipeline.h). Trust boundary: everything a source hands over is
+// hostile until classify() accepted it (the sources do that); everything a transport returns is
+// hostile until it classified and matched the request's protocol (here). Names from folders are
+// only ever used relative to that folder's descriptor (lib/file_io.h).
+#include "pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "lib/responders/response_file.h"
+#include "lib/sources/directory.h"
+#include "lib/transports/http.h"
+
+namespace pkirelay::agent {
+
+using spool::Millis;
+
+namespace {
+
+// Most bytes of messages a stage holds at once (on top of limits.batch_size).
+constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
+
+std::string describeIngest(const spool::Submission &sub) {
+    if (!sub.message)
+        return fmt::format("quarantined {}/{}: {}", sub.arrival.source,
+                           printable(sub.arrival.origin), printable(sub.rejectReason));
+    const Message &m = *sub.message;
+    std::string what(kindInfo(m.kind).title);
+    if (m.cmp)
+        what = fmt::format("CMP {}", cmpBodyName(m.cmp->bodyType));
+    return fmt::format("received {}/{}: {}, {} bytes{}", sub.arrival.source,
+                       printable(sub.arrival.origin), what, m.der.size(),
+                       sub.relay ? "" : " (a response: kept for matching)");
+}
+
+// What the CA sent back may be delivered as the answer to this request: the same protocol,
+// and an answer rather than another request (a CMP error body may travel either way).
+std::optional<std::string> unacceptableAnswer(Kind request, const Message &answer,
+                                              const std::string &endpoint) {
+    const bool cmpAnswer = answer.kind == Kind::Cmp;
+    if (cmpAnswer != (request == Kind::Cmp))
+        return fmt::format("{} answered a {} with a {}", endpoint, kindInfo(request).title,
+                           kindInfo(answer.kind).title);
+    // An encrypted CMC answer is EnvelopedData (RFC 5272/10002 confidentiality wrapping), which
+    // cannot be told from an encrypted request without the key: the exchange says it is one.
+    const bool isAnswer = cmpAnswer ? (answer.cmp->bodyType == 23 || !answer.isRequest())
+                                    : (answer.kind == Kind::CmcEnveloped || !answer.isRequest());
+    if (!isAnswer)
+        return fmt::format("{} answered with a request ({}), not a response", endpoint,
+                           answer.cmp ? std::string(cmpBodyName(answer.cmp->bodyType))
+                                      : std::string(kindInfo(answer.kind).id));
+    return std::nullopt;
+}
+
+std::string_view outcomeText(const spool::Outcome &outcome) {
+    return std::visit(
+        [](const auto &r) -> std::string_view {
+            if constexpr (std::is_same_v<std::decay_t<decltype(r)>, spool::Answer>)
+                return r.detail;
+            else
+                return r.reason;
+        },
+        outcome.result);
+}
+
+DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &settings,
+                                      Clock clock) {
+    DirectorySourceConfig c;
+    c.name = s.name;
+    c.path = s.path;
+    c.responses = s.responses;
+    c.moveTo = s.moveTo;
+    switch (s.afterStore()) {
+    case AfterStore::Keep:
+        c.after = DirectorySourceConfig::After::Keep;
+        break;
+    case AfterStore::Move:
+        c.after = DirectorySourceConfig::After::Move;
+        break;
+    case AfterStore::Delete:
+        c.after = DirectorySourceConfig::After::Delete;
+        break;
+    }
+    c.maxMessageSize = static_cast<std::uint64_t>(settings.maxMessageSize);
+    c.settleMs = settings.settleSeconds * 1000;
+    c.wallClock = std::move(clock);
+    return c;
+}
+
+} // namespace
+
+Millis systemClock() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+int RunReport::exitCode() const {
+    if (quarantined > 0 || failed > 0)
+        return ExitDataErr;
+    if (stillArriving > 0 || sourceErrors > 0 || deliveryErrors > 0 || waiting > 0)
+        return ExitTempFail;
+    return ExitOk;
+}
+
+bool RunReport::quiet() const {
+    return received == 0 && duplicates == 0 && quarantined == 0 && unmatched == 0 && relayed == 0 &&
+           delivered == 0 && sourceErrors == 0 && deliveryErrors == 0;
+}
+
+// The store as the sources see it (lib/sources/source.h).
+class Pipeline::StoreLedger final : public Ledger {
+public:
+    explicit StoreLedger(spool::Store &store) : store_(store) {}
+    Seen arrival(std::string_view source, std::string_view origin,
+                 std::string_view sha256) override {
+        return store_.arrivalSeen(source, origin, sha256);
+    }
+    bool isOurResponse(std::string_view replyTo, std::string_view name,
+                       std::string_view sha256) override {
+        return store_.isOutput(replyTo, name, sha256);
+    }
+
+private:
+    spool::Store &store_;
+};
+
+Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, Clock clock,
+                   bool once)
+    : config_(config), store_(store), loop_(loop), clock_(std::move(clock)), once_(once),
+      ledger_(std::make_unique<StoreLedger>(store)) {
+    build();
+}
+
+Pipeline::~Pipeline() {
+    for (auto &s : sources_)
+        s->detach();
+    for (auto id : {retryTimer_, sweepTimer_})
+        if (id != 0)
+            loop_.cancel(id);
+}
+
+void Pipeline::build() {
+    policy_ = config_.retryPolicy();
+    // A lease outlives the longest exchange the endpoints allow, with a margin: an item is only
+    // taken back from a relay stage that has certainly given up on it.
+    lease_ = 60'000;
+    for (const auto &e : config_.endpoints)
+        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
+
+    sources_.clear();
+    std::map<std::string, std::string> creatable; // responses folder -> its watched folder
+    for (const auto &s : config_.sources) {
+        sources_.push_back(
+            std::make_unique<DirectorySource>(directoryConfig(s, config_.settings, clock_)));
+        if (s.responses != s.path)
+            creatable.emplace(s.responses, s.path);
+    }
+    for (const auto &e : config_.endpoints) {
+        HttpEndpoint ep = e.toHttp();
+        ep.maxMessageSize = static_cast<std::size_t>(config_.settings.maxMessageSize);
+        transports_[e.name] = std::make_unique<HttpTransport>(std::move(ep));
+    }
+    responder_ = std::make_unique<ResponseFileResponder>(std::move(creatable));
+}
+
+std::size_t Pipeline::inFlight() const {
+    return inFlight_.size();
+}
+
+void Pipeline::start() {
+    // The caller holds the run lock, so an item still marked as relaying belongs to a run that
+    // died: its lease is void whatever its time says, and it goes back to the queue.
+    if (int n = store_.requeueExpiredLeases(clock_(), std::numeric_limits<Millis>::max()); n > 0)
+        spdlog::warn("- {} item(s) were being relayed when an earlier run stopped: queued again "
+                     "(the CA may see them twice; `pkirelay show` lists each resend)",
+                     n);
+    for (auto &[name, t] : transports_)
+        t->attach(loop_);
+    for (auto &s : sources_)
+        s->attach(loop_, [this] { scheduleIntake(false); });
+    deliverAll(); // answers recorded by an earlier run and not yet written
+    scheduleIntake(true);
+    queueMayHaveItems_ = true;
+    scheduleRelay();
+    armRetryTimer();
+    if (!once_)
+        sweepTimer_ = loop_.after(config_.settings.pollSeconds * 1000, [this] { sweep(); });
+}
+
+bool Pipeline::finished() const {
+    return !intakeScheduled_ && !relayScheduled_ && !recordScheduled_ && inFlight_.empty() &&
+           waiting_.empty() && outcomes_.empty() && !queueMayHaveItems_;
+}
+
+void Pipeline::sweep() {
+    sweepTimer_ = 0;
+    // The rescan is the truth: a missed event (or a network file system without inotify) only
+    // delays an item until here. Deliveries that waited (a folder gone) are tried again.
+    scheduleIntake(true);
+    deliverAll();
+    queueMayHaveItems_ = true;
+    scheduleRelay();
+    sweepTimer_ = loop_.after(config_.settings.pollSeconds * 1000, [this] { sweep(); });
+}
+
+void Pipeline::scheduleIntake(bool full) {
+    if (stopped_)
+        return;
+    intakeFull_ = intakeFull_ || full;
+    if (intakeScheduled_)
+        return;
+    intakeScheduled_ = true;
+    loop_.defer([this] { intake(); });
+}
+
+void Pipeline::intake() {
+    intakeScheduled_ = false;
+    const bool full = intakeFull_;
+    intakeFull_ = false;
+    if (stopped_)
+        return;
+    bool more = false;
+    std::vector<std::int64_t> answeredAgain; // duplicates of answered items: deliver at once
+    const auto batch = static_cast<std::size_t>(config_.settings.batchSize);
+    for (auto &source : sources_) {
+        Taken taken = source->take(*ledger_, batch, maxBatchBytes, full);
+        report_.stillArriving += taken.stillArriving;
+        report_.sourceErrors += taken.errors;
+        more = more || taken.more;
+        if (taken.submissions.empty() && taken.unacknowledged.empty())
+            continue;
+        const Millis now = clock_();
+        const auto results = store_.ingest(taken.submissions, now);
+        // Committed: from here on the store has every item, so the inputs may go.
+        std::vector<std::uint64_t> tokens;
+        std::vector<std::int64_t> deliveries;
+        std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
+        for (std::size_t i = 0; i < results.size(); ++i) {
+            const auto &sub = taken.submissions[i];
+            const auto &res = results[i];
+            if (res.duplicate) {
+                ++report_.duplicates;
+                spdlog::info("{}: {}/{} is another arrival of this item ({})", res.itemId,
+                             sub.arrival.source, printable(sub.arrival.origin),
+                             spool::stateName(res.state));
+            } else {
+                if (!sub.message)
+                    ++report_.quarantined;
+                else if (!sub.relay)
+                    ++report_.unmatched;
+                else
+                    ++report_.received;
+                if (sub.message)
+                    spdlog::info("{}: {}", res.itemId, describeIngest(sub));
+                else
+                    spdlog::warn("{}: {}", res.itemId, describeIngest(sub));
+            }
+            if (res.state == spool::State::Queued)
+                queueMayHaveItems_ = true;
+            if (res.state == spool::State::Answered)
+                answeredAgain.push_back(res.itemId);
+            tokens.push_back(taken.tokens[i]);
+            deliveries.push_back(res.deliveryId);
+            recordedAck.push_back(sub.acknowledgedWhenStored);
+        }
+        for (const auto &[token, delivery] : taken.unacknowledged) {
+            tokens.push_back(token);
+            deliveries.push_back(delivery);
+            recordedAck.push_back(false);
+        }
+        const auto acks = source->acknowledge(tokens);
+        std::vector<std::pair<std::int64_t, Source::Ack>> toRecord;
+        for (std::size_t i = 0; i < acks.size(); ++i) {
+            if (acks[i] == Source::Ack::Failed)
+                ++report_.sourceErrors;
+            else if (!recordedAck[i])
+                toRecord.emplace_back(deliveries[i], acks[i]);
+        }
+        store_.markAcknowledged(toRecord, clock_());
+    }
+    if (!answeredAgain.empty())
+        deliverItems(answeredAgain);
+    if (queueMayHaveItems_)
+        scheduleRelay();
+    if (more)
+        scheduleIntake(false);
+}
+
+void Pipeline::scheduleRelay() {
+    if (relayScheduled_ || stopped_)
+        return;
+    relayScheduled_ = true;
+    loop_.defer([this] { relay(); });
+}
+
+void Pipeline::relay() {
+    relayScheduled_ = false;
+    if (stopped_)
+        return;
+    const auto maxInFlight = static_cast<std::size_t>(config_.settings.maxInFlight);
+    const std::size_t held = inFlight_.size() + waiting_.size();
+    if (queueMayHaveItems_ && held < maxInFlight) {
+        const std::size_t want =
+            std::min(maxInFlight - held, static_cast<std::size_t>(config_.settings.batchSize));
+        const Millis now = clock_();
+        auto claims = store_.claim(want, now, now + lease_, maxBatchBytes);
+        if (claims.size() < want)
+            queueMayHaveItems_ = false; // until something is stored, retried or recorded
+        for (auto &claim : claims) {
+            const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
+            if (!endpoint) {
+                // Only a source that left the configuration has no route (check-config sees to
+                // the rest): a slip that a reload can mend, so retried until retry.max_age.
+                outcomes_.push_back(
+                    {claim.itemId, "",
+                     spool::Transient{fmt::format("no route: source {} is not in the configuration",
+                                                  claim.source)}});
+                continue;
+            }
+            if (claim.attempts > 1)
+                spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
+            waiting_.push_back({std::move(claim), transports_.at(endpoint->name).get()});
+        }
+    }
+    // Send what the transports have room for; the rest waits for a reply to free a place.
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (it->transport->capacity() == 0) {
+            ++it;
+            continue;
+        }
+        const auto id = it->claim.itemId;
+        auto [slot, fresh] = inFlight_.emplace(id, std::move(*it));
+        it = waiting_.erase(it);
+        const Claimed &c = slot->second;
+        const std::string endpoint = c.transport->name();
+        const Kind kind = c.claim.kind;
+        ++report_.relayed;
+        c.transport->send({id, kind, c.claim.der}, [this, endpoint, kind](Reply reply) {
+            onReply(std::move(reply), endpoint, kind);
+        });
+    }
+    if (!outcomes_.empty() && !recordScheduled_) {
+        recordScheduled_ = true;
+        loop_.defer([this] { recordOutcomes(); });
+    }
+}
+
+void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
+    inFlight_.erase(reply.id);
+    spool::Outcome outcome{reply.id, endpoint, spool::Transient{""}};
+    switch (reply.type) {
+    case Reply::Type::Response:
+        if (auto why = unacceptableAnswer(kind, *reply.response, endpoint))
+            outcome.result = spool::Permanent{*why};
+        else
+            outcome.result = spool::Answer{reply.response->der, reply.response->kind, reply.detail};
+        break;
+    case Reply::Type::Done:
+        // RFC 9811 §3: 201/202 acknowledge pushed announcements, which are never relayed as
+        // requests; a request needs an answer.
+        outcome.result =
+            spool::Permanent{fmt::format("{}: no PKI message for a request", reply.detail)};
+        break;
+    case Reply::Type::Transient:
+        outcome.result = spool::Transient{reply.detail};
+        break;
+    case Reply::Type::Permanent:
+        outcome.result = spool::Permanent{reply.detail};
+        break;
+    }
+    outcomes_.push_back(std::move(outcome));
+    // Recorded at the end of this turn together with every other reply that came in it: one
+    // transaction for all of them, and none waits for a slower exchange.
+    if (!recordScheduled_) {
+        recordScheduled_ = true;
+        loop_.defer([this] { recordOutcomes(); });
+    }
+}
+
+void Pipeline::recordOutcomes() {
+    recordScheduled_ = false;
+    if (outcomes_.empty())
+        return;
+    auto outcomes = std::move(outcomes_);
+    outcomes_.clear();
+    const auto states = store_.record(outcomes, clock_(), policy_);
+    std::vector<std::int64_t> answered;
+    bool deferred = false;
+    for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        const auto &outcome = outcomes[i];
+        const std::string_view why = outcomeText(outcome);
+        // Counted by what the store decided (a transient failure past retry.max_age is a
+        // failure), not by the kind of outcome.
+        switch (states[i]) {
+        case spool::State::Answered:
+            ++report_.answered;
+            answered.push_back(outcome.itemId);
+            spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint, why);
+            break;
+        case spool::State::Deferred:
+            ++report_.deferred;
+            deferred = true;
+            spdlog::warn("{}: deferred ({}): {}", outcome.itemId, outcome.endpoint, why);
+            break;
+        case spool::State::Failed:
+            ++report_.failed;
+            spdlog::error("{}: failed: {}", outcome.itemId, why);
+            break;
+        default:
+            spdlog::warn("{}: outcome not applied, the item is {}: {}", outcome.itemId,
+                         spool::stateName(states[i]), why);
+            break;
+        }
+    }
+    std::erase_if(retired_, [](const auto &t) { return t->inFlight() == 0; });
+    if (!answered.empty())
+        deliverItems(answered);
+    if (deferred)
+        armRetryTimer();
+    scheduleRelay(); // places are free again
+}
+
+void Pipeline::armRetryTimer() {
+    if (retryTimer_ != 0)
+        loop_.cancel(retryTimer_);
+    retryTimer_ = 0;
+    if (stopped_)
+        return;
+    const auto next = store_.nextRetry();
+    if (!next)
+        return;
+    retryTimer_ = loop_.after(std::max<Millis>(0, *next - clock_()), [this] {
+        retryTimer_ = 0;
+        queueMayHaveItems_ = true;
+        relay();
+        armRetryTimer();
+    });
+}
+
+void Pipeline::deliverItems(const std::vector<std::int64_t> &items) {
+    deliver(store_.deliveriesFor(items));
+}
+
+void Pipeline::deliverAll() {
+    std::int64_t after = 0; // page past deliveries that could not be written now
+    for (;;) {
+        auto page = store_.deliveriesToWrite(static_cast<std::size_t>(config_.settings.batchSize),
+                                             after, maxBatchBytes);
+        if (page.empty())
+            return;
+        after = page.back().deliveryId;
+        deliver(std::move(page));
+    }
+}
+
+void Pipeline::deliver(std::vector<spool::Delivery> deliveries) {
+    if (deliveries.empty())
+        return;
+    std::vector<DeliveryTask> tasks;
+    tasks.reserve(deliveries.size());
+    for (const auto &d : deliveries)
+        tasks.push_back({d.deliveryId, d.itemId, d.arrival, d.output, !d.output.empty(),
+                         d.responseKind, d.response});
+    // Choose names, then reserve them in the store before anything is written: a crash between
+    // writing and recording rewrites the same file instead of making a second response.
+    const auto reserved = [this](std::string_view replyTo, std::string_view output) {
+        return store_.outputReserved(replyTo, output);
+    };
+    for (int round = 0; round < 3; ++round) {
+        responder_->plan(tasks, reserved);
+        std::vector<std::pair<std::int64_t, std::string>> names;
+        std::vector<std::size_t> which;
+        for (std::size_t i = 0; i < tasks.size(); ++i)
+            if (!tasks[i].planned && !tasks[i].output.empty()) {
+                names.emplace_back(tasks[i].deliveryId, tasks[i].output);
+                which.push_back(i);
+            }
+        if (names.empty())
+            break;
+        const auto assigned = store_.assignOutputs(names, clock_());
+        bool again = false;
+        for (std::size_t n = 0; n < assigned.size(); ++n) {
+            auto &task = tasks[which[n]];
+            if (assigned[n]) {
+                task.planned = true;
+            } else {
+                task.output.clear(); // another delivery took it meanwhile: choose again
+                again = true;
+            }
+        }
+        if (!again)
+            break;
+    }
+    std::vector<DeliveryTask> ready;
+    for (const auto &task : tasks) {
+        if (task.planned) {
+            ready.push_back(task);
+            continue;
+        }
+        ++report_.deliveryErrors;
+        const std::string why =
+            fmt::format("cannot write responses into {} now (is it there?)", task.arrival.replyTo);
+        spdlog::error("{}: {}; it stays pending", task.itemId, why);
+        store_.noteDeliveryProblem(task.deliveryId, why, clock_());
+    }
+    const auto results = responder_->deliver(ready);
+    std::vector<std::int64_t> written;
+    for (std::size_t i = 0; i < ready.size(); ++i) {
+        const auto &task = ready[i];
+        const auto &r = results[i];
+        if (r.type == DeliveryResult::Type::Delivered) {
+            written.push_back(task.deliveryId);
+            spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
+                         printable(task.output));
+            continue;
+        }
+        ++report_.deliveryErrors;
+        if (r.type == DeliveryResult::Type::NeedsPerson)
+            spdlog::error("{}: {}", task.itemId, printable(r.detail));
+        else
+            spdlog::error("{}: writing the response failed: {} (it stays pending)", task.itemId,
+                          printable(r.detail));
+        store_.noteDeliveryProblem(task.deliveryId, r.detail, clock_());
+    }
+    store_.markDelivered(written, clock_());
+    report_.delivered += static_cast<int>(written.size());
+}
+
+void Pipeline::stop(std::string_view why) {
+    if (stopped_)
+        return;
+    // What arrived is recorded first: an answer in hand is never thrown away.
+    recordOutcomes();
+    stopped_ = true;
+    std::vector<std::int64_t> abandoned;
+    for (auto &[name, t] : transports_)
+        for (auto id : t->abandon())
+            abandoned.push_back(id);
+    for (auto &t : retired_)
+        for (auto id : t->abandon())
+            abandoned.push_back(id);
+    for (const auto &w : waiting_)
+        abandoned.push_back(w.claim.itemId);
+    store_.abandon(abandoned, clock_(), why);
+    if (!abandoned.empty())
+        spdlog::warn("- {} exchange(s) abandoned ({}): queued again, resent by the next run",
+                     abandoned.size(), why);
+    inFlight_.clear();
+    waiting_.clear();
+    for (auto &s : sources_)
+        s->detach();
+    for (auto *id : {&retryTimer_, &sweepTimer_})
+        if (*id != 0) {
+            loop_.cancel(*id);
+            *id = 0;
+        }
+}
+
+void Pipeline::reconfigure(const Config &config) {
+    for (auto &s : sources_)
+        s->detach();
+    for (auto &[name, t] : transports_)
+        if (t->inFlight() > 0)
+            retired_.push_back(std::move(t)); // its exchanges finish; then it goes
+    transports_.clear();
+    config_ = config;
+    build();
+    for (auto &[name, t] : transports_)
+        t->attach(loop_);
+    for (auto &s : sources_)
+        s->attach(loop_, [this] { scheduleIntake(false); });
+    // Claims waiting for a place go where the new configuration routes them.
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        if (const auto *e = config_.route(it->claim.source, it->claim.kind)) {
+            it->transport = transports_.at(e->name).get();
+            ++it;
+        } else {
+            outcomes_.push_back(
+                {it->claim.itemId, "",
+                 spool::Transient{fmt::format("no route: source {} is not in the configuration",
+                                              it->claim.source)}});
+            it = waiting_.erase(it);
+        }
+    }
+    scheduleIntake(true);
+    queueMayHaveItems_ = true;
+    scheduleRelay();
+    armRetryTimer();
+}
+
+} // namespace pkirelay::agent

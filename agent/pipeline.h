@@ -1,0 +1,138 @@
+// The pipeline of `pkirelay run`: sources -> classify -> store -> transports -> store ->
+// responders, every stage driven by one event loop and handing over only through the store
+// (../shared/DESIGN.md, "Data flow"). Nothing waits for a timer or a pass: a file closed in a
+// watched folder is read, stored, claimed and sent in the same turn of the loop; each answer is
+// recorded and its response written as soon as it arrives. A batch is whatever became ready
+// together (one transaction, one fsync), bounded by limits.batch_size and bytes.
+//
+// The guarantees (also in docs/architecture.md):
+// - a source is acknowledged only after the store committed what it handed over;
+// - an outcome is recorded before anything acts on it, and a request is sent again only when
+//   its earlier outcome was never recorded (a crash, a shutdown mid-exchange): the resend is an
+//   event in its history;
+// - a response file's name is reserved in the store before it is written, so a crash at any
+//   point leaves at most the same file to write again, never a second one.
+//
+// Batch mode (`run --once`) runs the same stages and stops when nothing is left to do now.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "config.h"
+#include "lib/loop/event_loop.h"
+#include "lib/responders/responder.h"
+#include "lib/sources/source.h"
+#include "lib/transports/transport.h"
+#include "spool/store.h"
+
+namespace pkirelay::agent {
+
+// sysexits(3) codes, as ../shared/DESIGN.md ("Operating it") promises them to cron and systemd.
+enum ExitCode : int {
+    ExitOk = 0,
+    ExitUsage = 64,
+    ExitDataErr = 65,  // EX_DATAERR: something needs a person
+    ExitSoftware = 70, // EX_SOFTWARE: a bug or an unexpected failure
+    ExitCantCreat = 73,
+    ExitTempFail = 75, // EX_TEMPFAIL: something is deferred for later
+    ExitConfig = 78,   // EX_CONFIG
+};
+
+using Clock = std::function<spool::Millis()>;
+spool::Millis systemClock();
+
+struct RunReport {
+    int received = 0;      // new items stored
+    int duplicates = 0;    // arrivals of items already stored
+    int quarantined = 0;   // rejected inputs stored
+    int unmatched = 0;     // responses found without a request
+    int stillArriving = 0; // inputs that looked incomplete
+    int sourceErrors = 0;  // folders or files that could not be read, acknowledgements failed
+    int relayed = 0;       // exchanges with an endpoint
+    int answered = 0;
+    int deferred = 0;
+    int failed = 0;
+    int delivered = 0; // response files written
+    int deliveryErrors = 0;
+    std::int64_t waiting = 0; // items still queued, relaying or deferred at the end
+
+    // The exit status `run --once` reports. Quarantined input and requests the CA refused need
+    // a person; a deferral only needs time. So 65 wins over 75.
+    int exitCode() const;
+    bool quiet() const; // nothing happened: no log line for it
+};
+
+class Pipeline {
+public:
+    // Builds the sources, transports and responder the configuration names. once: batch mode.
+    Pipeline(const Config &config, spool::Store &store, EventLoop &loop, Clock clock, bool once);
+    ~Pipeline();
+    Pipeline(const Pipeline &) = delete;
+    Pipeline &operator=(const Pipeline &) = delete;
+
+    // Recovers what an earlier run left (leases, unwritten responses) and starts every stage.
+    void start();
+    // Batch mode: true when nothing is left to do now (the loop may stop).
+    bool finished() const;
+    // Stops: records the outcomes that arrived, abandons exchanges in flight (back to the
+    // queue, recorded as such) and detaches the sources.
+    void stop(std::string_view why);
+    // Takes a new configuration (SIGHUP). Exchanges in flight finish on the old transports.
+    void reconfigure(const Config &config);
+
+    const RunReport &report() const { return report_; }
+    void resetReport() { report_ = {}; }
+    std::size_t inFlight() const;
+
+private:
+    class StoreLedger;
+    struct Claimed {
+        spool::Claim claim;
+        Transport *transport = nullptr;
+    };
+
+    void build();
+    void scheduleIntake(bool full);
+    void intake();
+    void scheduleRelay();
+    void relay();
+    void onReply(Reply reply, const std::string &endpoint, Kind kind);
+    void recordOutcomes();
+    void armRetryTimer();
+    void deliverItems(const std::vector<std::int64_t> &items);
+    void deliverAll();
+    void deliver(std::vector<spool::Delivery> deliveries);
+    void sweep();
+
+    Config config_;
+    spool::Store &store_;
+    EventLoop &loop_;
+    Clock clock_;
+    bool once_;
+    std::unique_ptr<StoreLedger> ledger_;
+    std::vector<std::unique_ptr<Source>> sources_;
+    std::map<std::string, std::unique_ptr<Transport>> transports_; // by endpoint name
+    std::vector<std::unique_ptr<Transport>> retired_; // replaced by a reload, still in flight
+    std::unique_ptr<Responder> responder_;
+    spool::RetryPolicy policy_;
+    spool::Millis lease_ = 0;
+
+    bool intakeScheduled_ = false;
+    bool intakeFull_ = false;
+    bool relayScheduled_ = false;
+    bool queueMayHaveItems_ = true;
+    bool recordScheduled_ = false;
+    bool stopped_ = false;
+    std::vector<Claimed> waiting_;             // claimed, not yet sent (their transport was full)
+    std::map<std::int64_t, Claimed> inFlight_; // by item id
+    std::vector<spool::Outcome> outcomes_;     // arrived, not yet recorded
+    EventLoop::TimerId retryTimer_ = 0;
+    EventLoop::TimerId sweepTimer_ = 0;
+    RunReport report_;
+};
+
+} // namespace pkirelay::agent

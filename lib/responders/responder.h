@@ -1,0 +1,57 @@
+// The responder interface: how an answer goes back the way its request came (a response file in
+// the request's folder now; an SMTP reply and the media return leg later). Delivery is two
+// steps so that a crash can never make two answers for one arrival: plan() chooses where each
+// answer goes (a file name, later a Message-ID) and the store records that choice before
+// deliver() writes anything; deliver() is idempotent for a recorded choice, so after a crash it
+// is simply called again with the same choice.
+//
+// Every implementation passes the conformance suite in tests/test_conformance.cc.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lib/bytes.h"
+#include "lib/kinds.h"
+#include "lib/sources/source.h"
+
+namespace pkirelay {
+
+struct DeliveryTask {
+    std::int64_t deliveryId = 0;
+    std::int64_t itemId = 0;
+    Arrival arrival;
+    std::string output;   // the choice recorded in the store; empty until plan() made it
+    bool planned = false; // output was recorded by an earlier attempt (it may have been written)
+    Kind kind = Kind::Cmp;
+    ByteView response;
+};
+
+struct DeliveryResult {
+    enum class Type {
+        Delivered,   // written and durable
+        Retry,       // not now (a folder gone, a disk full): the store keeps it pending
+        NeedsPerson, // will not work by waiting (a name taken by a file that is not ours)
+    } type = Type::Retry;
+    std::string detail;
+};
+
+class Responder {
+public:
+    // Asks the store whether another delivery already holds this choice in this place.
+    using Reserved = std::function<bool(std::string_view replyTo, std::string_view output)>;
+    virtual ~Responder() = default;
+
+    // Chooses an output for every task that has none (task.output), unique among the store's
+    // reservations and what is already there. Tasks it cannot plan now keep an empty output.
+    virtual void plan(std::span<DeliveryTask> tasks, const Reserved &reserved) = 0;
+    // Delivers planned tasks (all at once: the files of a batch are synced together). One
+    // result per task.
+    virtual std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) = 0;
+};
+
+} // namespace pkirelay

@@ -1,0 +1,154 @@
+// Response files (response_file.h): naming, reservation-aware planning, durable batch writes.
+#include "lib/responders/response_file.h"
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <sys/stat.h>
+
+#include <fmt/format.h>
+
+#include "lib/file_io.h"
+
+namespace pkirelay {
+
+namespace {
+
+// "ir.der" -> "ir"; names without an extension (or dotfiles) stay as they are.
+std::string stemOf(const std::string &name) {
+    const auto dot = name.rfind('.');
+    if (dot == std::string::npos || dot == 0)
+        return name;
+    return name.substr(0, dot);
+}
+
+} // namespace
+
+std::string responseFileName(const std::string &origin, Kind kind, int attempt) {
+    std::string stem = stemOf(origin);
+    const std::string ext(kindInfo(kind).fileExt);
+    const std::string suffix = attempt == 0   ? ""
+                               : attempt == 1 ? ".response"
+                                              : fmt::format(".response-{}", attempt);
+    if (stem.size() + suffix.size() + ext.size() > maxOutputName)
+        stem = stem.substr(0, maxOutputName - suffix.size() - ext.size() - 17) + "-" +
+               sha256Hex(asBytes(origin)).substr(0, 16);
+    return stem + suffix + ext;
+}
+
+namespace {
+
+// The folders of one batch, each opened once; a folder that cannot be opened stays empty and
+// its tasks wait.
+class Folders {
+public:
+    Folders(const std::map<std::string, std::string> &creatable) : creatable_(creatable) {}
+    const Directory *get(const std::string &path, std::string &error) {
+        auto [it, fresh] = dirs_.try_emplace(path);
+        if (fresh) {
+            try {
+                it->second.dir.emplace(mayCreate(path) ? Directory::openOrCreate(path)
+                                                       : Directory::open(path));
+            } catch (const IoError &e) {
+                it->second.error = e.what();
+            }
+        }
+        error = it->second.error;
+        return it->second.dir ? &*it->second.dir : nullptr;
+    }
+
+private:
+    bool mayCreate(const std::string &path) const {
+        auto it = creatable_.find(path);
+        if (it == creatable_.end())
+            return false;
+        struct stat anchor {
+        }, parent{};
+        const std::string up = std::filesystem::path(path).parent_path().string();
+        return ::stat(it->second.c_str(), &anchor) == 0 && ::stat(up.c_str(), &parent) == 0 &&
+               anchor.st_dev == parent.st_dev;
+    }
+    struct Slot {
+        std::optional<Directory> dir;
+        std::string error;
+    };
+    const std::map<std::string, std::string> &creatable_;
+    std::map<std::string, Slot> dirs_;
+};
+
+} // namespace
+
+void ResponseFileResponder::plan(std::span<DeliveryTask> tasks, const Reserved &reserved) {
+    Folders folders(creatable_);
+    std::set<std::pair<std::string, std::string>> chosen; // this batch's own choices
+    for (auto &task : tasks) {
+        if (!task.output.empty())
+            continue;
+        std::string error;
+        const Directory *dir = folders.get(task.arrival.replyTo, error);
+        if (dir == nullptr)
+            continue; // planned when the folder is there
+        auto taken = [&](const std::string &name) {
+            return dir->exists(name) || chosen.contains({task.arrival.replyTo, name}) ||
+                   reserved(task.arrival.replyTo, name);
+        };
+        int attempt = 0;
+        std::string name = responseFileName(task.arrival.origin, task.kind, attempt);
+        while (taken(name))
+            name = responseFileName(task.arrival.origin, task.kind, ++attempt);
+        chosen.insert({task.arrival.replyTo, name});
+        task.output = name;
+    }
+}
+
+std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const DeliveryTask> tasks) {
+    std::vector<DeliveryResult> results(tasks.size());
+    Folders folders(creatable_);
+    std::vector<FileToWrite> files;
+    std::vector<std::size_t> index; // files[i] is tasks[index[i]]
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+        const auto &task = tasks[i];
+        std::string error;
+        const Directory *dir = folders.get(task.arrival.replyTo, error);
+        if (dir == nullptr) {
+            results[i] = {DeliveryResult::Type::Retry, error};
+            continue;
+        }
+        if (task.planned && dir->exists(task.output)) {
+            // Chosen by an earlier attempt that may have written it before it could record
+            // that: if it holds this very response, it is delivered. Anything else under that
+            // name is not ours and is never replaced.
+            FileRead there;
+            try {
+                there = dir->read(task.output, task.response.size());
+            } catch (const IoError &) {
+                // Unreadable, a symlink, not a regular file: not this response either.
+            }
+            if (!there.tooLarge && std::equal(there.bytes.begin(), there.bytes.end(),
+                                              task.response.begin(), task.response.end())) {
+                results[i] = {DeliveryResult::Type::Delivered, "already written"};
+                continue;
+            }
+            results[i] = {DeliveryResult::Type::NeedsPerson,
+                          fmt::format("{}/{} is taken by a file that is not this response; not "
+                                      "replaced (move it away and the response is written)",
+                                      task.arrival.replyTo, printable(task.output))};
+            continue;
+        }
+        files.push_back({dir, task.output, task.response, std::to_string(task.deliveryId)});
+        index.push_back(i);
+    }
+    const auto errors = writeFilesDurably(files, mode_);
+    for (std::size_t f = 0; f < files.size(); ++f) {
+        auto &r = results[index[f]];
+        if (errors[f].empty())
+            r = {DeliveryResult::Type::Delivered,
+                 fmt::format("wrote {}/{}", files[f].dir->path(), printable(files[f].name))};
+        else
+            r = {DeliveryResult::Type::Retry, errors[f]};
+    }
+    return results;
+}
+
+} // namespace pkirelay

@@ -1,0 +1,368 @@
+// The directory source (directory.h): inotify events, rescans, bounded reads, classification,
+// and acknowledgement only of the file that was stored.
+#include "lib/sources/directory.h"
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <sys/epoll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace pkirelay {
+
+namespace {
+
+// What the watch asks for: a writer closing a file, a file moved in (complete by then), names
+// appearing or changing (a writer is still at work), names leaving, and the folder's own end.
+constexpr std::uint32_t watchMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY |
+                                    IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF |
+                                    IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
+
+} // namespace
+
+bool looksTemporary(std::string_view name) {
+    return name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") ||
+           name.ends_with('~');
+}
+
+DirectorySource::DirectorySource(DirectorySourceConfig config) : config_(std::move(config)) {
+    if (!config_.wallClock)
+        throw std::invalid_argument("DirectorySource: no clock");
+}
+
+DirectorySource::~DirectorySource() {
+    detach();
+}
+
+void DirectorySource::attach(EventLoop &loop, std::function<void()> wake) {
+    loop_ = &loop;
+    wake_ = std::move(wake);
+    inotify_ = Fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (inotify_.get() < 0)
+        throw IoError("inotify_init1", errno);
+    loop_->watch(inotify_.get(), EPOLLIN, [this](std::uint32_t) { readEvents(); });
+    arm();
+}
+
+void DirectorySource::detach() {
+    if (loop_ == nullptr)
+        return;
+    if (rearmTimer_ != 0)
+        loop_->cancel(rearmTimer_);
+    rearmTimer_ = 0;
+    loop_->unwatch(inotify_.get());
+    inotify_ = Fd();
+    watch_ = -1;
+    loop_ = nullptr;
+}
+
+void DirectorySource::arm() {
+    rearmTimer_ = 0;
+    // IN_DONT_FOLLOW and IN_ONLYDIR: a watched folder that is a symlink, or not a folder, is
+    // not watched (and take() refuses to open it the same way).
+    watch_ = ::inotify_add_watch(inotify_.get(), config_.path.c_str(), watchMask);
+    if (watch_ < 0) {
+        const int err = errno;
+        if (available_ || !everArmed_) {
+            // One line per change, not one per look: a missing stick is a normal state.
+            spdlog::warn("- source {}: {} is not there ({}); waiting for it", config_.name,
+                         config_.path,
+                         err == ELOOP ? "a symlink, not followed" : std::strerror(err));
+        }
+        available_ = false;
+        everArmed_ = true;
+        rearmTimer_ = loop_->after(config_.rearmMs, [this] { arm(); });
+        return;
+    }
+    if (everArmed_ && !available_)
+        spdlog::info("- source {}: {} is back; watching it again", config_.name, config_.path);
+    available_ = true;
+    everArmed_ = true;
+    rescan_ = true;
+    wake_();
+}
+
+void DirectorySource::folderGone(const char *why) {
+    if (!available_)
+        return;
+    spdlog::warn("- source {}: {} {}; waiting for it to come back", config_.name, config_.path,
+                 why);
+    available_ = false;
+    if (watch_ >= 0)
+        ::inotify_rm_watch(inotify_.get(), watch_); // EINVAL when the kernel dropped it already
+    watch_ = -1;
+    dirty_.clear();
+    writing_.clear();
+    settled_.clear(); // what is there when it comes back is looked at afresh
+    if (rearmTimer_ == 0)
+        rearmTimer_ = loop_->after(config_.rearmMs, [this] { arm(); });
+}
+
+void DirectorySource::readEvents() {
+    alignas(inotify_event) char buf[64 * (sizeof(inotify_event) + NAME_MAX + 1)];
+    bool any = false;
+    for (;;) {
+        const ssize_t n = ::read(inotify_.get(), buf, sizeof buf);
+        if (n <= 0)
+            break; // EAGAIN: drained
+        for (ssize_t off = 0; off < n;) {
+            const auto *ev = reinterpret_cast<const inotify_event *>(buf + off);
+            off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+            if (ev->mask & IN_Q_OVERFLOW) {
+                rescan_ = true; // events were lost: the rescan finds what they said
+                any = true;
+                continue;
+            }
+            if (ev->wd != watch_)
+                continue; // a watch dropped earlier
+            if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED)) {
+                folderGone(ev->mask & IN_UNMOUNT     ? "was unmounted"
+                           : ev->mask & IN_MOVE_SELF ? "was moved away"
+                                                     : "was removed");
+                any = true;
+                continue;
+            }
+            if (ev->len == 0 || (ev->mask & IN_ISDIR))
+                continue;
+            const std::string name(ev->name);
+            if (looksTemporary(name))
+                continue;
+            if (ev->mask & (IN_DELETE | IN_MOVED_FROM)) {
+                writing_.erase(name);
+                dirty_.erase(name);
+                settled_.erase(name);
+            } else if (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) {
+                // Complete as far as its writer is concerned: look at it now.
+                writing_.erase(name);
+                dirty_.insert(name);
+                any = true;
+            } else if (ev->mask & (IN_CREATE | IN_MODIFY)) {
+                writing_.insert(name); // a writer is at work: wait for it to close the file
+            }
+        }
+    }
+    if (any)
+        wake_();
+}
+
+void DirectorySource::recheckLater(const std::string &name, std::int64_t delayMs) {
+    if (loop_ == nullptr)
+        return;
+    loop_->after(std::max<std::int64_t>(delayMs, 10), [this, name] {
+        dirty_.insert(name);
+        wake_();
+    });
+}
+
+Taken DirectorySource::take(Ledger &ledger, std::size_t maxItems, std::size_t maxBytes, bool full) {
+    Taken taken;
+    if (loop_ != nullptr && !available_) {
+        // Waiting for the folder; arm() wakes the pipeline when it is back. A full look counts
+        // it, so that a batch run says the folder was not read.
+        taken.errors = full ? 1 : 0;
+        return taken;
+    }
+    std::optional<Directory> dir;
+    std::vector<std::string> names;
+    try {
+        dir.emplace(Directory::open(config_.path));
+        if (full || rescan_ || loop_ == nullptr) {
+            rescan_ = false;
+            dirty_.clear();
+            for (const auto &entry : dir->list()) {
+                if (entry.type == DirEntry::Type::Directory || looksTemporary(entry.name))
+                    continue; // processed/, quarantine folders, files still being written
+                if (entry.type != DirEntry::Type::Regular) {
+                    if (warned_.insert(entry.name).second)
+                        spdlog::warn("- source {}: {} is {}; not read", config_.name,
+                                     printable(entry.name),
+                                     entry.type == DirEntry::Type::Symlink ? "a symlink"
+                                                                           : "not a regular file");
+                    continue;
+                }
+                if (auto it = settled_.find(entry.name);
+                    it != settled_.end() && dir->identity(entry.name) == it->second)
+                    continue; // stored (or ours) and unchanged since
+                names.push_back(entry.name);
+            }
+        } else {
+            names.assign(dirty_.begin(), dirty_.end());
+            dirty_.clear();
+        }
+    } catch (const IoError &e) {
+        spdlog::error("- source {}: {}; looked at again later", config_.name, e.what());
+        ++taken.errors;
+        rescan_ = true;
+        return taken;
+    }
+
+    std::size_t bytes = 0;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        if (taken.submissions.size() + taken.unacknowledged.size() >= maxItems ||
+            bytes >= maxBytes) {
+            // Bounded by count and by bytes: the rest waits for the next take.
+            dirty_.insert(names.begin() + static_cast<std::ptrdiff_t>(i), names.end());
+            taken.more = true;
+            break;
+        }
+        considerName(names[i], ledger, *dir, taken, bytes);
+    }
+    return taken;
+}
+
+bool DirectorySource::considerName(const std::string &name, Ledger &ledger, const Directory &dir,
+                                   Taken &taken, std::size_t &bytes) {
+    const std::int64_t now = config_.wallClock();
+    if (writing_.contains(name)) {
+        // Created or modified and not closed yet. A writer that vanished without closing (or an
+        // event lost) is caught by the settle time.
+        if (auto id = dir.identity(name)) {
+            const std::int64_t age = now - id->mtimeNs / 1'000'000;
+            if (age < config_.settleMs) {
+                ++taken.stillArriving;
+                recheckLater(name, config_.settleMs - age);
+                return false;
+            }
+        }
+        writing_.erase(name);
+    }
+    FileRead file;
+    try {
+        file = dir.read(name, config_.maxMessageSize);
+    } catch (const IoError &e) {
+        if (e.error() == ENOENT)
+            return false; // gone meanwhile
+        if (warned_.insert(name).second)
+            spdlog::warn("- source {}: {}; not read", config_.name, printable(e.what()));
+        if (e.error() != ELOOP)
+            ++taken.errors; // unreadable: not done, and a person should look
+        return false;
+    }
+    warned_.erase(name);
+
+    Submission sub;
+    sub.arrival = {config_.name, name, config_.responses};
+    sub.size = file.size;
+    if (file.tooLarge) {
+        // Not read, so not stored whole: the file stays where it is. Source, name, size and
+        // mtime identify this arrival, so later looks do not record it again.
+        sub.arrivalSha256 = fmt::format("oversize:{}:{}:{}:{}", config_.name,
+                                        sha256Hex(asBytes(name)), file.size, file.identity.mtimeNs);
+        sub.rejectReason =
+            fmt::format("too large: {} bytes, the limit is {} (limits.max_message_size)", file.size,
+                        config_.maxMessageSize);
+    } else {
+        sub.arrivalSha256 = sha256Hex(file.bytes);
+        if (ledger.isOurResponse(config_.responses, name, sub.arrivalSha256)) {
+            settled_[name] = file.identity; // a response pkirelay wrote here
+            return false;
+        }
+    }
+    const auto seen = ledger.arrival(config_.name, name, sub.arrivalSha256);
+    if (seen.state == Ledger::Seen::State::Kept) {
+        settled_[name] = file.identity;
+        return false;
+    }
+    const bool removable = !file.tooLarge && config_.after != DirectorySourceConfig::After::Keep;
+    const std::uint64_t token = nextToken_++;
+    pending_[token] = {name, file.identity, removable};
+    if (seen.state == Ledger::Seen::State::Unacknowledged) {
+        // Stored by a run that stopped before acknowledging it: acknowledge it now.
+        taken.unacknowledged.emplace_back(token, seen.deliveryId);
+        return true;
+    }
+    if (!file.tooLarge) {
+        ClassifyLimits limits;
+        limits.maxSize = static_cast<std::size_t>(config_.maxMessageSize);
+        auto classified = classify(file.bytes, limits);
+        if (auto *rejection = std::get_if<Rejection>(&classified)) {
+            const std::int64_t age = now - file.mtimeMs;
+            if (rejection->truncated && age < config_.settleMs) {
+                spdlog::debug("- source {}: {} ends early ({}); taken to be still arriving",
+                              config_.name, printable(name), rejection->reason);
+                pending_.erase(token);
+                ++taken.stillArriving;
+                recheckLater(name, config_.settleMs - age);
+                return false;
+            }
+            sub.rejectReason = rejection->reason;
+            sub.rejectedBytes = std::move(file.bytes);
+        } else {
+            sub.message = std::move(std::get<Message>(classified));
+            sub.relay = sub.message->isRequest();
+        }
+    }
+    sub.acknowledgedWhenStored = !removable;
+    bytes += sub.size;
+    taken.submissions.push_back(std::move(sub));
+    taken.tokens.push_back(token);
+    return true;
+}
+
+std::vector<Source::Ack> DirectorySource::acknowledge(const std::vector<std::uint64_t> &tokens) {
+    std::vector<Ack> acks(tokens.size(), Ack::Failed);
+    std::optional<Directory> dir, moveDir;
+    bool touched = false;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+        auto node = pending_.extract(tokens[i]);
+        if (node.empty())
+            throw std::logic_error("DirectorySource: acknowledge of an unknown token");
+        const Pending &p = node.mapped();
+        if (!p.removable) {
+            settled_[p.name] = p.identity;
+            acks[i] = Ack::Kept;
+            continue;
+        }
+        try {
+            if (!dir)
+                dir.emplace(Directory::open(config_.path));
+            // Only while the name still refers to the file that was read and stored: a file
+            // replaced meanwhile (a client writing again under the same name) is left for the
+            // next look.
+            if (dir->identity(p.name) != p.identity) {
+                spdlog::warn("- source {}: {} changed after it was read; looked at again",
+                             config_.name, printable(p.name));
+                dirty_.insert(p.name);
+                acks[i] = Ack::Failed;
+                continue;
+            }
+            if (config_.after == DirectorySourceConfig::After::Delete) {
+                dir->unlink(p.name);
+            } else {
+                if (!moveDir)
+                    moveDir.emplace(Directory::openOrCreate(config_.moveTo));
+                std::string target = p.name;
+                for (int n = 1; !dir->moveTo(p.name, *moveDir, target); ++n)
+                    target = fmt::format("{}.{}", p.name, n);
+            }
+            touched = true;
+            settled_.erase(p.name);
+            acks[i] = Ack::Removed;
+        } catch (const IoError &e) {
+            // Not looked at again before the next full rescan: what failed now would fail again
+            // at once.
+            spdlog::error("- source {}: stored, but {} (acknowledged on a later look)",
+                          config_.name, printable(e.what()));
+        }
+    }
+    if (touched) {
+        try {
+            dir->sync();
+            if (moveDir)
+                moveDir->sync();
+        } catch (const IoError &e) {
+            // The items are committed; at worst a file reappears and is known to the store.
+            spdlog::error("- source {}: {}", config_.name, e.what());
+        }
+    }
+    if (!dirty_.empty() && wake_)
+        wake_();
+    return acks;
+}
+
+} // namespace pkirelay

@@ -1,0 +1,104 @@
+// The source interface: where requests come from (a watched folder now; an IMAP mailbox and the
+// media return leg later). A source finds inputs, hands each one over as a Submission, and
+// acknowledges it (deletes or moves the file, moves the mail) only once the store has committed
+// it (../shared/DESIGN.md, "The store: what is promised"). A source never talks to another
+// stage: what it needs to know of the store it asks through a Ledger.
+//
+// Every implementation passes the conformance suite in tests/test_conformance.cc.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "lib/bytes.h"
+#include "lib/classify.h"
+#include "lib/loop/event_loop.h"
+
+namespace pkirelay {
+
+// One arrival of an item: where it came from and where its answer goes.
+struct Arrival {
+    std::string source;  // configured source name
+    std::string origin;  // the file's name in the source folder (later: a mail's Message-ID)
+    std::string replyTo; // the folder the response file is written to (later: a mail address)
+};
+
+// What a source hands to the store for one input.
+struct Submission {
+    Arrival arrival;
+    std::string arrivalSha256;      // hash of the raw input as found (for known-arrival checks)
+    std::uint64_t size = 0;         // of the raw input
+    std::optional<Message> message; // the classified message, or nullopt when rejected
+    bool relay = true;              // false: a message that is not a request (-> Unmatched)
+    std::string rejectReason;       // when message is nullopt: why (-> Quarantined)
+    Bytes rejectedBytes;            // the raw input of a rejected file, kept for `show`; may be
+                                    // empty when it was too large to read
+    // The source leaves its input where it is (after = "keep"): storing it is acknowledging it.
+    bool acknowledgedWhenStored = false;
+};
+
+// What the store knows of inputs, as a source needs to ask it.
+class Ledger {
+public:
+    virtual ~Ledger() = default;
+    struct Seen {
+        enum class State {
+            New,            // never stored, or stored and acknowledged by removal: a new arrival
+            Unacknowledged, // stored, but the source never acknowledged it: acknowledge it now
+            Kept,           // stored and left in place on purpose (keep mode): nothing to do
+        } state = State::New;
+        std::int64_t deliveryId = 0; // for Unacknowledged
+    };
+    virtual Seen arrival(std::string_view source, std::string_view origin,
+                         std::string_view sha256) = 0;
+    // True when `name` in folder replyTo is a response pkirelay wrote there with these bytes.
+    virtual bool isOurResponse(std::string_view replyTo, std::string_view name,
+                               std::string_view sha256) = 0;
+};
+
+// What one take() found.
+struct Taken {
+    std::vector<Submission> submissions;
+    std::vector<std::uint64_t> tokens; // parallel to submissions: the source's handles
+    // Inputs stored earlier and never acknowledged (a run died in between): the source's handle
+    // and the store's delivery id. They are acknowledged now, not stored again.
+    std::vector<std::pair<std::uint64_t, std::int64_t>> unacknowledged;
+    bool more = false;     // the source had more ready than the bounds allowed: take again
+    int stillArriving = 0; // inputs that look incomplete and are looked at again later
+    int errors = 0;        // inputs or folders that could not be read (logged by the source)
+};
+
+class Source {
+public:
+    virtual ~Source() = default;
+    virtual const std::string &name() const = 0;
+
+    // Connects the source to the loop. wake() is called whenever the source may have new input
+    // (an inotify event, a timer, a folder that came back); the pipeline then calls take().
+    virtual void attach(EventLoop &loop, std::function<void()> wake) = 0;
+    virtual void detach() = 0;
+
+    // Takes what is ready now: at most maxItems inputs and about maxBytes of them. full asks for
+    // a complete look (a rescan of the folder), not only at what events reported.
+    virtual Taken take(Ledger &ledger, std::size_t maxItems, std::size_t maxBytes, bool full) = 0;
+
+    // Acknowledges inputs the store now holds (tokens from take()). Returns, per token, what
+    // became of the input; one that could not be acknowledged (it changed since it was read, a
+    // move failed) is logged and looked at again by a later take().
+    enum class Ack {
+        Failed,  // still there, not acknowledged (counted as an error: the run is not done)
+        Kept,    // left in place on purpose (keep mode, a file too large to store whole)
+        Removed, // deleted or moved away: the same input appearing again is a new arrival
+    };
+    virtual std::vector<Ack> acknowledge(const std::vector<std::uint64_t> &tokens) = 0;
+
+    // False while the source cannot be read (a folder that does not exist, a stick pulled).
+    virtual bool available() const = 0;
+};
+
+} // namespace pkirelay
