@@ -120,6 +120,15 @@ const std::vector<Key<Settings>> &settingsKeys() {
          31536000,
          {},
          "After this long since it arrived, an item that still fails transiently is failed."},
+        {"log.level",
+         Type::Choice,
+         &S::logLevel,
+         "info",
+         0,
+         0,
+         {"debug", "info", "warning", "error"},
+         "Least severe log line written (to stderr). --verbose (debug) and --quiet (warning) "
+         "override it."},
     };
     // clang-format on
     return keys;
@@ -598,7 +607,7 @@ Config loadConfig(const std::string &path) {
         } else if (section == "endpoint") {
             applyNamed(node, "endpoint", endpointKeys(), config.endpoints, base, problems);
         } else if (section == "store" || section == "limits" || section == "run" ||
-                   section == "retry") {
+                   section == "retry" || section == "log") {
             if (const auto *table = node.as_table())
                 applyTable(*table, section + ".", settingsKeys(), section, config.settings, base,
                            problems);
@@ -606,7 +615,7 @@ Config loadConfig(const std::string &path) {
                 problems.add(node.source(), fmt::format("{} must be a table", section));
         } else {
             problems.add(node.source(),
-                         fmt::format("unknown section [{}] (known: store, limits, run, retry, "
+                         fmt::format("unknown section [{}] (known: store, limits, run, retry, log, "
                                      "source.NAME, endpoint.NAME)",
                                      section));
         }
@@ -641,7 +650,7 @@ std::vector<std::string> environmentWarnings(const Config &config) {
 
 std::string keyReference() {
     std::string out;
-    appendReference(out, "[store], [limits], [run], [retry]", settingsKeys());
+    appendReference(out, "[store], [limits], [run], [retry], [log]", settingsKeys());
     appendReference(out, "[source.NAME]", sourceKeys());
     appendReference(out, "[endpoint.NAME]", endpointKeys());
     return out;

@@ -1,5 +1,6 @@
-// pkirelay's command line (CLI11, Debian libcli11-dev): run, inspect, check-config, status,
-// list, show. Exit codes follow sysexits(3), as ../shared/DESIGN.md promises to cron/systemd.
+// pkirelay's command line (CLI11, Debian libcli11-dev): run, inspect, check-config, and the
+// operator commands of operator.h. Exit codes follow sysexits(3), as ../shared/DESIGN.md
+// promises to cron/systemd.
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -21,6 +22,8 @@
 #include "config.h"
 #include "lib/describe.h"
 #include "lib/file_io.h"
+#include "lib/text.h"
+#include "operator.h"
 #include "run.h"
 
 using namespace pkirelay;
@@ -36,16 +39,6 @@ std::string configPath(const std::string &given) {
     if (const char *env = std::getenv("PKIRELAY_CONFIG"); env && *env)
         return env;
     return defaultConfig;
-}
-
-// Names from folders may be any bytes: never let one make the JSON encoder throw.
-void printJson(const nlohmann::json &j) {
-    fmt::print("{}\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
-}
-
-std::string timeText(spool::Millis ms) {
-    const std::time_t t = static_cast<std::time_t>(ms / 1000);
-    return fmt::format("{:%Y-%m-%d %H:%M:%S}Z", fmt::gmtime(t));
 }
 
 int commandInspect(const std::vector<std::string> &files, bool json) {
@@ -109,144 +102,8 @@ int commandCheckConfig(const std::string &cfgPath, bool keys) {
             fmt::print("    {} -> {}\n", kindInfo(kind).id, name);
     }
     for (const auto &e : config->endpoints)
-        fmt::print("  endpoint {}: {}{}\n", e.name, e.url,
+        fmt::print("  endpoint {}: {}{}\n", e.name, redactUrl(e.url),
                    e.verifyTls ? "" : " (TLS NOT VERIFIED)");
-    return ExitOk;
-}
-
-// The store for the operator views. A store that does not exist yet is not created by them: a
-// mistyped path must not leave an empty database behind. Reports the problem and returns
-// nullopt with the exit status in exitCode (0 when there is simply nothing yet).
-std::optional<spool::Store> openStore(const std::string &cfgPath, int &exitCode) {
-    auto config = loadOrReport(cfgPath);
-    if (!config) {
-        exitCode = ExitConfig;
-        return std::nullopt;
-    }
-    struct stat st {};
-    if (::stat(config->settings.storePath.c_str(), &st) != 0) {
-        fmt::print(stderr, "pkirelay: no store at {} yet (nothing has run)\n",
-                   config->settings.storePath);
-        exitCode = ExitOk;
-        return std::nullopt;
-    }
-    return spool::Store::open(config->settings.storePath);
-}
-
-nlohmann::json summaryJson(const spool::ItemSummary &s) {
-    return {{"id", s.id},
-            {"state", spool::stateName(s.state)},
-            {"kind", s.kind ? std::string(kindInfo(*s.kind).id) : std::string()},
-            {"source", s.source},
-            {"origin", printable(s.origin)},
-            {"attempts", s.attempts},
-            {"reason", printable(s.reason)},
-            {"created_at_ms", s.createdAt},
-            {"updated_at_ms", s.updatedAt}};
-}
-
-int commandStatus(const std::string &cfgPath, bool json) {
-    int status = ExitOk;
-    auto store = openStore(cfgPath, status);
-    if (!store)
-        return status;
-    const auto counts = store->countByState();
-    if (json) {
-        nlohmann::json j = nlohmann::json::object();
-        for (const auto &[state, n] : counts)
-            j[std::string(spool::stateName(state))] = n;
-        printJson(j);
-        return ExitOk;
-    }
-    if (counts.empty())
-        fmt::print("no items\n");
-    for (const auto &[state, n] : counts)
-        fmt::print("{:<12} {}\n", spool::stateName(state), n);
-    return ExitOk;
-}
-
-int commandList(const std::string &cfgPath, const std::string &stateName, std::size_t limit,
-                bool json) {
-    std::optional<spool::State> state;
-    if (!stateName.empty()) {
-        state = spool::stateFromName(stateName);
-        if (!state) {
-            fmt::print(stderr, "pkirelay: unknown state {}\n", stateName);
-            return 64; // EX_USAGE
-        }
-    }
-    int status = ExitOk;
-    auto store = openStore(cfgPath, status);
-    if (!store)
-        return status;
-    const auto items = store->list(state, limit);
-    if (json) {
-        nlohmann::json j = nlohmann::json::array();
-        for (const auto &s : items)
-            j.push_back(summaryJson(s));
-        printJson(j);
-        return ExitOk;
-    }
-    for (const auto &s : items)
-        fmt::print("{:>6}  {:<11}  {:<20}  {}/{}{}\n", s.id, spool::stateName(s.state),
-                   s.kind ? kindInfo(*s.kind).id : "-", s.source, printable(s.origin),
-                   s.reason.empty() ? "" : "  (" + printable(s.reason) + ")");
-    return ExitOk;
-}
-
-int commandShow(const std::string &cfgPath, std::int64_t id, bool json) {
-    int status = ExitOk;
-    auto store = openStore(cfgPath, status);
-    if (!store)
-        return status;
-    const auto item = store->show(id);
-    if (!item) {
-        fmt::print(stderr, "pkirelay: no item {}\n", id);
-        return ExitDataErr;
-    }
-    if (json) {
-        nlohmann::json j = summaryJson(item->summary);
-        j["sha256"] = item->sha256;
-        j["size"] = item->size;
-        j["endpoint"] = item->endpoint;
-        j["transaction_id"] = toHex(item->transactionId);
-        j["sender_nonce"] = toHex(item->senderNonce);
-        j["recip_nonce"] = toHex(item->recipNonce);
-        nlohmann::json arrivals = nlohmann::json::array();
-        for (std::size_t i = 0; i < item->arrivals.size(); ++i)
-            arrivals.push_back(
-                {{"source", item->arrivals[i].source},
-                 {"origin", item->arrivals[i].origin},
-                 {"reply_to", item->arrivals[i].replyTo},
-                 {"delivery",
-                  i < item->deliveryStates.size() ? item->deliveryStates[i] : std::string()}});
-        j["arrivals"] = arrivals;
-        nlohmann::json events = nlohmann::json::array();
-        for (const auto &e : item->events)
-            events.push_back({{"at_ms", e.at}, {"what", e.what}, {"detail", printable(e.detail)}});
-        j["events"] = events;
-        printJson(j);
-        return ExitOk;
-    }
-    const auto &s = item->summary;
-    fmt::print("item {}: {}\n", s.id, spool::stateName(s.state));
-    fmt::print("  kind:     {}\n", s.kind ? kindInfo(*s.kind).title : "(not a PKI message)");
-    fmt::print("  sha256:   {}\n  size:     {} bytes\n", item->sha256, item->size);
-    if (!item->transactionId.empty())
-        fmt::print("  transactionID: {}\n", toHex(item->transactionId));
-    if (!item->senderNonce.empty())
-        fmt::print("  senderNonce:   {}\n", toHex(item->senderNonce));
-    if (!s.reason.empty())
-        fmt::print("  reason:   {}\n", printable(s.reason));
-    if (!item->endpoint.empty())
-        fmt::print("  endpoint: {} ({} attempt(s))\n", item->endpoint, s.attempts);
-    for (std::size_t i = 0; i < item->arrivals.size(); ++i)
-        fmt::print("  arrival:  {}/{} -> {} ({})\n", item->arrivals[i].source,
-                   printable(item->arrivals[i].origin), item->arrivals[i].replyTo,
-                   i < item->deliveryStates.size() ? item->deliveryStates[i] : "");
-    fmt::print("  history:\n");
-    for (const auto &e : item->events)
-        fmt::print("    {}  {:<10} {}\n", timeText(e.at), e.what, printable(e.detail));
     return ExitOk;
 }
 
@@ -262,16 +119,24 @@ int main(int argc, char **argv) {
     CLI::App app{"pkirelay: store-and-forward relay for CMC and CMP enrollment messages"};
     app.set_version_flag("--version", PKIRELAY_VERSION);
     app.require_subcommand(1);
+    // Global options may also follow the subcommand (`pkirelay run --once --verbose`).
+    app.fallthrough();
+    bool verbose = false, quiet = false;
+    app.add_flag("-v,--verbose", verbose, "Log everything, debug lines included")
+        ->excludes(app.add_flag("-q,--quiet", quiet, "Log only warnings and errors"));
     std::string cfg;
     bool json = false;
+    const std::string cfgHelp =
+        "Configuration file (default $PKIRELAY_CONFIG or " + std::string(defaultConfig) + ")";
+    const auto jsonFlag = [&](CLI::App *sub) {
+        sub->add_option("-c,--config", cfg, cfgHelp);
+        sub->add_flag("--json", json, "Machine-readable output");
+    };
 
     auto *run = app.add_subcommand("run", "Relay: scan sources, relay, write responses");
-    bool once = false;
-    run->add_option("-c,--config", cfg,
-                    "Configuration file (default $PKIRELAY_CONFIG or " +
-                        std::string(defaultConfig) + ")");
+    bool once = false, newStore = false;
+    run->add_option("-c,--config", cfg, cfgHelp);
     run->add_flag("--once", once, "One pass over everything waiting, then exit (for cron)");
-    bool newStore = false;
     run->add_flag("--new-store", newStore,
                   "Start with a new, empty store although the folders hold pkirelay's answers");
 
@@ -282,32 +147,74 @@ int main(int argc, char **argv) {
 
     auto *check = app.add_subcommand("check-config", "Check a configuration file");
     bool keys = false;
-    check->add_option("-c,--config", cfg, "Configuration file");
+    check->add_option("-c,--config", cfg, cfgHelp);
     check->add_flag("--keys", keys, "Print the reference of every configuration key");
 
-    auto *status = app.add_subcommand("status", "Count items by state");
-    status->add_option("-c,--config", cfg, "Configuration file");
-    status->add_flag("--json", json, "Machine-readable output");
+    auto *status = app.add_subcommand(
+        "status", "Items by state, the oldest waiting item, the last error per endpoint");
+    jsonFlag(status);
 
     auto *list = app.add_subcommand("list", "List items, newest first");
-    std::string state;
-    std::size_t limit = 50;
-    list->add_option("-c,--config", cfg, "Configuration file");
-    list->add_option("--state", state, "Only items in this state");
-    list->add_option("-n,--limit", limit, "At most this many");
-    list->add_flag("--json", json, "Machine-readable output");
+    ListOptions listOptions;
+    jsonFlag(list);
+    list->add_option("--state", listOptions.state, "Only items in this state");
+    list->add_option("--source", listOptions.source, "Only items that first came from this source");
+    list->add_option("--kind", listOptions.kind, "Only items of this kind (e.g. cmp)");
+    list->add_option("--older-than", listOptions.olderThan,
+                     "Only items that arrived longer ago than DURATION (30s, 15m, 12h, 7d)");
+    list->add_option("--newer-than", listOptions.newerThan,
+                     "Only items that arrived within DURATION");
+    list->add_option("-n,--limit", listOptions.limit, "At most this many (default 50)");
 
-    auto *show = app.add_subcommand("show", "Show one item and its whole history");
     std::int64_t id = 0;
-    show->add_option("-c,--config", cfg, "Configuration file");
+    std::vector<std::int64_t> ids;
+    auto *show = app.add_subcommand("show", "Show one item and its whole history");
+    jsonFlag(show);
     show->add_option("ID", id, "Item id")->required();
-    show->add_flag("--json", json, "Machine-readable output");
+
+    auto *retry = app.add_subcommand("retry", "Queue failed or review items again");
+    bool failed = false;
+    jsonFlag(retry);
+    retry->add_option("ID", ids, "Item ids");
+    retry->add_flag("--failed", failed, "Every failed item");
+
+    auto *hold = app.add_subcommand("hold", "Put queued or deferred items aside");
+    jsonFlag(hold);
+    hold->add_option("ID", ids, "Item ids")->required();
+
+    auto *release = app.add_subcommand("release", "Queue held items again");
+    jsonFlag(release);
+    release->add_option("ID", ids, "Item ids")->required();
+
+    auto *purge = app.add_subcommand("purge", "Delete finished items older than DURATION");
+    std::string olderThan;
+    jsonFlag(purge);
+    purge->add_option("--older-than", olderThan, "DURATION: 30s, 15m, 12h, 7d")->required();
+
+    auto *exportCmd =
+        app.add_subcommand("export", "Write an item's request and answer bytes to files");
+    std::string dir = ".";
+    jsonFlag(exportCmd);
+    exportCmd->add_option("ID", id, "Item id")->required();
+    exportCmd->add_option("--dir", dir, "Folder to write to (default: the current one)");
+
+    auto *deliver = app.add_subcommand("deliver", "Deliver a review item's stored answer anyway");
+    bool force = false;
+    jsonFlag(deliver);
+    deliver->add_option("ID", id, "Item id")->required();
+    deliver->add_flag("--force", force, "Required: deliver an answer pkirelay did not accept");
 
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError &e) {
-        return app.exit(e) == 0 ? 0 : 64; // EX_USAGE
+        return app.exit(e) == 0 ? 0 : ExitUsage;
     }
+    if (verbose)
+        setLogLevelOverride(spdlog::level::debug);
+    else if (quiet)
+        setLogLevelOverride(spdlog::level::warn);
+    else if (!*inspect)
+        applyConfiguredLogLevel(configPath(cfg));
 
     try {
         if (*run)
@@ -319,11 +226,43 @@ int main(int argc, char **argv) {
         if (*status)
             return commandStatus(configPath(cfg), json);
         if (*list)
-            return commandList(configPath(cfg), state, limit, json);
+            return commandList(configPath(cfg), listOptions, json);
         if (*show)
             return commandShow(configPath(cfg), id, json);
+        if (*retry)
+            return commandRetry(configPath(cfg), ids, failed, json);
+        if (*hold)
+            return commandHold(configPath(cfg), ids, json);
+        if (*release)
+            return commandRelease(configPath(cfg), ids, json);
+        if (*purge)
+            return commandPurge(configPath(cfg), olderThan, json);
+        if (*exportCmd)
+            return commandExport(configPath(cfg), id, dir, json);
+        if (*deliver)
+            return commandDeliver(configPath(cfg), id, force, json);
+    } catch (const spool::StoreCorrupt &e) {
+        // Loud, and its own status: a damaged store does not heal by waiting (README, "Exit
+        // status"), and cron is told to ignore only 75.
+        spdlog::critical("- STORE DAMAGED: {}; nothing more is relayed from it. Stop pkirelay, "
+                         "keep a copy of the file, and restore it from a backup (or recover it "
+                         "with sqlite3's .recover)",
+                         e.what());
+        return ExitStoreCorrupt;
+    } catch (const spool::StoreMissing &e) {
+        spdlog::critical("- store: {}; refusing to start with a new one, which would relay every "
+                         "kept request again. If that is what you want (a first start, or a "
+                         "store given up on purpose), run once with --new-store",
+                         e.what());
+        return ExitNoInput;
+    } catch (const spool::StoreBusy &e) {
+        spdlog::error("- store: {}; try again later", e.what());
+        return ExitTempFail;
     } catch (const spool::StoreError &e) {
         spdlog::critical("- store: {}", e.what());
+        return ExitCantCreat;
+    } catch (const IoError &e) {
+        spdlog::critical("- {}", printable(e.what()));
         return ExitCantCreat;
     } catch (const std::exception &e) {
         spdlog::critical("- {}", e.what());

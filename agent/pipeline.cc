@@ -340,7 +340,14 @@ void Pipeline::claimReady() {
     const std::size_t want =
         std::min(maxInFlight - held, static_cast<std::size_t>(config_.settings.batchSize));
     const Millis now = clock_();
-    auto claims = store_.claim(want, now, now + lease_, maxBatchBytes);
+    std::vector<spool::Damaged> damaged;
+    auto claims = store_.claim(want, now, now + lease_, maxBatchBytes, &damaged);
+    for (const auto &d : damaged)
+        spdlog::critical("{}: NOT SENT: its stored bytes are damaged (sha256 {} recorded, {} now); "
+                         "it waits for a person in state review",
+                         d.itemId, d.recorded, d.actual);
+    if (!damaged.empty())
+        queueMayHaveItems_ = true; // the damaged ones took places in this claim
     if (claims.size() < want)
         queueMayHaveItems_ = false; // until something is stored, retried or recorded
     for (auto &claim : claims) {
@@ -387,10 +394,15 @@ void Pipeline::dispatch() {
 void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     inFlight_.erase(reply.id);
     spool::Outcome outcome{reply.id, endpoint, spool::Transient{""}};
+    // An answer that cannot be delivered as it is (another protocol's, a request, a body that
+    // is not a PKI message or too large for limits.max_message_size) is kept byte for byte for
+    // a person (state review), never thrown away and never answered by sending the request
+    // again (the CA may have issued a certificate already).
+    const bool answerLike = reply.status >= 200 && reply.status < 300 && !reply.body.empty();
     switch (reply.type) {
     case Reply::Type::Response:
         if (auto why = unacceptableAnswer(kind, *reply.response, endpoint))
-            outcome.result = spool::Permanent{*why};
+            outcome.result = spool::Unusable{reply.body, reply.contentType, *why};
         else
             outcome.result = spool::Answer{reply.response->der, reply.response->kind, reply.detail};
         break;
@@ -404,7 +416,10 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
         outcome.result = spool::Transient{reply.detail};
         break;
     case Reply::Type::Permanent:
-        outcome.result = spool::Permanent{reply.detail};
+        if (answerLike)
+            outcome.result = spool::Unusable{reply.body, reply.contentType, reply.detail};
+        else
+            outcome.result = spool::Permanent{reply.detail};
         break;
     }
     outcomes_.push_back(std::move(outcome));
@@ -458,6 +473,12 @@ void Pipeline::recordOutcomes() {
         case spool::State::Failed:
             ++report_.failed;
             spdlog::error("{}: failed: {}", outcome.itemId, why);
+            break;
+        case spool::State::Review:
+            ++report_.failed; // needs a person, like a failure: the run says so (65)
+            spdlog::error("{}: the answer from {} cannot be delivered as it is ({}); kept for a "
+                          "person: `pkirelay show {}`, then `export` or `deliver --force`",
+                          outcome.itemId, outcome.endpoint, why, outcome.itemId);
             break;
         default:
             spdlog::warn("{}: outcome not applied, the item is {}: {}", outcome.itemId,

@@ -36,8 +36,14 @@ enum ExitCode : int {
     ExitOk = 0,
     ExitUsage = 64,
     ExitDataErr = 65,  // EX_DATAERR: something needs a person
+    ExitNoInput = 66,  // EX_NOINPUT: a store that should exist is missing or empty
     ExitSoftware = 70, // EX_SOFTWARE: a bug or an unexpected failure
     ExitCantCreat = 73,
+    // The store is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, PRAGMA quick_check). sysexits has
+    // no code for "data on disk is corrupt": EX_IOERR ("an error occurred while doing I/O on
+    // some file") is the nearest, and it keeps corruption apart from EX_SOFTWARE (a bug) and
+    // from EX_TEMPFAIL (try again later), which cron is told to ignore.
+    ExitStoreCorrupt = 74,
     ExitTempFail = 75, // EX_TEMPFAIL: something is deferred for later
     ExitConfig = 78,   // EX_CONFIG
 };

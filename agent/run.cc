@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <map>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -15,9 +16,12 @@
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
+#include "lib/classify.h"
 #include "lib/file_io.h"
 #include "lib/loop/event_loop.h"
+#include "lib/sources/directory.h"
 #include "lib/loop/signals.h"
+#include "lib/text.h"
 #include "lib/transports/http.h"
 
 namespace pkirelay::agent {
@@ -104,8 +108,68 @@ private:
 
 } // namespace
 
+namespace {
+
+// A response beside the request it answers, as pkirelay writes them (the request's name with
+// the answer's extension): its presence says an earlier store relayed that request, so a
+// missing store was lost rather than never made. Responses without their request (answers
+// carried back on a stick, for matching) say nothing of the kind.
+std::optional<std::string> answerInFolders(const Config &config) {
+    ClassifyLimits limits;
+    limits.maxSize = static_cast<std::size_t>(config.settings.maxMessageSize);
+    const auto stem = [](const std::string &name) {
+        return name.substr(0, name.rfind('.'));
+    };
+    for (const auto &source : config.sources) {
+        try {
+            std::map<std::string, bool> requests, answers; // by stem
+            for (const auto &[folder, isRequests] :
+                 {std::pair{source.path, true}, std::pair{source.responses, false}}) {
+                const Directory dir = Directory::open(folder);
+                for (const auto &entry : dir.list()) {
+                    if (entry.type != DirEntry::Type::Regular || looksTemporary(entry.name))
+                        continue;
+                    const FileRead file = dir.read(entry.name, limits.maxSize);
+                    if (file.tooLarge)
+                        continue;
+                    const auto c = classify(file.bytes, limits);
+                    if (const auto *m = std::get_if<Message>(&c); m && m->isRequest() == isRequests)
+                        (isRequests ? requests : answers)[stem(entry.name)] = true;
+                }
+            }
+            for (const auto &[name, present] : answers)
+                if (requests.contains(name))
+                    return source.responses + "/" + name + ".*";
+        } catch (const IoError &) {
+            // A folder that is not there (yet) holds no answers.
+        }
+    }
+    return std::nullopt;
+}
+
+// The store for `run`. A first start creates it; but a store that is missing while the folders
+// hold pkirelay's answers, or that was emptied, was lost: starting afresh would relay every
+// request kept in the folders again, so that needs --new-store (issue: DESIGN's "nothing
+// answered twice").
+spool::Store openRunStore(const Config &config, bool newStore) {
+    const std::string &path = config.settings.storePath;
+    struct stat st {};
+    const bool missing = ::stat(path.c_str(), &st) != 0 && errno == ENOENT;
+    if (newStore)
+        return spool::Store::open(path, spool::OpenMode::CreateIfMissing);
+    if (missing) {
+        if (auto answer = answerInFolders(config))
+            throw spool::StoreMissing(fmt::format("{} does not exist, but {} is an answer beside "
+                                                  "its request, which an earlier store relayed",
+                                                  path, printable(*answer)));
+        return spool::Store::open(path, spool::OpenMode::CreateIfMissing);
+    }
+    return spool::Store::open(path, spool::OpenMode::MustExist);
+}
+
+} // namespace
+
 int commandRun(const std::string &cfgPath, bool once, bool newStore) {
-    (void)newStore;
     auto config = loadOrReport(cfgPath);
     if (!config)
         return ExitConfig;
@@ -113,7 +177,8 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
         spdlog::warn("- {}", w);
     for (const auto &e : config->endpoints)
         if (!e.verifyTls)
-            spdlog::warn("- endpoint {}: TLS verification is OFF (verify_tls = false)", e.name);
+            spdlog::warn("- endpoint {} ({}): TLS verification is OFF (verify_tls = false)", e.name,
+                         redactUrl(e.url));
 
     EventLoop loop;
     bool stopping = false;
@@ -129,7 +194,7 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
     });
     ::signal(SIGPIPE, SIG_IGN);
 
-    auto store = spool::Store::open(config->settings.storePath);
+    auto store = openRunStore(*config, newStore);
     int lockStatus = ExitOk;
     auto lock = takeRunLock(config->settings.storePath, lockStatus);
     if (!lock)

@@ -8,5 +8,5 @@ apt-get install -y -qq --no-install-recommends \
     g++ meson ninja-build pkg-config \
     libssl-dev libcurl4-openssl-dev libsqlite3-dev \
     libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev libspdlog-dev nlohmann-json3-dev \
-    catch2 openssl ca-certificates python3 >/dev/null
+    catch2 openssl ca-certificates python3 scdoc >/dev/null
 echo "pkirelay: build and test dependencies installed"

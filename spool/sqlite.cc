@@ -6,8 +6,10 @@
 #include <exception>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <thread>
 
@@ -25,8 +27,19 @@ void fail(sqlite3 *db, std::string_view what) {
             ? "; the database's directory must exist and be writable, because WAL mode keeps "
               "-wal and -shm files beside the database"
             : "";
-    throw StoreError(
-        fmt::format("{}: {} ({}, {}){}", what, msg, ::sqlite3_errstr(code), code, hint));
+    std::string text =
+        fmt::format("{}: {} ({}, {}){}", what, msg, ::sqlite3_errstr(code), code, hint);
+    if (isCorruption(code))
+        throw StoreCorrupt(std::move(text));
+    const int primary = code & 0xff;
+    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED || primary == SQLITE_FULL)
+        throw StoreBusy(std::move(text));
+    throw StoreError(std::move(text));
+}
+
+bool isCorruption(int code) {
+    const int primary = code & 0xff;
+    return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB;
 }
 
 namespace {
@@ -147,18 +160,70 @@ Query::Query(Statement &statement) : statement_(&statement) {
 
 // --- Database ----------------------------------------------------------------------------
 
+namespace {
+
+// RFC 3986 §3.3 percent-encoding for the path of a file: URI (SQLite's uri.html).
+std::string uriPath(std::string_view path) {
+    std::string out;
+    for (unsigned char c : path) {
+        if (std::isalnum(c) || c == '/' || c == '-' || c == '_' || c == '.' || c == '~')
+            out.push_back(static_cast<char>(c));
+        else
+            out += fmt::format("%{:02X}", c);
+    }
+    return out;
+}
+
+} // namespace
+
+// SQLite reads a WAL database read-only when its -shm and -wal files exist or can be created
+// (wal.html, "Read-Only Databases"). In a folder the reader cannot write, with no -wal there,
+// the first read fails with SQLITE_READONLY_DIRECTORY (or CANTOPEN). No -wal file means no
+// connection has the database open for writing (a writer creates it, in this same folder, and
+// the last one to close removes it), so the file is read as immutable: what it holds is all
+// there is. A writer that starts during the read could make this one view inconsistent, never
+// the store.
+Database Database::readOnlyFallback(Database db, const std::string &path, int busyTimeoutMs) {
+    const int rc =
+        ::sqlite3_exec(db.get(), "SELECT count(*) FROM sqlite_master", nullptr, nullptr, nullptr);
+    const int code = ::sqlite3_extended_errcode(db.get());
+    const bool folderReadOnly =
+        rc != SQLITE_OK && (code == SQLITE_READONLY_DIRECTORY || (code & 0xff) == SQLITE_CANTOPEN);
+    struct ::stat st {};
+    if (!folderReadOnly || ::stat((path + "-wal").c_str(), &st) == 0)
+        return db; // fine, or another failure that the caller's first statement reports
+    sqlite3 *raw = nullptr;
+    const std::string uri = "file:" + uriPath(path) + "?immutable=1";
+    const int rc2 =
+        ::sqlite3_open_v2(uri.c_str(), &raw, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr);
+    DatabaseHandle handle(raw);
+    if (rc2 != SQLITE_OK)
+        fail(raw, fmt::format("cannot open database {} read-only", path));
+    ::sqlite3_extended_result_codes(raw, 1);
+    check(raw, ::sqlite3_busy_timeout(raw, busyTimeoutMs), "busy_timeout");
+    Database immutable(std::move(handle));
+    immutable.exec("PRAGMA foreign_keys = ON");
+    return immutable;
+}
+
 Database Database::open(const std::string &path, int busyTimeoutMs) {
+    return open(path, Access::Create, busyTimeoutMs);
+}
+
+Database Database::open(const std::string &path, Access access, int busyTimeoutMs) {
     // Create the file ourselves so that it is private from the first byte: SQLite would create
     // it with 0644 minus umask, and gives the -wal and -shm files the database file's mode.
-    if (path != ":memory:" && !path.empty()) {
+    if (access == Access::Create && path != ":memory:" && !path.empty()) {
         const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd >= 0)
             ::close(fd); // only created here; SQLite opens it itself just below
     }
 
+    const int flags = access == Access::ReadOnly   ? SQLITE_OPEN_READONLY
+                      : access == Access::NoCreate ? SQLITE_OPEN_READWRITE
+                                                   : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     sqlite3 *raw = nullptr;
-    const int rc =
-        ::sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+    const int rc = ::sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
     // sqlite3_open_v2 returns a handle even on failure; own it before anything can throw.
     DatabaseHandle handle(raw);
     if (rc != SQLITE_OK)
@@ -172,6 +237,9 @@ Database Database::open(const std::string &path, int busyTimeoutMs) {
     // transaction; synchronous=FULL explicitly, because we acknowledge sources after commit and
     // NORMAL may lose the last commits on power loss (LIBRARIES.md, SQLite 2).
     db.exec("PRAGMA foreign_keys = ON");
+    // A reader changes nothing: the journal mode is the writer's (a WAL database stays WAL).
+    if (access == Access::ReadOnly)
+        return readOnlyFallback(std::move(db), path, busyTimeoutMs);
     const std::string mode = db.switchToWal(busyTimeoutMs);
     if (mode != "wal" && path != ":memory:")
         throw StoreError(fmt::format(

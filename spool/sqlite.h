@@ -79,9 +79,16 @@ private:
 
 class Database {
 public:
+    enum class Access {
+        Create,   // read-write, the file created (mode 0600) when missing
+        NoCreate, // read-write, the file must exist
+        ReadOnly, // SQLITE_OPEN_READONLY: never writes, never changes the journal mode
+    };
     // Opens (creating it when missing) and configures one connection: extended result codes,
     // busy timeout, foreign_keys=ON, journal_mode=WAL, synchronous=FULL.
     static Database open(const std::string &path, int busyTimeoutMs = 5000);
+    // The same with a choice of access; ReadOnly sets only the busy timeout and foreign_keys.
+    static Database open(const std::string &path, Access access, int busyTimeoutMs = 5000);
 
     Database(Database &&) noexcept = default;
     Database &operator=(Database &&) noexcept = default;
@@ -98,6 +105,7 @@ public:
 
 private:
     explicit Database(DatabaseHandle db) : db_(std::move(db)) {}
+    static Database readOnlyFallback(Database db, const std::string &path, int busyTimeoutMs);
     std::string switchToWal(int busyTimeoutMs);
     DatabaseHandle db_;
     // Declared after db_, so statements are finalised before the connection is closed.
@@ -129,6 +137,11 @@ private:
 };
 
 // A StoreError from the connection's last error: "<what>: <errmsg> (<code name>, <code>)".
+// SQLITE_CORRUPT and SQLITE_NOTADB (and their extended codes) throw StoreCorrupt: a damaged
+// file does not heal with time, so it must not read as "busy, try later".
 [[noreturn]] void fail(sqlite3 *db, std::string_view what);
+
+// True for the primary result codes that mean the file is damaged or not a database.
+bool isCorruption(int code);
 
 } // namespace pkirelay::spool::sql

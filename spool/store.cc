@@ -6,7 +6,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
+#include <functional>
+#include <cstring>
+#include <sys/stat.h>
 
 #include <fmt/format.h>
 
@@ -17,15 +21,15 @@ namespace pkirelay::spool {
 
 namespace {
 
-constexpr std::array<std::string_view, 9> stateNames = {
+constexpr std::array<std::string_view, 10> stateNames = {
     "queued",      "relaying", "deferred", "answered",  "failed",
-    "quarantined", "held",     "awaiting", "unmatched",
+    "quarantined", "held",     "awaiting", "unmatched", "review",
 };
 
 State stateFromDb(const std::string &name) {
     auto state = stateFromName(name);
     if (!state) // the CHECK constraint makes this a corrupt or foreign database
-        throw StoreError(fmt::format("unknown item state '{}' in the database", name));
+        throw StoreCorrupt(fmt::format("unknown item state '{}' in the database", name));
     return *state;
 }
 
@@ -97,6 +101,7 @@ Millis RetryPolicy::delayAfter(int attempts) const {
 
 struct Store::Impl {
     sql::Database db;
+    bool readOnly = false; // opened by openReadOnly: the operator's write commands refuse
 
     void addEvent(std::int64_t item, Millis at, std::string_view what, std::string_view detail) {
         auto q = db.query("INSERT INTO event (item_id, at, what, detail) VALUES (?1, ?2, ?3, ?4)");
@@ -312,6 +317,29 @@ struct Store::Impl {
                                  a->detail, a->kind ? "" : "; nothing to deliver"));
             return State::Answered;
         }
+        if (const auto *u = std::get_if<Unusable>(&o.result)) {
+            // Kept byte for byte as the response, with no kind: deliveriesToWrite never takes
+            // it, claim never resends it; a person exports it, delivers it anyway, or retries.
+            auto q = db.query(
+                "UPDATE item SET state = 'review', response = ?2, response_kind = NULL, "
+                "response_detail = ?3, response_sha256 = ?4, endpoint = ?5, reason = ?6, "
+                "next_try = NULL, lease_until = NULL, outcome_unknown = 0, updated_at = ?7 "
+                "WHERE id = ?1");
+            q->bind(1, o.itemId)
+                .bindBlob(2, u->body)
+                .bind(3, u->reason)
+                .bind(4, sha256Hex(u->body))
+                .bind(5, o.endpoint)
+                .bind(6, fmt::format("answer not accepted: {}", u->reason))
+                .bind(7, now);
+            q->run();
+            addEvent(o.itemId, now, "review",
+                     fmt::format("the answer from {} ({} bytes, {}) was not accepted: {}; kept "
+                                 "for a person (pkirelay export, deliver --force or retry)",
+                                 o.endpoint, u->body.size(),
+                                 u->contentType.empty() ? "no type" : u->contentType, u->reason));
+            return State::Review;
+        }
         if (const auto *t = std::get_if<Transient>(&o.result)) {
             if (now - createdAt >= policy.maxAge) {
                 newState = "failed";
@@ -353,6 +381,9 @@ struct Store::Impl {
                                a->body.size());
         if (const auto *t = std::get_if<Transient>(&o.result))
             return fmt::format("transient failure at {}: {}", o.endpoint, t->reason);
+        if (const auto *u = std::get_if<Unusable>(&o.result))
+            return fmt::format("unusable answer from {} ({} bytes): {}", o.endpoint, u->body.size(),
+                               u->reason);
         return fmt::format("permanent failure at {}: {}", o.endpoint,
                            std::get<Permanent>(o.result).reason);
     }
@@ -379,7 +410,39 @@ Store &Store::operator=(Store &&) noexcept = default;
 Store::~Store() = default;
 
 Store Store::open(const std::string &path) {
-    auto impl = std::make_unique<Impl>(Impl{sql::Database::open(path)});
+    return open(path, OpenMode::CreateIfMissing);
+}
+
+namespace {
+
+// PRAGMA quick_check reads every page and checks the b-trees (not the index contents, which
+// integrity_check would add at several times the cost). A damaged page that no query of the
+// current pass happens to touch would otherwise go unnoticed until it is too late.
+void checkIntegrity(sql::Database &db, const std::string &path) {
+    const std::string result = db.queryText("PRAGMA quick_check(1)");
+    if (result != "ok")
+        throw StoreCorrupt(
+            fmt::format("{}: the database is damaged (PRAGMA quick_check: {})", path, result));
+}
+
+// A store that must exist: present, not empty, and with a schema. An emptied file (0 bytes)
+// opens as a valid empty database, so size and user_version are checked, not only the name.
+void requireExisting(const std::string &path) {
+    struct ::stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        throw StoreMissing(fmt::format("{}: no store there ({})", path, std::strerror(errno)));
+    if (st.st_size == 0)
+        throw StoreMissing(fmt::format("{}: the store is empty (0 bytes)", path));
+}
+
+} // namespace
+
+Store Store::open(const std::string &path, OpenMode mode) {
+    if (mode == OpenMode::MustExist)
+        requireExisting(path);
+    auto impl = std::make_unique<Impl>(Impl{
+        sql::Database::open(path, mode == OpenMode::MustExist ? sql::Database::Access::NoCreate
+                                                              : sql::Database::Access::Create)});
     auto &db = impl->db;
     const auto &all = migrations();
     const auto known = static_cast<std::int64_t>(all.size());
@@ -392,21 +455,63 @@ Store Store::open(const std::string &path) {
     const auto current = db.queryInt("PRAGMA user_version");
     if (current > known)
         throw newer(current);
+    if (current == 0 && mode == OpenMode::MustExist)
+        throw StoreMissing(fmt::format("{}: the file holds no pkirelay store (no schema)", path));
+    if (current > 0)
+        checkIntegrity(db, path);
     // A current schema needs no write lock: status/list/show must not wait for a running pass.
     for (std::int64_t n = current + 1; n <= known; ++n) {
-        sql::Transaction tx(db);
-        // Read again under the write lock: another process may have migrated meanwhile.
-        const auto v = db.queryInt("PRAGMA user_version");
-        if (v > known)
-            throw newer(v);
-        if (v >= n)
-            continue;
-        if (v != n - 1)
-            throw StoreError(fmt::format("{}: schema {} cannot be brought to {}", path, v, n));
-        db.exec(all[static_cast<std::size_t>(n - 1)]);
-        db.exec(fmt::format("PRAGMA user_version = {}", n));
-        tx.commit();
+        // A migration may rebuild a table that others reference (SQLite cannot alter a CHECK
+        // constraint): foreign keys are off for it, as SQLite's own procedure for such changes
+        // says ("Making Other Kinds Of Table Schema Changes"), and checked before the commit.
+        // The pragma is a no-op inside a transaction, hence outside.
+        db.exec("PRAGMA foreign_keys = OFF");
+        {
+            sql::Transaction tx(db);
+            // Read again under the write lock: another process may have migrated meanwhile.
+            const auto v = db.queryInt("PRAGMA user_version");
+            if (v > known)
+                throw newer(v);
+            if (v >= n)
+                continue;
+            if (v != n - 1)
+                throw StoreError(fmt::format("{}: schema {} cannot be brought to {}", path, v, n));
+            db.exec(all[static_cast<std::size_t>(n - 1)]);
+            {
+                sql::Statement check(db.get(), "PRAGMA foreign_key_check");
+                if (check.step())
+                    throw StoreCorrupt(fmt::format(
+                        "{}: migration {} leaves a broken reference in table {} (row {})", path, n,
+                        check.text(0), check.int64(1)));
+            }
+            db.exec(fmt::format("PRAGMA user_version = {}", n));
+            tx.commit();
+        }
+        db.exec("PRAGMA foreign_keys = ON");
     }
+    db.exec("PRAGMA foreign_keys = ON");
+    return Store(std::move(impl));
+}
+
+Store Store::openReadOnly(const std::string &path) {
+    requireExisting(path);
+    auto impl =
+        std::make_unique<Impl>(Impl{sql::Database::open(path, sql::Database::Access::ReadOnly)});
+    auto &db = impl->db;
+    const auto known = static_cast<std::int64_t>(migrations().size());
+    const auto current = db.queryInt("PRAGMA user_version");
+    if (current == 0)
+        throw StoreMissing(fmt::format("{}: the file holds no pkirelay store (no schema)", path));
+    if (current > known)
+        throw StoreError(fmt::format("{}: database is from a newer pkirelay (schema {}, this "
+                                     "build knows {})",
+                                     path, current, known));
+    if (current < known)
+        throw StoreError(fmt::format("{}: the store has schema {}, this pkirelay reads {}; the "
+                                     "next `pkirelay run` brings it up to date",
+                                     path, current, known));
+    checkIntegrity(db, path);
+    impl->readOnly = true;
     return Store(std::move(impl));
 }
 
@@ -502,14 +607,15 @@ int Store::requeueExpiredLeases(Millis now, Millis expiredBy) {
 }
 
 std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil,
-                                std::size_t maxBytes) {
+                                std::size_t maxBytes, std::vector<Damaged> *damaged) {
     auto &db = impl_->db;
     std::vector<Claim> claims;
     std::vector<bool> resend;
+    std::vector<Damaged> broken;
     sql::Transaction tx(db);
     {
-        auto q = db.query("SELECT id, kind, source, der, attempts, created_at, outcome_unknown "
-                          "FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
+        auto q = db.query("SELECT id, kind, source, der, attempts, created_at, outcome_unknown, "
+                          "sha256 FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
                           "next_try <= ?1) ORDER BY id LIMIT ?2");
         q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
         std::size_t bytes = 0;
@@ -522,12 +628,31 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.kind = *kind;
             c.source = q->text(2);
             c.der = q->blob(3);
+            // The bytes sent must be the bytes stored (DESIGN.md, "relayed byte for byte"): a
+            // bit flipped on disk after the commit would otherwise reach the CA as a request
+            // nobody made. ingest() records sha256 as the hash of exactly this DER.
+            const std::string recorded = q->text(7), actual = sha256Hex(c.der);
+            if (recorded != actual) {
+                broken.push_back({c.itemId, recorded, actual});
+                continue;
+            }
             c.attempts = static_cast<int>(q->int64(4)) + 1;
             c.firstSeen = q->int64(5);
             resend.push_back(q->int64(6) != 0);
             bytes += c.der.size();
             claims.push_back(std::move(c));
         }
+    }
+    for (const auto &b : broken) {
+        auto q = db.query("UPDATE item SET state = 'review', reason = 'stored bytes damaged', "
+                          "next_try = NULL, updated_at = ?2 WHERE id = ?1");
+        q->bind(1, b.itemId).bind(2, now);
+        q->run();
+        impl_->addEvent(b.itemId, now, "damaged",
+                        fmt::format("NOT SENT: the stored request no longer matches its hash "
+                                    "(recorded sha256 {}, the stored bytes hash to {}); it needs "
+                                    "a person: the store's file may be failing",
+                                    b.recorded, b.actual));
     }
     for (std::size_t i = 0; i < claims.size(); ++i) {
         const auto &c = claims[i];
@@ -543,6 +668,8 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
                             : fmt::format("attempt {}", c.attempts));
     }
     tx.commit();
+    if (damaged)
+        damaged->insert(damaged->end(), broken.begin(), broken.end());
     return claims;
 }
 
@@ -754,7 +881,8 @@ std::optional<ItemDetail> Store::show(std::int64_t itemId) {
     {
         auto q = db.query("SELECT id, state, kind, source, origin, attempts, reason, created_at, "
                           "updated_at, sha256, size, endpoint, transaction_id, sender_nonce, "
-                          "recip_nonce, cmp_body, next_try, response_kind FROM item WHERE id = ?1");
+                          "recip_nonce, cmp_body, next_try, response_kind, response_detail, "
+                          "length(response) FROM item WHERE id = ?1");
         q->bind(1, itemId);
         if (!q->step())
             return std::nullopt;
@@ -769,6 +897,9 @@ std::optional<ItemDetail> Store::show(std::int64_t itemId) {
             d.cmpBody = static_cast<int>(*body);
         d.nextTry = q->optInt64(16);
         d.responseKind = kindFromDb(q->text(17));
+        d.responseDetail = q->text(18);
+        if (auto n = q->optInt64(19))
+            d.responseSize = static_cast<std::uint64_t>(*n);
     }
     {
         auto q = db.query("SELECT source, origin, reply_to, state FROM delivery "
@@ -786,6 +917,269 @@ std::optional<ItemDetail> Store::show(std::int64_t itemId) {
             d.events.push_back({q->int64(0), q->text(1), q->text(2)});
     }
     return d;
+}
+
+// --- Operator commands ----------------------------------------------------------------------
+
+namespace {
+
+void refuseReadOnly(bool readOnly, std::string_view what) {
+    if (readOnly)
+        throw StoreError(fmt::format("{}: the store was opened read-only", what));
+}
+
+} // namespace
+
+StoreStatus Store::status(Millis now) {
+    auto &db = impl_->db;
+    StoreStatus st;
+    sql::Transaction snapshot(db, sql::Transaction::Mode::ReadOnly);
+    st.counts = countByState();
+    {
+        // A relaying item whose lease has run out is not in flight: its run died (or is about
+        // to record a late outcome). The next run queues it again.
+        auto q = db.query("SELECT count(*) FROM item WHERE state = 'relaying' AND "
+                          "(lease_until IS NULL OR lease_until <= ?1)");
+        q->bind(1, now);
+        if (q->step())
+            st.orphaned = q->int64(0);
+        auto &relaying = st.counts[static_cast<std::size_t>(State::Relaying)].second;
+        relaying -= st.orphaned;
+    }
+    {
+        auto q = db.query("SELECT id, created_at FROM item WHERE state IN ('queued', 'deferred', "
+                          "'relaying') ORDER BY created_at, id LIMIT 1");
+        if (q->step()) {
+            st.oldestWaitingId = q->int64(0);
+            st.oldestWaitingSince = q->int64(1);
+        }
+    }
+    {
+        // SQLite takes the other columns from the row where max() is found (documented for
+        // bare columns with a single min/max aggregate).
+        auto q = db.query("SELECT endpoint, id, state, reason, max(updated_at) FROM item "
+                          "WHERE state IN ('deferred', 'failed', 'review') AND endpoint IS NOT "
+                          "NULL AND reason IS NOT NULL GROUP BY endpoint ORDER BY endpoint");
+        while (q->step())
+            st.lastErrors.push_back(
+                {q->text(0), q->int64(1), stateFromDb(q->text(2)), q->text(3), q->int64(4)});
+    }
+    return st;
+}
+
+ListPage Store::list(const ListFilter &f) {
+    ListPage page;
+    auto q = impl_->db.query(
+        "SELECT id, state, kind, source, origin, attempts, reason, created_at, updated_at "
+        "FROM item WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR source = ?2) "
+        "AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR created_at < ?4) "
+        "AND (?5 IS NULL OR created_at > ?5) ORDER BY id DESC LIMIT ?6");
+    if (f.state)
+        q->bind(1, stateName(*f.state));
+    if (!f.source.empty())
+        q->bind(2, f.source);
+    if (f.kind)
+        q->bind(3, kindInfo(*f.kind).id);
+    q->bind(4, f.createdBefore).bind(5, f.createdAfter);
+    // One more than asked: whether the list was cut is known without a count of everything.
+    q->bind(6, static_cast<std::int64_t>(f.limit) + 1);
+    while (q->step()) {
+        if (page.items.size() == f.limit) {
+            page.truncated = true;
+            break;
+        }
+        page.items.push_back(impl_->readSummary(*q));
+    }
+    return page;
+}
+
+namespace {
+
+// Moves each listed item from one of the allowed states to target, with an event; one
+// transaction for all of them.
+struct Transition {
+    std::vector<std::string_view> from;
+    std::string_view to;
+    std::string_view what;   // event verb
+    std::string_view detail; // event detail
+    bool clearReason = true;
+    bool restartAge = false; // created_at = now: retry.max_age counts from the retry
+};
+
+std::vector<Change> applyTransition(
+    sql::Database &db, bool readOnly, std::span<const std::int64_t> ids, const Transition &t,
+    Millis now,
+    const std::function<void(std::int64_t, std::string_view, std::string_view)> &event) {
+    refuseReadOnly(readOnly, t.what);
+    std::vector<Change> out;
+    sql::Transaction tx(db);
+    for (const auto id : ids) {
+        Change c;
+        c.itemId = id;
+        std::string state;
+        {
+            auto q = db.query("SELECT state FROM item WHERE id = ?1");
+            q->bind(1, id);
+            if (!q->step()) {
+                c.why = "no such item";
+                out.push_back(std::move(c));
+                continue;
+            }
+            state = q->text(0);
+        }
+        c.state = stateFromDb(state);
+        if (std::find(t.from.begin(), t.from.end(), state) == t.from.end()) {
+            c.why = fmt::format("it is {}, not {}", state, fmt::join(t.from, " or "));
+            out.push_back(std::move(c));
+            continue;
+        }
+        auto q = db.query("UPDATE item SET state = ?2, next_try = CASE WHEN ?2 = 'queued' THEN ?3 "
+                          "ELSE NULL END, reason = CASE WHEN ?4 THEN NULL ELSE reason END, "
+                          "created_at = CASE WHEN ?5 THEN ?3 ELSE created_at END, "
+                          "updated_at = ?3 WHERE id = ?1");
+        q->bind(1, id)
+            .bind(2, t.to)
+            .bind(3, now)
+            .bind(4, std::int64_t{t.clearReason})
+            .bind(5, std::int64_t{t.restartAge});
+        q->run();
+        event(id, t.what, fmt::format("{} (was {})", t.detail, state));
+        c.changed = true;
+        c.state = stateFromDb(std::string(t.to));
+        out.push_back(std::move(c));
+    }
+    tx.commit();
+    return out;
+}
+
+} // namespace
+
+std::vector<Change> Store::retry(std::span<const std::int64_t> ids, Millis now) {
+    // The age that retry.max_age counts from starts again, as for a resubmission (ingest), or
+    // an old item would fail at its first transient error.
+    return applyTransition(impl_->db, impl_->readOnly, ids,
+                           {{"failed", "review"},
+                            "queued",
+                            "retried",
+                            "queued again by an operator: the CA will see this request again",
+                            true,
+                            true},
+                           now,
+                           [&](std::int64_t id, std::string_view what, std::string_view detail) {
+                               impl_->addEvent(id, now, what, detail);
+                           });
+}
+
+std::vector<Change> Store::retryFailed(Millis now) {
+    std::vector<std::int64_t> ids;
+    {
+        auto q = impl_->db.query("SELECT id FROM item WHERE state = 'failed' ORDER BY id");
+        while (q->step())
+            ids.push_back(q->int64(0));
+    }
+    return retry(ids, now);
+}
+
+std::vector<Change> Store::hold(std::span<const std::int64_t> ids, Millis now) {
+    return applyTransition(
+        impl_->db, impl_->readOnly, ids,
+        {{"queued", "deferred"}, "held", "held", "put aside by an operator", false, false}, now,
+        [&](std::int64_t id, std::string_view what, std::string_view detail) {
+            impl_->addEvent(id, now, what, detail);
+        });
+}
+
+std::vector<Change> Store::release(std::span<const std::int64_t> ids, Millis now) {
+    return applyTransition(
+        impl_->db, impl_->readOnly, ids,
+        {{"held"}, "queued", "released", "queued again by an operator", false, false}, now,
+        [&](std::int64_t id, std::string_view what, std::string_view detail) {
+            impl_->addEvent(id, now, what, detail);
+        });
+}
+
+std::int64_t Store::purge(Millis before, Millis now) {
+    (void)now;
+    refuseReadOnly(impl_->readOnly, "purge");
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    // Final states only: an answered item with a delivery still to write, and everything that
+    // may still change (queued .. held, awaiting, unmatched, review), stays.
+    db.exec("CREATE TEMP TABLE IF NOT EXISTS purge_ids (id INTEGER PRIMARY KEY)");
+    db.exec("DELETE FROM purge_ids");
+    {
+        auto q = db.query(
+            "INSERT INTO purge_ids SELECT id FROM item i WHERE updated_at < ?1 AND "
+            "(state IN ('failed', 'quarantined') OR (state = 'answered' AND NOT EXISTS "
+            "(SELECT 1 FROM delivery d WHERE d.item_id = i.id AND d.state <> 'delivered')))");
+        q->bind(1, before);
+        q->run();
+    }
+    const std::int64_t n = db.queryInt("SELECT count(*) FROM purge_ids");
+    db.exec("UPDATE item SET answers_item = NULL WHERE answers_item IN (SELECT id FROM purge_ids)");
+    db.exec("DELETE FROM event WHERE item_id IN (SELECT id FROM purge_ids)");
+    db.exec("DELETE FROM delivery WHERE item_id IN (SELECT id FROM purge_ids)");
+    db.exec("DELETE FROM item WHERE id IN (SELECT id FROM purge_ids)");
+    db.exec("DELETE FROM purge_ids");
+    tx.commit();
+    return n;
+}
+
+std::optional<StoredBytes> Store::storedBytes(std::int64_t itemId) {
+    auto q = impl_->db.query("SELECT state, kind, der, response IS NOT NULL, response, "
+                             "response_kind, response_detail FROM item WHERE id = ?1");
+    q->bind(1, itemId);
+    if (!q->step())
+        return std::nullopt;
+    StoredBytes b;
+    b.itemId = itemId;
+    b.state = stateFromDb(q->text(0));
+    b.kind = kindFromDb(q->text(1));
+    b.request = q->blob(2);
+    if (q->int64(3) != 0)
+        b.response = q->blob(4);
+    b.responseKind = kindFromDb(q->text(5));
+    b.responseDetail = q->text(6);
+    return b;
+}
+
+Change Store::forceDeliver(std::int64_t itemId, Kind kind, std::string_view how, Millis now) {
+    refuseReadOnly(impl_->readOnly, "deliver");
+    auto &db = impl_->db;
+    Change c;
+    c.itemId = itemId;
+    sql::Transaction tx(db);
+    {
+        auto q = db.query("SELECT state, response IS NOT NULL FROM item WHERE id = ?1");
+        q->bind(1, itemId);
+        if (!q->step()) {
+            c.why = "no such item";
+            return c;
+        }
+        c.state = stateFromDb(q->text(0));
+        if (*c.state != State::Review) {
+            c.why = fmt::format("it is {}, not review", stateName(*c.state));
+            return c;
+        }
+        if (q->int64(1) == 0) {
+            c.why = "no answer is stored for it";
+            return c;
+        }
+    }
+    {
+        auto q = db.query("UPDATE item SET state = 'answered', response_kind = ?2, reason = NULL, "
+                          "updated_at = ?3 WHERE id = ?1");
+        q->bind(1, itemId).bind(2, kindInfo(kind).id).bind(3, now);
+        q->run();
+    }
+    impl_->addEvent(itemId, now, "forced",
+                    fmt::format("an operator accepted the stored answer as {} ({}); it is "
+                                "written out for every arrival",
+                                kindInfo(kind).id, how));
+    tx.commit();
+    c.changed = true;
+    c.state = State::Answered;
+    return c;
 }
 
 } // namespace pkirelay::spool

@@ -46,6 +46,8 @@ enum class State {
     Held,        // an operator put it aside (pkirelay hold)
     Awaiting,    // carried over an asynchronous leg (removable media); answer comes later
     Unmatched,   // a response that arrived without a request to match it to (kept for matching)
+    Review,      // needs a person: the CA's answer could not be accepted (kept byte for byte),
+                 // or the stored request no longer matches its hash; never claimed or resent
 };
 
 std::string_view stateName(State state);
@@ -83,10 +85,18 @@ struct Transient {
 struct Permanent {
     std::string reason;
 };
+// An answer the relay could not accept: it does not parse, is the wrong kind for the request,
+// or is larger than the classifier takes. No byte a CA returned is thrown away (DESIGN.md, "The
+// store"): record() keeps the body and puts the item in Review, where it is never resent.
+struct Unusable {
+    Bytes body;
+    std::string contentType;
+    std::string reason;
+};
 struct Outcome {
     std::int64_t itemId = 0;
     std::string endpoint; // the endpoint that was tried, for the record
-    std::variant<Answer, Transient, Permanent> result;
+    std::variant<Answer, Transient, Permanent, Unusable> result;
 };
 
 // Exponential backoff for transient failures, up to a maximum age (DESIGN.md, "Failures").
@@ -135,6 +145,8 @@ struct ItemDetail {
     std::optional<int> cmpBody;
     std::optional<Millis> nextTry;
     std::optional<Kind> responseKind;
+    std::string responseDetail; // e.g. "HTTP 200 application/pkixcmp", or why not accepted
+    std::optional<std::uint64_t> responseSize; // nullopt when no answer is stored
     std::vector<Arrival> arrivals;
     std::vector<std::string> deliveryStates; // parallel to arrivals: pending/writing/delivered
     std::vector<Event> events;
@@ -145,11 +157,105 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// The database file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, or PRAGMA quick_check found a
+// problem). Unlike a busy or full store this does not pass with time: it needs a person, so it
+// is kept apart from the StoreErrors that mean "try again later".
+class StoreCorrupt : public StoreError {
+public:
+    using StoreError::StoreError;
+};
+
+// The store is busy (another writer holds it past the busy timeout) or its disk is full: this
+// passes with time, so a run that meets it defers (EX_TEMPFAIL), never fails for good.
+class StoreBusy : public StoreError {
+public:
+    using StoreError::StoreError;
+};
+
+// OpenMode::MustExist found no store: the file is missing, empty (0 bytes) or has no schema.
+// Taking it as new would relay every kept request to the CA again.
+class StoreMissing : public StoreError {
+public:
+    using StoreError::StoreError;
+};
+
+enum class OpenMode {
+    CreateIfMissing, // a missing or empty file becomes a new, empty store
+    MustExist,       // a missing, empty or schema-less file is refused (StoreMissing)
+};
+
+// A relaying item whose stored DER no longer hashes to its recorded sha256 (claim() moved it to
+// Review instead of returning it).
+struct Damaged {
+    std::int64_t itemId = 0;
+    std::string recorded; // the sha256 column
+    std::string actual;   // the hash of the bytes read now
+};
+
+// What `pkirelay status` shows.
+struct EndpointError {
+    std::string endpoint;
+    std::int64_t itemId = 0;
+    State state = State::Deferred;
+    std::string reason;
+    Millis at = 0;
+};
+struct StoreStatus {
+    // Every state, in enum order. Relaying counts only items whose lease is still running (really
+    // in flight); orphaned counts the relaying items whose lease has run out (a run died; the
+    // next run queues them again).
+    std::vector<std::pair<State, std::int64_t>> counts;
+    std::int64_t orphaned = 0;
+    std::optional<std::int64_t> oldestWaitingId; // queued, deferred or relaying
+    Millis oldestWaitingSince = 0;               // its created_at
+    std::vector<EndpointError> lastErrors;       // per endpoint, the newest deferred/failed item
+};
+
+struct ListFilter {
+    std::optional<State> state;
+    std::string source; // empty: any
+    std::optional<Kind> kind;
+    std::optional<Millis> createdBefore; // --older-than: created_at < this
+    std::optional<Millis> createdAfter;  // --newer-than: created_at > this
+    std::size_t limit = 50;
+};
+struct ListPage {
+    std::vector<ItemSummary> items; // newest first
+    bool truncated = false;         // more items matched than the limit
+};
+
+// The result of an operator command for one item.
+struct Change {
+    std::int64_t itemId = 0;
+    bool changed = false;
+    std::optional<State> state; // afterwards; nullopt when there is no such item
+    std::string why;            // when not changed
+};
+
+// The bytes kept for an item: the request (or a quarantined input) and the CA's answer.
+struct StoredBytes {
+    std::int64_t itemId = 0;
+    State state = State::Queued;
+    std::optional<Kind> kind;         // nullopt when quarantined
+    Bytes request;                    // may be empty when a quarantined file was too large
+    std::optional<Bytes> response;    // nullopt when no answer is stored
+    std::optional<Kind> responseKind; // nullopt when the answer was not accepted
+    std::string responseDetail;
+};
+
 class Store {
 public:
-    // Opens or creates the database at path, sets WAL, synchronous=FULL, foreign_keys, and
-    // applies the migrations of schemas/ that user_version says are missing.
+    // Opens or creates the database at path, sets WAL, synchronous=FULL, foreign_keys, checks
+    // it (PRAGMA quick_check: StoreCorrupt when damaged) and applies the migrations of schemas/
+    // that user_version says are missing. Any later call that finds the file damaged throws
+    // StoreCorrupt; other failures (busy, full, cannot open) are plain StoreErrors.
     static Store open(const std::string &path);
+    static Store open(const std::string &path, OpenMode mode);
+    // Opens an existing store read-only (SQLITE_OPEN_READONLY), for the operator views: never
+    // creates, never migrates, never writes, works while a run writes, and works when its folder
+    // is not writable. A missing or empty store is StoreMissing; an older schema is a
+    // StoreError that says the next run brings it up to date.
+    static Store openReadOnly(const std::string &path);
     Store(Store &&) noexcept;
     Store &operator=(Store &&) noexcept;
     ~Store();
@@ -203,8 +309,12 @@ public:
     // Claims up to limit ready items (Queued, or Deferred with next_try <= now), oldest first,
     // and about maxBytes of them (always at least one), moving them to Relaying until
     // leaseUntil and counting the attempt. One transaction.
+    // An item whose stored DER no longer hashes to its recorded sha256 is not returned: it goes
+    // to Review ("stored bytes damaged", an event says so) and, when damaged is given, is
+    // appended there so the caller can log it loudly.
     std::vector<Claim> claim(std::size_t limit, Millis now, Millis leaseUntil,
-                             std::size_t maxBytes = 64 * 1024 * 1024);
+                             std::size_t maxBytes = 64 * 1024 * 1024,
+                             std::vector<Damaged> *damaged = nullptr);
     // Puts items that were in flight back in the queue (shutdown): their outcome is unknown,
     // so the next send is a recorded resend. One transaction.
     void abandon(std::span<const std::int64_t> itemIds, Millis now, std::string_view why);
@@ -213,8 +323,9 @@ public:
 
     // Records the outcomes of a batch in one transaction: Answer -> Answered (response stored);
     // Transient -> Deferred with backoff, or Failed once policy.maxAge has passed;
-    // Permanent -> Failed. Returns the state each item is in afterwards, in order (an outcome
-    // for an item that is no longer Relaying changes nothing and returns its state).
+    // Permanent -> Failed; Unusable -> Review (the body kept as the response, with no kind,
+    // response_detail the reason). Returns the state each item is in afterwards, in order (an
+    // outcome for an item that is no longer Relaying changes nothing and returns its state).
     std::vector<State> record(std::span<const Outcome> outcomes, Millis now,
                               const RetryPolicy &policy);
 
@@ -242,6 +353,26 @@ public:
     std::vector<std::pair<State, std::int64_t>> countByState();
     std::vector<ItemSummary> list(std::optional<State> state, std::size_t limit);
     std::optional<ItemDetail> show(std::int64_t itemId);
+
+    // --- Operator commands (pkirelay status, list, retry, hold, release, purge, export,
+    // deliver). They never need the run lock: each write is one short BEGIN IMMEDIATE, and an
+    // item in flight (relaying) is never touched. A store opened read-only refuses the writes.
+    StoreStatus status(Millis now);
+    ListPage list(const ListFilter &filter);
+    // Failed or Review items back to Queued (the CA sees the request again; an event each).
+    std::vector<Change> retry(std::span<const std::int64_t> ids, Millis now);
+    std::vector<Change> retryFailed(Millis now); // every Failed item
+    // Queued or Deferred -> Held; Held -> Queued.
+    std::vector<Change> hold(std::span<const std::int64_t> ids, Millis now);
+    std::vector<Change> release(std::span<const std::int64_t> ids, Millis now);
+    // Deletes the items in a final state (answered with every delivery delivered, failed,
+    // quarantined) last changed before `before`, with their deliveries and events. Returns how
+    // many items went.
+    std::int64_t purge(Millis before, Millis now);
+    std::optional<StoredBytes> storedBytes(std::int64_t itemId);
+    // A Review item's stored answer, classified by the caller as kind, becomes the answer to
+    // deliver: the item is Answered and the next run writes it out for every arrival.
+    Change forceDeliver(std::int64_t itemId, Kind kind, std::string_view how, Millis now);
 
 private:
     struct Impl;

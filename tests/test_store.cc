@@ -586,7 +586,7 @@ TEST_CASE("operator views: counts, list newest first, show with the full timelin
     store.markDelivered(ids, t0 + 4);
 
     auto counts = store.countByState();
-    REQUIRE(counts.size() == 9); // every state, in enum order, zeros included
+    REQUIRE(counts.size() == 10); // every state, in enum order, zeros included
     CHECK(counts[0].first == State::Queued);
     CHECK(stateCount(store, State::Queued) == 1);
     CHECK(stateCount(store, State::Answered) == 1);
@@ -775,4 +775,445 @@ TEST_CASE("connections opening a new database at once migrate it once") {
     auto raw = rawOpen(dir.db());
     CHECK(rawInt(raw.get(), "PRAGMA user_version") ==
           static_cast<std::int64_t>(migrations().size()));
+}
+
+// --- Issue 13: corruption, stores that must exist, damaged requests, unusable answers, and the
+// operator's commands.
+
+namespace {
+
+// Overwrites one page of a closed database file with a pattern that is no b-tree page.
+void smashPage(const std::string &path, std::size_t page, std::size_t pageSize = 4096) {
+    FILE *f = std::fopen(path.c_str(), "r+b");
+    REQUIRE(f);
+    std::vector<char> junk(pageSize, '\x5a');
+    REQUIRE(std::fseek(f, static_cast<long>((page - 1) * pageSize), SEEK_SET) == 0);
+    REQUIRE(std::fwrite(junk.data(), 1, junk.size(), f) == junk.size());
+    std::fclose(f);
+}
+
+// A store with enough rows for several pages.
+void fill(const std::string &path, int n) {
+    auto store = Store::open(path);
+    std::vector<Submission> batch;
+    for (int i = 0; i < n; ++i)
+        batch.push_back(submit(p10(std::string(200, 'a') + std::to_string(i)),
+                               "r" + std::to_string(i) + ".p10"));
+    store.ingest(batch, t0);
+}
+
+void rawExec(sqlite3 *db, const std::string &sql) {
+    char *err = nullptr;
+    const int rc = ::sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+    INFO((err ? err : ""));
+    ::sqlite3_free(err);
+    REQUIRE(rc == SQLITE_OK);
+}
+
+} // namespace
+
+TEST_CASE("a damaged page is StoreCorrupt at open and in every view, not a busy store") {
+    TempDir dir;
+    fill(dir.db(), 200);
+    {
+        auto raw = rawOpen(dir.db());
+        REQUIRE(rawInt(raw.get(), "PRAGMA page_count") > 10);
+    }
+    smashPage(dir.db(), 5);
+    CHECK_THROWS_AS(Store::open(dir.db()), StoreCorrupt);
+    CHECK_THROWS_AS(Store::open(dir.db(), OpenMode::MustExist), StoreCorrupt);
+    CHECK_THROWS_AS(Store::openReadOnly(dir.db()), StoreCorrupt);
+    try {
+        Store::open(dir.db());
+    } catch (const StoreCorrupt &e) {
+        CHECK_THAT(e.what(), Catch::Contains("damaged"));
+    }
+}
+
+TEST_CASE("a file that is not a database is StoreCorrupt (SQLITE_NOTADB)") {
+    TempDir dir;
+    fill(dir.db(), 10);
+    smashPage(dir.db(), 1); // the header
+    CHECK_THROWS_AS(Store::open(dir.db()), StoreCorrupt);
+    CHECK_THROWS_AS(Store::openReadOnly(dir.db()), StoreCorrupt);
+}
+
+TEST_CASE("corruption found by a later statement is StoreCorrupt too") {
+    // An open connection that meets a damaged page mid-use (the page was fine at open): the
+    // statement's SQLITE_CORRUPT becomes StoreCorrupt, not the StoreError a busy store gives.
+    TempDir dir;
+    fill(dir.db(), 200);
+    auto store = Store::open(dir.db());
+    std::int64_t pages = 0;
+    {
+        auto raw = rawOpen(dir.db());
+        rawExec(raw.get(), "PRAGMA wal_checkpoint(TRUNCATE)");
+        pages = rawInt(raw.get(), "PRAGMA page_count");
+    }
+    for (std::int64_t page = 2; page <= pages; ++page) // every table and index
+        smashPage(dir.db(), static_cast<std::size_t>(page));
+    {
+        // Another connection's commit makes the store's connection drop its page cache, so its
+        // next read goes to the file.
+        auto raw = rawOpen(dir.db());
+        const auto version = rawInt(raw.get(), "PRAGMA user_version");
+        rawExec(raw.get(), "PRAGMA user_version = " + std::to_string(version)); // page 1 only
+    }
+    bool corrupt = false;
+    try {
+        for (int i = 0; i < 3 && !corrupt; ++i) {
+            store.list(std::nullopt, 1000);
+            for (std::int64_t id = 1; id <= 200; ++id)
+                store.show(id);
+        }
+    } catch (const StoreCorrupt &) {
+        corrupt = true;
+    }
+    CHECK(corrupt);
+}
+
+TEST_CASE("a store that must exist refuses a missing, emptied or schema-less file") {
+    TempDir dir;
+    SECTION("missing: refused, and no file is left behind") {
+        CHECK_THROWS_AS(Store::open(dir.db(), OpenMode::MustExist), StoreMissing);
+        CHECK_THROWS_AS(Store::openReadOnly(dir.db()), StoreMissing);
+        CHECK_FALSE(fs::exists(dir.db()));
+    }
+    SECTION("emptied to 0 bytes: refused; CreateIfMissing takes it as new") {
+        fill(dir.db(), 3);
+        fs::resize_file(dir.db(), 0);
+        fs::remove(dir.db() + "-wal");
+        fs::remove(dir.db() + "-shm");
+        CHECK_THROWS_WITH(Store::open(dir.db(), OpenMode::MustExist),
+                          Catch::Contains("empty (0 bytes)"));
+        CHECK_THROWS_AS(Store::openReadOnly(dir.db()), StoreMissing);
+        auto fresh = Store::open(dir.db(), OpenMode::CreateIfMissing);
+        CHECK(stateCount(fresh, State::Queued) == 0);
+    }
+    SECTION("a database without pkirelay's schema: refused") {
+        {
+            auto raw = sql::Database::open(dir.db());
+            raw.exec("CREATE TABLE other (x)");
+        }
+        CHECK_THROWS_WITH(Store::open(dir.db(), OpenMode::MustExist),
+                          Catch::Contains("no pkirelay store"));
+    }
+    SECTION("an existing store opens") {
+        fill(dir.db(), 3);
+        auto store = Store::open(dir.db(), OpenMode::MustExist);
+        CHECK(stateCount(store, State::Queued) == 3);
+    }
+}
+
+TEST_CASE("openReadOnly reads beside a writer and never writes") {
+    TempDir dir;
+    auto writer = Store::open(dir.db());
+    ingest(writer, {submit(p10("x"), "x.p10")}, t0);
+    auto reader = Store::openReadOnly(dir.db());
+    CHECK(stateCount(reader, State::Queued) == 1);
+    ingest(writer, {submit(p10("y"), "y.p10")}, t0 + 1);
+    CHECK(stateCount(reader, State::Queued) == 2); // sees the writer's later commit
+    std::vector<std::int64_t> ids = {1};
+    CHECK_THROWS_WITH(reader.hold(ids, t0 + 2), Catch::Contains("read-only"));
+    CHECK_THROWS_AS(reader.ingest(std::vector<Submission>{submit(p10("z"), "z.p10")}, t0),
+                    StoreError);
+    CHECK(stateCount(writer, State::Queued) == 2);
+}
+
+TEST_CASE("claim never sends a request whose stored bytes no longer match their hash") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store, {submit(p10("request-one"), "a.p10"), submit(p10("two"), "b.p10")}, t0);
+    {
+        // One bit flipped in place in the stored DER, as a failing disk would.
+        auto raw = rawOpen(dir.db());
+        sqlite3_blob *blob = nullptr;
+        REQUIRE(::sqlite3_blob_open(raw.get(), "main", "item", "der", r[0].itemId, 1, &blob) ==
+                SQLITE_OK);
+        Owned<sqlite3_blob, ::sqlite3_blob_close> owned(blob);
+        char byte = 0;
+        REQUIRE(::sqlite3_blob_read(blob, &byte, 1, 3) == SQLITE_OK);
+        byte ^= 0x04;
+        REQUIRE(::sqlite3_blob_write(blob, &byte, 1, 3) == SQLITE_OK);
+    }
+    std::vector<Damaged> damaged;
+    auto claims = store.claim(10, t0 + 1, t0 + 100, 64 << 20, &damaged);
+    REQUIRE(claims.size() == 1);
+    CHECK(claims[0].itemId == r[1].itemId);
+    REQUIRE(damaged.size() == 1);
+    CHECK(damaged[0].itemId == r[0].itemId);
+    CHECK(damaged[0].recorded == sha256Hex(asBytes("request-one")));
+    CHECK(damaged[0].actual != damaged[0].recorded);
+
+    auto d = store.show(r[0].itemId);
+    REQUIRE(d);
+    CHECK(d->summary.state == State::Review);
+    CHECK(d->summary.reason == "stored bytes damaged");
+    CHECK(d->summary.attempts == 0); // never sent
+    const Event *e = lastEvent(*d, "damaged");
+    REQUIRE(e);
+    CHECK_THAT(e->detail, Catch::StartsWith("NOT SENT"));
+    CHECK(store.claim(10, t0 + 200, t0 + 300).empty());
+    CHECK(stateCount(store, State::Review) == 1);
+}
+
+TEST_CASE("record: an answer that cannot be accepted is kept byte for byte for a person") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store, {submit(cmpMessage("ir-der", "t1", "n1"), "ir.pki")}, t0);
+    auto c = store.claim(1, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 1);
+    const std::string body("\x30\x03\x02\x01\x00\xff", 6); // an answer with a trailing byte
+    const auto states =
+        store.record(std::vector<Outcome>{{c[0].itemId, "ca",
+                                           Unusable{bytes(body), "application/pkixcmp",
+                                                    "trailing bytes after the message (byte 5)"}}},
+                     t0 + 2, {});
+    CHECK(states == std::vector<State>{State::Review});
+
+    auto d = store.show(r[0].itemId);
+    REQUIRE(d);
+    CHECK(d->summary.state == State::Review);
+    CHECK_THAT(d->summary.reason, Catch::Contains("trailing bytes"));
+    CHECK(d->responseSize == body.size());
+    CHECK_FALSE(d->responseKind);
+    CHECK(d->responseDetail == "trailing bytes after the message (byte 5)");
+    CHECK(lastEvent(*d, "review"));
+    auto kept = store.storedBytes(r[0].itemId);
+    REQUIRE(kept);
+    REQUIRE(kept->response);
+    CHECK(*kept->response == bytes(body));
+    CHECK(kept->request == bytes("ir-der"));
+    CHECK(kept->kind == Kind::Cmp);
+
+    // Never resent, never delivered; a duplicate arrival does not resend it either.
+    CHECK(store.claim(10, t0 + 1'000'000, t0 + 2'000'000).empty());
+    CHECK(store.deliveriesToWrite(10).empty());
+    auto again = ingest(store, {submit(cmpMessage("ir-der", "t1", "n1"), "ir-again.pki")}, t0 + 3);
+    CHECK(again[0].state == State::Review);
+    CHECK(store.claim(10, t0 + 1'000'000, t0 + 2'000'000).empty());
+    CHECK(stateCount(store, State::Review) == 1);
+    CHECK(store.status(t0 + 4).counts[static_cast<std::size_t>(State::Review)].second == 1);
+    ListFilter review;
+    review.state = State::Review;
+    CHECK(store.list(review).items.size() == 1);
+}
+
+TEST_CASE("deliver --force: a review item's stored answer becomes the answer delivered") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store, {submit(cmpMessage("ir-der", "t1", "n1"), "ir.pki")}, t0);
+    auto c = store.claim(1, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 1);
+    record(store, {c[0].itemId, "ca", Unusable{bytes("big-ip"), "", "too large"}}, t0 + 2);
+
+    auto notReview = ingest(store, {submit(p10("p"), "p.p10")}, t0 + 3);
+    auto refused = store.forceDeliver(notReview[0].itemId, Kind::Cmp, "", t0 + 4);
+    CHECK_FALSE(refused.changed);
+    CHECK_THAT(refused.why, Catch::Contains("queued"));
+    CHECK_FALSE(store.forceDeliver(4242, Kind::Cmp, "", t0 + 4).changed);
+
+    auto forced = store.forceDeliver(r[0].itemId, Kind::Cmp, "6 bytes", t0 + 5);
+    CHECK(forced.changed);
+    CHECK(forced.state == State::Answered);
+    auto todo = store.deliveriesToWrite(10);
+    REQUIRE(todo.size() == 1);
+    CHECK(todo[0].itemId == r[0].itemId);
+    CHECK(todo[0].response == bytes("big-ip"));
+    CHECK(todo[0].responseKind == Kind::Cmp);
+    auto d = store.show(r[0].itemId);
+    REQUIRE(d);
+    CHECK(lastEvent(*d, "forced"));
+    CHECK(d->summary.reason.empty());
+}
+
+TEST_CASE("a schema 1 store with rows migrates to schema 2 and keeps them") {
+    TempDir dir;
+    {
+        // Schema 1 exactly as an older pkirelay left it, with rows in every table.
+        sqlite3 *db = nullptr;
+        REQUIRE(::sqlite3_open_v2(dir.db().c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                  nullptr) == SQLITE_OK);
+        RawDb owned(db);
+        rawExec(db, "PRAGMA journal_mode = WAL");
+        rawExec(db, "BEGIN");
+        rawExec(db, std::string(migrations().at(0)));
+        rawExec(db, "PRAGMA user_version = 1");
+        rawExec(db, "INSERT INTO item (id, sha256, kind, state, source, origin, size, der, "
+                    "created_at, updated_at) VALUES (7, 'h7', 'cmp', 'answered', 'inbox', "
+                    "'a.pki', 3, x'300100', 1, 2), (8, 'h8', NULL, 'quarantined', 'inbox', "
+                    "'z.der', 2, x'0102', 3, 4)");
+        rawExec(db, "UPDATE item SET response = x'3000', response_kind = 'cmp' WHERE id = 7");
+        rawExec(db, "INSERT INTO delivery (id, item_id, source, origin, reply_to, "
+                    "arrival_sha256, state, output, created_at, updated_at) VALUES "
+                    "(3, 7, 'inbox', 'a.pki', '/out', 'h7', 'delivered', 'a.pki.response', 1, 2)");
+        rawExec(db, "INSERT INTO event (item_id, at, what, detail) VALUES (7, 1, 'received', "
+                    "'x'), (8, 3, 'quarantined', 'y')");
+        rawExec(db, "COMMIT");
+    }
+    auto store = Store::open(dir.db());
+    {
+        auto raw = rawOpen(dir.db());
+        CHECK(rawInt(raw.get(), "PRAGMA user_version") ==
+              static_cast<std::int64_t>(migrations().size()));
+        CHECK(rawInt(raw.get(), "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+                                "tbl_name = 'item' AND name LIKE 'item_%'") == 7);
+        CHECK(rawInt(raw.get(), "SELECT count(*) FROM sqlite_master WHERE name = 'item_new'") == 0);
+    }
+    auto d = store.show(7);
+    REQUIRE(d);
+    CHECK(d->summary.state == State::Answered);
+    CHECK(d->responseKind == Kind::Cmp);
+    CHECK(d->responseSize == 2u);
+    CHECK(d->arrivals.size() == 1);
+    CHECK(whats(*d) == std::vector<std::string>{"received"});
+    auto q = store.show(8);
+    REQUIRE(q);
+    CHECK(q->summary.state == State::Quarantined);
+    CHECK(store.storedBytes(8)->request == Bytes{1, 2});
+    // The new state is allowed; references from delivery and event still hold and are enforced.
+    auto db = sql::Database::open(dir.db());
+    db.exec("UPDATE item SET state = 'review' WHERE id = 8");
+    CHECK_THROWS_AS(db.exec("UPDATE item SET state = 'nonsense' WHERE id = 8"), StoreError);
+    CHECK_THROWS_AS(db.exec("DELETE FROM item WHERE id = 7"), StoreError);
+    CHECK(db.queryInt("PRAGMA foreign_keys") == 1);
+    // New rows get new ids after the copied ones.
+    auto n = ingest(store, {submit(p10("new"), "n.p10")}, t0);
+    CHECK(n[0].itemId == 9);
+}
+
+TEST_CASE("operator: status counts only live leases as relaying, oldest waiting, last errors") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(
+        store,
+        {submit(p10("a"), "a.p10"), submit(p10("b"), "b.p10", "other"), submit(p10("c"), "c.p10")},
+        t0);
+    auto c = store.claim(2, t0 + 10, t0 + 100); // a and b relaying until t0 + 100
+    REQUIRE(c.size() == 2);
+    record(store, {c[1].itemId, "ca", Transient{"connection refused"}}, t0 + 20);
+
+    auto st = store.status(t0 + 50);
+    CHECK(st.counts[static_cast<std::size_t>(State::Relaying)].second == 1);
+    CHECK(st.orphaned == 0);
+    REQUIRE(st.oldestWaitingId);
+    CHECK(*st.oldestWaitingId == r[0].itemId);
+    CHECK(st.oldestWaitingSince == t0);
+    REQUIRE(st.lastErrors.size() == 1);
+    CHECK(st.lastErrors[0].endpoint == "ca");
+    CHECK(st.lastErrors[0].itemId == r[1].itemId);
+    CHECK(st.lastErrors[0].reason == "connection refused");
+
+    // Past the lease, the relaying item is no longer in flight: its run died.
+    st = store.status(t0 + 500);
+    CHECK(st.counts[static_cast<std::size_t>(State::Relaying)].second == 0);
+    CHECK(st.orphaned == 1);
+}
+
+TEST_CASE("operator: list filters by state, source, kind and age, and says when it is cut") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    ingest(store, {submit(p10("old"), "old.p10")}, t0);
+    ingest(store, {submit(cmpMessage("cmp", "t", "n"), "x.pki", "other")}, t0 + 60'000);
+    ingest(store, {submit(p10("new"), "new.p10")}, t0 + 120'000);
+    ListFilter f;
+    CHECK(store.list(f).items.size() == 3);
+    CHECK_FALSE(store.list(f).truncated);
+    f.limit = 2;
+    auto page = store.list(f);
+    CHECK(page.items.size() == 2);
+    CHECK(page.truncated);
+    f.limit = 3;
+    CHECK_FALSE(store.list(f).truncated);
+
+    ListFilter bySource;
+    bySource.source = "other";
+    REQUIRE(store.list(bySource).items.size() == 1);
+    CHECK(store.list(bySource).items[0].origin == "x.pki");
+    ListFilter byKind;
+    byKind.kind = Kind::CmcSimpleRequest;
+    CHECK(store.list(byKind).items.size() == 2);
+    ListFilter older;
+    older.createdBefore = t0 + 60'000;
+    REQUIRE(store.list(older).items.size() == 1);
+    CHECK(store.list(older).items[0].origin == "old.p10");
+    ListFilter newer;
+    newer.createdAfter = t0 + 60'000;
+    REQUIRE(store.list(newer).items.size() == 1);
+    CHECK(store.list(newer).items[0].origin == "new.p10");
+    ListFilter none;
+    none.state = State::Failed;
+    CHECK(store.list(none).items.empty());
+}
+
+TEST_CASE("operator: retry, hold and release move items with an event each") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store, {submit(p10("a"), "a.p10"), submit(p10("b"), "b.p10")}, t0);
+    auto c = store.claim(1, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 1);
+    record(store, {c[0].itemId, "ca", Permanent{"HTTP 400"}}, t0 + 2);
+
+    std::vector<std::int64_t> both = {r[0].itemId, r[1].itemId, 4242};
+    auto held = store.hold(both, t0 + 3);
+    REQUIRE(held.size() == 3);
+    CHECK_FALSE(held[0].changed); // failed: not holdable
+    CHECK(held[1].changed);
+    CHECK(held[1].state == State::Held);
+    CHECK_FALSE(held[2].changed);
+    CHECK(held[2].why == "no such item");
+    CHECK(store.claim(10, t0 + 4, t0 + 100).empty()); // held: not claimed
+
+    std::vector<std::int64_t> second = {r[1].itemId};
+    auto released = store.release(second, t0 + 5);
+    CHECK(released[0].changed);
+    CHECK(released[0].state == State::Queued);
+    CHECK_FALSE(store.release(second, t0 + 5)[0].changed); // queued, not held
+
+    auto retried = store.retryFailed(t0 + 6);
+    REQUIRE(retried.size() == 1);
+    CHECK(retried[0].itemId == r[0].itemId);
+    CHECK(retried[0].changed);
+    CHECK(store.claim(10, t0 + 7, t0 + 100).size() == 2);
+    auto d = store.show(r[0].itemId);
+    REQUIRE(d);
+    CHECK(lastEvent(*d, "retried"));
+    CHECK(d->summary.reason.empty());
+    auto e = store.show(r[1].itemId);
+    REQUIRE(e);
+    CHECK(lastEvent(*e, "held"));
+    CHECK(lastEvent(*e, "released"));
+    std::vector<std::int64_t> relaying = {r[1].itemId};
+    CHECK_FALSE(store.retry(relaying, t0 + 8)[0].changed); // in flight: never touched
+}
+
+TEST_CASE("operator: purge deletes only final items, with their deliveries and events") {
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto r = ingest(store,
+                    {submit(p10("done"), "done.p10"), submit(p10("open"), "open.p10"),
+                     submit(p10("waiting"), "waiting.p10"), rejected("zz", "z.der", "junk")},
+                    t0);
+    auto c = store.claim(2, t0 + 1, t0 + 100);
+    REQUIRE(c.size() == 2);
+    record(store, answer(r[0].itemId, "ans-1"), t0 + 2);
+    record(store, answer(r[1].itemId, "ans-2"), t0 + 2);
+    // Only the first answer is written out; the second still has a delivery to write.
+    auto todo = store.deliveriesToWrite(10);
+    REQUIRE(todo.size() == 2);
+    std::vector<std::pair<std::int64_t, std::string>> names = {{todo[0].deliveryId, "done.pki"}};
+    store.assignOutputs(names, t0 + 3);
+    std::vector<std::int64_t> written = {todo[0].deliveryId};
+    store.markDelivered(written, t0 + 3);
+
+    CHECK(store.purge(t0, t0 + 10) == 0);     // nothing older than t0
+    CHECK(store.purge(t0 + 5, t0 + 10) == 2); // the delivered answer and the quarantined input
+    CHECK_FALSE(store.show(r[0].itemId));
+    CHECK_FALSE(store.show(r[3].itemId));
+    CHECK(store.show(r[1].itemId)); // answered, delivery still pending
+    CHECK(store.show(r[2].itemId)); // queued
+    auto db = sql::Database::open(dir.db());
+    CHECK(db.queryInt("SELECT count(*) FROM event WHERE item_id IN (1, 4)") == 0);
+    CHECK(db.queryInt("SELECT count(*) FROM delivery WHERE item_id IN (1, 4)") == 0);
+    CHECK(db.queryInt("SELECT count(*) FROM delivery") == 2);
 }

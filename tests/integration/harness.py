@@ -215,7 +215,7 @@ class PkirelayTestCase(unittest.TestCase):
         """Every item in the store (`pkirelay list --json`), newest first."""
         args = ["list", "--json", "-n", "1000000", "-c", self.config]
         args += ["--state", state] if state else []
-        return json.loads(self.pkirelay(*args, check=True).stdout)
+        return json.loads(self.pkirelay(*args, check=True).stdout)["items"]
 
     def show(self, item_id):
         return json.loads(self.pkirelay("show", str(item_id), "--json", "-c", self.config,

@@ -121,7 +121,7 @@ class CmcRoundTrip(PkirelayTestCase):
     def items(self):
         proc = self.pkirelay("list", "--json", "-c", self.config)
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        return json.loads(proc.stdout)
+        return json.loads(proc.stdout)["items"]
 
     def only_item(self):
         items = self.items()

@@ -109,7 +109,7 @@ class HttpsRelay(PkirelayTestCase):
     def only_item(self):
         proc = self.pkirelay("list", "--json", "-c", self.config)
         self.assertEqual(proc.returncode, 0, proc.stderr)
-        items = json.loads(proc.stdout)
+        items = json.loads(proc.stdout)["items"]
         self.assertEqual(len(items), 1, items)
         return items[0]
 
