@@ -9,4 +9,7 @@ apt-get install -y -qq --no-install-recommends \
     libssl-dev libcurl4-openssl-dev libsqlite3-dev \
     libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev libspdlog-dev nlohmann-json3-dev \
     catch2 openssl ca-certificates python3 scdoc >/dev/null
+# systemd-analyze, systemd-sysusers and systemd-tmpfiles check contrib/'s units and entries
+# (tests/integration/test_contrib.py); installing the package does not make it PID 1.
+apt-get install -y -qq --no-install-recommends systemd >/dev/null
 echo "pkirelay: build and test dependencies installed"
