@@ -27,6 +27,7 @@ struct SourceConfig {
     std::string responses; // where response files go; default: path
     std::string after = "keep";
     std::string moveTo;                 // for after = "move"; default: <path>/processed
+    std::string responseMode = "0600";  // octal permissions of its response files
     std::string endpoint;               // default: the only endpoint, when there is exactly one
     std::map<Kind, std::string> routes; // per-kind endpoint overrides
 

@@ -153,7 +153,9 @@ void Pipeline::build() {
 
     sources_.clear();
     std::map<std::string, std::string> creatable; // responses folder -> its watched folder
+    std::map<std::string, mode_t> modes;          // responses folder -> file mode
     for (const auto &s : config_.sources) {
+        modes[s.responses] = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
         sources_.push_back(
             std::make_unique<DirectorySource>(directoryConfig(s, config_.settings, clock_)));
         if (s.responses != s.path)
@@ -164,7 +166,7 @@ void Pipeline::build() {
         ep.maxMessageSize = static_cast<std::size_t>(config_.settings.maxMessageSize);
         transports_[e.name] = std::make_unique<HttpTransport>(std::move(ep));
     }
-    responder_ = std::make_unique<ResponseFileResponder>(std::move(creatable));
+    responder_ = std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes));
 }
 
 std::size_t Pipeline::inFlight() const {

@@ -139,7 +139,21 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
         files.push_back({dir, task.output, task.response, std::to_string(task.deliveryId)});
         index.push_back(i);
     }
-    const auto errors = writeFilesDurably(files, mode_);
+    // One write per mode (folders of one mode are synced together).
+    std::vector<std::string> errors(files.size());
+    std::map<mode_t, std::vector<std::size_t>> byMode;
+    for (std::size_t f = 0; f < files.size(); ++f) {
+        auto it = modes_.find(files[f].dir->path());
+        byMode[it == modes_.end() ? 0600 : it->second].push_back(f);
+    }
+    for (const auto &[mode, which] : byMode) {
+        std::vector<FileToWrite> group;
+        for (auto f : which)
+            group.push_back(files[f]);
+        const auto groupErrors = writeFilesDurably(group, mode);
+        for (std::size_t g = 0; g < which.size(); ++g)
+            errors[which[g]] = groupErrors[g];
+    }
     for (std::size_t f = 0; f < files.size(); ++f) {
         auto &r = results[index[f]];
         if (errors[f].empty())

@@ -28,16 +28,17 @@ public:
     // folder's parent is on the anchor's file system: a folder on a stick that is not mounted
     // is waited for, never created on the file system underneath the mount point (where the
     // stick, once mounted, would hide it). Any other folder must exist.
+    // modes: the permissions of the files written into a folder (default 0600, owner only).
     explicit ResponseFileResponder(std::map<std::string, std::string> creatable = {},
-                                   mode_t mode = 0600)
-        : creatable_(std::move(creatable)), mode_(mode) {}
+                                   std::map<std::string, mode_t> modes = {})
+        : creatable_(std::move(creatable)), modes_(std::move(modes)) {}
 
     void plan(std::span<DeliveryTask> tasks, const Reserved &reserved) override;
     std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) override;
 
 private:
     std::map<std::string, std::string> creatable_; // folder -> anchor
-    mode_t mode_;
+    std::map<std::string, mode_t> modes_;          // folder -> file mode
 };
 
 } // namespace pkirelay
