@@ -75,15 +75,6 @@ void printReport(const RunReport &r, std::string_view what) {
                  r.sourceErrors, r.deliveryErrors);
 }
 
-std::int64_t waitingItems(spool::Store &store) {
-    std::int64_t waiting = 0;
-    for (const auto &[state, count] : store.countByState())
-        if (state == spool::State::Queued || state == spool::State::Relaying ||
-            state == spool::State::Deferred)
-            waiting += count;
-    return waiting;
-}
-
 // systemd's notification socket (sd_notify(3)); harmless without systemd. The watchdog is fed
 // from the loop, so a loop that hangs is restarted by systemd.
 class Systemd {
@@ -213,7 +204,7 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
     EventLoop::TimerId summary = 0;
     std::function<void()> summarize = [&] {
         RunReport r = pipeline.report();
-        r.waiting = waitingItems(store);
+        r.waiting = store.countWaiting();
         if (!r.quiet())
             printReport(r, "since the last summary");
         systemd.notify(
@@ -257,7 +248,7 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
     }
     pipeline.stop(stopping ? "stopping on signal" : "batch done");
     RunReport r = pipeline.report();
-    r.waiting = waitingItems(store);
+    r.waiting = store.countWaiting();
     if (once) {
         printReport(r, "pass done");
         return stopping ? ExitTempFail : r.exitCode();

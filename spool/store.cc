@@ -850,6 +850,13 @@ void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now)
     tx.commit();
 }
 
+std::int64_t Store::countWaiting() {
+    auto q = impl_->db.query(
+        "SELECT count(*) FROM item WHERE state IN ('queued', 'relaying', 'deferred')");
+    q->step();
+    return q->int64(0);
+}
+
 std::vector<std::pair<State, std::int64_t>> Store::countByState() {
     std::vector<std::pair<State, std::int64_t>> out;
     for (std::size_t i = 0; i < stateNames.size(); ++i)

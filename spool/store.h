@@ -351,6 +351,9 @@ public:
 
     // Operator views.
     std::vector<std::pair<State, std::int64_t>> countByState();
+    // Items still to relay (queued, relaying, deferred): indexed, so its cost follows the
+    // backlog, not the history.
+    std::int64_t countWaiting();
     std::vector<ItemSummary> list(std::optional<State> state, std::size_t limit);
     std::optional<ItemDetail> show(std::int64_t itemId);
 

@@ -1217,3 +1217,28 @@ TEST_CASE("operator: purge deletes only final items, with their deliveries and e
     CHECK(db.queryInt("SELECT count(*) FROM delivery WHERE item_id IN (1, 4)") == 0);
     CHECK(db.queryInt("SELECT count(*) FROM delivery") == 2);
 }
+
+TEST_CASE("a response name held by an unfinished delivery is not given to another (defect 1)") {
+    // Issue 13, defect 1: a delivery whose write failed kept its name in state writing, and a
+    // later request of the same name in the same folder was given that name too.
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto a = ingest(store, {submit(cmpMessage("ir-a", "tid-a", "n-a"), "req.pki")}, t0)[0];
+    auto b = ingest(store, {submit(cmpMessage("ir-b", "tid-b", "n-b"), "req.pki")}, t0)[0];
+    REQUIRE(store.claim(2, t0, t0 + 100).size() == 2);
+    record(store, answer(a.itemId, "ip-a"), t0 + 10);
+    record(store, answer(b.itemId, "ip-b"), t0 + 10);
+    std::vector<std::pair<std::int64_t, std::string>> first = {{a.deliveryId, "req.pki.pki"}};
+    CHECK(store.assignOutputs(first, t0 + 20) == std::vector<bool>{true});
+    // The write of a failed; the name stays reserved for it.
+    CHECK(store.outputReserved("/media/out", "req.pki.pki"));
+    std::vector<std::pair<std::int64_t, std::string>> clash = {{b.deliveryId, "req.pki.pki"}};
+    CHECK(store.assignOutputs(clash, t0 + 30) == std::vector<bool>{false});
+    std::vector<std::pair<std::int64_t, std::string>> other = {
+        {b.deliveryId, "req.pki.response.pki"}};
+    CHECK(store.assignOutputs(other, t0 + 30) == std::vector<bool>{true});
+    // Once a is delivered, its name is free again for a later arrival.
+    std::vector<std::int64_t> done = {a.deliveryId};
+    store.markDelivered(done, t0 + 40);
+    CHECK(!store.outputReserved("/media/out", "req.pki.pki"));
+}

@@ -25,6 +25,7 @@ import sqlite3
 import fcntl
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ import sys
 import time
 import unittest
 
-from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl
+from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, run
 
 
 class RunSemantics(PkirelayTestCase):
@@ -365,6 +366,95 @@ class RunSemantics(PkirelayTestCase):
                                           self.config, check=True).stdout)
         self.assertEqual(len(detail["arrivals"]), 2)
         self.assertEqual([a["delivery"] for a in detail["arrivals"]], ["delivered", "delivered"])
+
+    def test_two_requests_of_one_name_never_share_a_response(self):
+        # Issue 13, defect 1: two sources whose responses were ".../out" and ".../out/", each
+        # with a request named req.p10, got the same response name (and temporary file): one
+        # answer was never written. Folders are canonical now and names are reserved per folder.
+        out = os.path.join(self.tmp, "out")
+        other = os.path.join(self.tmp, "other")
+        os.mkdir(out)
+        os.mkdir(other)
+        port = self.start_responder()
+        with open(self.config, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/store.db"\n'
+                    f'[source.a]\npath = "{self.inbox}"\nresponses = "{out}"\n'
+                    f'[source.b]\npath = "{other}"\nresponses = "{out}/"\n'
+                    f'[endpoint.ca]\nurl = "http://127.0.0.1:{port}/cmc"\n')
+        self.csr("req.p10", cn="first")
+        self.csr("req.p10", cn="second", folder=other)
+        self.run_once(expect=0)
+        names = sorted(os.listdir(out))
+        self.assertEqual(names, ["req.p7c", "req.response.p7c"])
+        subjects = set()
+        for name in names:
+            printed = openssl("pkcs7", "-inform", "DER", "-in", os.path.join(out, name),
+                              "-print_certs", "-noout").stdout
+            subjects.add("first" if "CN = first" in printed else
+                         "second" if "CN = second" in printed else printed)
+        self.assertEqual(subjects, {"first", "second"})
+
+    def test_a_missing_ca_file_is_a_configuration_error(self):
+        # Issue 13, defect 8: a missing or unparsable ca_file passed check-config and then
+        # deferred every request; it is a configuration error (78).
+        self.configure(extra_endpoint=f'ca_file = "{self.tmp}/no-such-ca.pem"')
+        self.csr("req.p10")
+        proc = self.pkirelay("check-config", "-c", self.config)
+        self.assertEqual(proc.returncode, 78, proc.stderr)
+        self.assertIn("no-such-ca.pem", proc.stderr)
+        with open(os.path.join(self.tmp, "not-a-ca.pem"), "w") as f:
+            f.write("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
+        self.configure(extra_endpoint=f'ca_file = "{self.tmp}/not-a-ca.pem"')
+        self.run_once(expect=78)
+        self.assertEqual(self.requests_seen(), 0)
+
+    def as_nobody(self):
+        """setpriv prefix that runs pkirelay as an unprivileged user (root reads anything)."""
+        if os.geteuid() != 0:
+            return []
+        nobody = pwd.getpwnam("nobody")
+        for root, dirs, files in os.walk(self.tmp):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), nobody.pw_uid, nobody.pw_gid)
+        os.chown(self.tmp, nobody.pw_uid, nobody.pw_gid)
+        return ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                "--clear-groups"]
+
+    def test_an_unreadable_request_or_a_failed_delete_is_not_done(self):
+        # Issue 13, defect 8: an unreadable request file, and a delete that failed, exited 0
+        # ("0 folder error(s)"): the run said done when it was not. Both defer now (75).
+        self.configure(extra_source='after = "delete"')
+        self.csr("fine.p10")
+        locked = self.csr("locked.p10")
+        prefix = self.as_nobody()
+        os.chmod(locked, 0o000)
+        proc = run(prefix + [PKIRELAY, "run", "--once", "-c", self.config], check=False)
+        self.assertEqual(proc.returncode, 75, proc.stderr)
+        self.assertIn("locked.p10", proc.stderr)
+        os.unlink(locked)
+        # A watched folder the agent may read but not change: stored, relayed, answered; the
+        # delete fails, and that is not "done".
+        self.csr("stuck.p10")
+        if prefix:
+            os.chown(os.path.join(self.inbox, "stuck.p10"), 0, 0)
+        responses = os.path.join(self.tmp, "responses")
+        os.mkdir(responses)
+        if prefix:
+            os.chown(responses, pwd.getpwnam("nobody").pw_uid, 0)
+        with open(self.config) as f:
+            text = f.read()
+        with open(self.config, "w") as f:
+            f.write(text.replace('after = "delete"', f'after = "delete"\nresponses = "{responses}"'))
+        os.chmod(self.inbox, 0o555)
+        if prefix:
+            os.chown(self.inbox, 0, 0)
+        try:
+            proc = run(prefix + [PKIRELAY, "run", "--once", "-c", self.config], check=False)
+        finally:
+            os.chmod(self.inbox, 0o755)
+        self.assertEqual(proc.returncode, 75, proc.stderr)
+        self.assertIn("stuck.p7c", os.listdir(responses))
+        self.assertIn("stuck.p10", os.listdir(self.inbox))
 
     def test_trailing_slash_in_responses_is_the_same_folder(self):
         # Issue 13, defect 2: responses = "<path>/" made the scan take pkirelay's own answer as
