@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "lib/crash_point.h"
 #include "lib/responders/response_file.h"
 #include "lib/sources/directory.h"
 #include "lib/transports/http.h"
@@ -263,6 +264,7 @@ void Pipeline::intake() {
             flushLazy();
             unit.commit();
         }
+        crashPoint("stored"); // committed, the source not yet acknowledged, nothing sent
         std::vector<std::uint64_t> tokens;
         std::vector<std::int64_t> deliveries;
         std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
@@ -295,8 +297,10 @@ void Pipeline::intake() {
             deliveries.push_back(delivery);
             recordedAck.push_back(false);
         }
-        dispatch(); // the CA sees the new requests before the files are acknowledged
+        dispatch();            // the CA sees the new requests before the files are acknowledged
+        crashPoint("claimed"); // claimed and handed to the transport, the source not acknowledged
         const auto acks = source->acknowledge(tokens);
+        crashPoint("acknowledged"); // acknowledged, the acknowledgement not yet recorded
         for (std::size_t i = 0; i < acks.size(); ++i) {
             if (acks[i] == Source::Ack::Failed)
                 ++report_.sourceErrors;
@@ -394,6 +398,7 @@ void Pipeline::dispatch() {
 }
 
 void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
+    crashPoint("answered"); // the CA answered, the outcome is not recorded
     inFlight_.erase(reply.id);
     spool::Outcome outcome{reply.id, endpoint, spool::Transient{""}};
     // An answer that cannot be delivered as it is (another protocol's, a request, a body that
@@ -456,6 +461,7 @@ void Pipeline::recordOutcomes() {
         flushLazy();
         unit.commit();
     }
+    crashPoint("recorded"); // outcomes and response names committed, no file written
     bool deferred = false;
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
         const auto &outcome = outcomes[i];
@@ -597,6 +603,7 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         responses_.erase(task.deliveryId);
     }
     const auto results = responder_->deliver(ready);
+    crashPoint("written"); // response files durable, their delivery not recorded
     for (std::size_t i = 0; i < ready.size(); ++i) {
         const auto &task = ready[i];
         const auto &r = results[i];

@@ -5,6 +5,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build}
+# The test build has the crash points of lib/crash_point.h (inert unless PKIRELAY_CRASH_AT is
+# set), which tests/integration/test_crash_points.py needs.
+if [ -f "$builddir/build.ninja" ]; then
+    meson configure "$builddir" -Dcrash_points=true >/dev/null
+else
+    meson setup "$builddir" -Dcrash_points=true >/dev/null
+fi
 if ! BUILDDIR=$builddir contrib/build.sh; then
     echo "0 passed, 1 failed"
     exit 1

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "crash_point.h"
 #include "owned.h"
 
 namespace pkirelay {
@@ -249,6 +250,7 @@ std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, m
             ::unlinkat(file.dir->fd(), temps[i].c_str(), 0);
         }
     }
+    crashPoint("temporary"); // temporary files written and synced, none renamed
     std::map<const Directory *, std::vector<std::size_t>> renamed;
     for (std::size_t i = 0; i < files.size(); ++i) {
         if (!errors[i].empty())
@@ -264,6 +266,7 @@ std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, m
         }
         renamed[file.dir].push_back(i);
     }
+    crashPoint("renamed"); // renamed, the folders not yet synced
     // Until its folder is synced a renamed file may vanish in a power loss: a folder that
     // cannot be synced fails every file renamed into it (writing them again is harmless).
     for (const auto &[dir, indexes] : renamed) {
