@@ -10,7 +10,8 @@
 #
 # One clang build serves both parts (the fuzzers need clang; building twice would double the
 # time CI spends compiling). Environment: BUILDDIR (default build-hardened), FUZZ_SECONDS per
-# driver (default 45), FUZZERS (default: every driver).
+# driver (default 45), FUZZERS (default: every driver), FUZZ_JOBS (drivers run side by side;
+# default: one per core).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build-hardened}
@@ -38,20 +39,37 @@ meson test -C "$builddir" --print-errorlogs --num-processes 2
 status=$?
 
 # Each driver writes what it finds to its own work corpus (the committed seeds stay as they
-# are) and its crashes under fuzz-artifacts/.
+# are) and its crashes under fuzz-artifacts/. Drivers are single-threaded: FUZZ_JOBS of them
+# (default: one per core) run side by side.
 artifacts="$builddir/fuzz-artifacts"
-mkdir -p "$artifacts"
+mkdir -p "$artifacts" "$builddir/fuzz-work"
+jobs=${FUZZ_JOBS:-$(nproc)}
+fuzz() { # fuzz NAME: runs one driver; its exit status goes to fuzz-work/NAME.rc
+    local name=$1 work="$builddir/fuzz-work/$1"
+    mkdir -p "$work"
+    rm -f "$work.rc"
+    "$builddir/tests/fuzz/fuzz_$name" -max_total_time="$fuzz_seconds" -timeout=10 \
+        -rss_limit_mb=2048 -max_len=16384 -print_final_stats=1 \
+        -artifact_prefix="$artifacts/fuzz_$name-" "$work" "tests/fuzz/corpus/$name" \
+        >"$work.log" 2>&1
+    echo $? >"$work.rc"
+}
+running=0
+for name in $fuzzers; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
+    fuzz "$name" &
+    running=$((running + 1))
+done
+wait
+
 fuzz_passed=0
 fuzz_failed=0
 for name in $fuzzers; do
-    exe="$builddir/tests/fuzz/fuzz_$name"
-    work="$builddir/fuzz-work/$name"
     log="$builddir/fuzz-work/$name.log"
-    mkdir -p "$work"
-    "$exe" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
-        -print_final_stats=1 -artifact_prefix="$artifacts/fuzz_$name-" \
-        "$work" "tests/fuzz/corpus/$name" >"$log" 2>&1
-    rc=$?
+    rc=$(cat "$builddir/fuzz-work/$name.rc" 2>/dev/null || echo 1)
     # libFuzzer's last status line: "#123456 DONE cov: 789 ft: 1234 corp: ..."
     summary=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED|pulse|NEW|REDUCE)' "$log" | tail -n 1)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
