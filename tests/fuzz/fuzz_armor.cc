@@ -56,10 +56,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
         const armor::Pem block = armor::decodePem(input);
         if (!pem || block.data.empty())
             std::abort();
-        // The body is the text between the BEGIN and END lines, whose labels hold no base64
-        // characters that matter here: compare with the lines strictly inside.
+        // The body is the lines strictly between the BEGIN line and the END line, which is the
+        // last line starting with "-----END " (a label may itself hold "-----END ").
         const std::size_t bodyStart = text.find('\n', text.find("-----BEGIN ")) + 1;
-        const std::size_t bodyEnd = text.rfind("-----END ");
+        const std::size_t endLine = text.rfind("\n-----END ");
+        const std::size_t bodyEnd = endLine == std::string_view::npos ? endLine : endLine + 1;
         if (bodyStart == 0 || bodyEnd == std::string_view::npos || bodyEnd < bodyStart ||
             encode(block.data) != base64Chars(text.substr(bodyStart, bodyEnd - bodyStart)))
             std::abort();
