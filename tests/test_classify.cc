@@ -256,6 +256,13 @@ TEST_CASE("armor: strict PEM", "[armor]") {
     } catch (const armor::Error &e) {
         CHECK(e.truncated());
     }
+    // RFC 7468 §3 allows hyphens inside a label, so a label may hold "-----END ": the END line
+    // is the whole line, and the body is what lies between (found by fuzz_armor's own check,
+    // corpus/armor/regress-label-holding-end).
+    pem =
+        armor::decodePem(asBytes("-----BEGIN A-----END B-----\nTWFu\n-----END A-----END B-----\n"));
+    CHECK(pem.label == "A-----END B");
+    CHECK(pem.data == hex("4d616e"));
 }
 
 // ---- classifier: our own fixtures ----------------------------------------------------------
