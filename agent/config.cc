@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <variant>
 
@@ -19,6 +20,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include "lib/file_io.h"
 #include "lib/owned.h"
 
 namespace pkirelay::agent {
@@ -288,6 +290,33 @@ void checkFolders(const SourceConfig &source, Problems &problems);
 // unreadable one is a configuration error, not a reason to defer every request.
 std::optional<std::string> certificateFileProblem(const std::string &file);
 
+// A key whose value is a file holding a secret, by its name: client_key today, and any later
+// *_key, *password*, *secret* or *token* path key without a change here.
+bool isSecretKey(std::string_view name) {
+    return name.ends_with("_key") || name == "key" ||
+           name.find("password") != std::string_view::npos ||
+           name.find("secret") != std::string_view::npos ||
+           name.find("token") != std::string_view::npos;
+}
+
+// Why the secret file at path must not be used, or empty. A file that does not exist (yet) is
+// left to environmentWarnings. stat follows symlinks: the mode and owner that matter are the
+// file's own, however it is reached (a link in /etc/ssl/private is common).
+std::string secretFileProblem(const std::string &path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        return {};
+    if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+        return fmt::format("{} has mode {:04o}: group or others may read or change it; a secret "
+                           "file must be readable by its owner only (chmod 600 {})",
+                           path, st.st_mode & 07777, path);
+    if (st.st_uid != ::geteuid() && st.st_uid != 0)
+        return fmt::format("{} belongs to uid {}, neither the running user (uid {}) nor root; a "
+                           "secret file must be owned by one of them",
+                           path, st.st_uid, ::geteuid());
+    return {};
+}
+
 bool isRequestKind(Kind kind) {
     return kind == Kind::CmcSimpleRequest || kind == Kind::CmcFullRequest ||
            kind == Kind::CmcEnveloped || kind == Kind::Cmp;
@@ -314,6 +343,9 @@ void applyKey(const Key<S> &key, const toml::node &node, const std::string &wher
             if (text.empty())
                 return bad("a non-empty path");
             text = resolvePath(base, text);
+            if (isSecretKey(key.name))
+                if (const std::string problem = secretFileProblem(text); !problem.empty())
+                    problems.add(node.source(), fmt::format("{}: {}", where, problem));
         }
         target.*std::get<std::string S::*>(key.member) = std::move(text);
         return;
@@ -597,10 +629,29 @@ ConfigError::ConfigError(std::vector<std::string> problems)
       problems_(std::move(problems)) {}
 
 Config loadConfig(const std::string &path) {
+    // Read here rather than by toml::parse_file, so that a file that cannot be read is reported
+    // with the system's reason. A configuration larger than this is not one.
+    constexpr std::uint64_t maxConfigSize = 1024 * 1024;
+    FileRead read;
+    try {
+        read = readFile(path, maxConfigSize);
+    } catch (const IoError &e) {
+        throw ConfigError(
+            {fmt::format("{}: cannot read the configuration: {}", path, std::strerror(e.error()))});
+    }
+    if (read.tooLarge)
+        throw ConfigError({fmt::format("{}: {} bytes is too large for a configuration file (at "
+                                       "most {})",
+                                       path, read.size, maxConfigSize)});
+    return parseConfig(asChars(read.bytes), path);
+}
+
+Config parseConfig(std::string_view text, std::string_view name) {
+    const std::string path(name);
     Problems problems(path);
     toml::table root;
     try {
-        root = toml::parse_file(path);
+        root = toml::parse(text, path);
     } catch (const toml::parse_error &e) {
         problems.add(e.source(), std::string(e.description()));
         throw ConfigError(std::move(problems.list()));
@@ -608,7 +659,10 @@ Config loadConfig(const std::string &path) {
 
     Config config;
     config.file = path;
-    const fs::path base = fs::absolute(fs::path(path)).parent_path();
+    // Relative paths are taken from the file's folder; a name without one means the current
+    // folder (fs::absolute refuses an empty path).
+    const fs::path base =
+        path.empty() ? fs::current_path() : fs::absolute(fs::path(path)).parent_path();
     for (const auto &[name, node] : root) {
         const std::string section(name.str());
         if (section == "source") {
@@ -645,6 +699,20 @@ std::vector<std::string> environmentWarnings(const Config &config) {
         if (source.responses != source.path && !fs::is_directory(source.responses, ec))
             warnings.push_back(fmt::format("source.{}: response folder {} does not exist (yet)",
                                            source.name, source.responses));
+        // Anyone on the machine can then drop requests in (and, without the sticky bit, remove
+        // or rename them): possibly intended for a shared drop folder, never silently.
+        for (const auto *folder : {&source.path, &source.responses}) {
+            struct stat st {};
+            if (folder == &source.responses && source.responses == source.path)
+                continue;
+            if (::stat(folder->c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
+                (st.st_mode & S_IWOTH) != 0)
+                warnings.push_back(fmt::format(
+                    "source.{}: folder {} is world-writable (mode {:04o}): any local user can "
+                    "place files there{}",
+                    source.name, *folder, st.st_mode & 07777,
+                    (st.st_mode & S_ISVTX) ? "" : ", and remove or rename those of others"));
+        }
     }
     for (const auto &endpoint : config.endpoints)
         for (const auto *file : {&endpoint.caFile, &endpoint.clientCert, &endpoint.clientKey})

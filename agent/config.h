@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "lib/transports/http.h"
@@ -90,8 +91,16 @@ private:
 // directory of the file. Throws ConfigError listing every problem, not only the first.
 Config loadConfig(const std::string &path);
 
+// Checks configuration text as if read from the file `name` (which names it in messages and
+// anchors relative paths; nothing reads it). Any text gives a valid Config or a ConfigError,
+// never another exception (tests/fuzz/fuzz_config.cc holds it to that). Secret files the text
+// names are checked on disk: one that group or others may read, or that belongs to neither the
+// running user nor root, is a problem.
+Config parseConfig(std::string_view text, std::string_view name);
+
 // Warnings about the environment rather than the file (a source folder that does not exist yet,
-// a CA file that cannot be read): check-config prints them; run tolerates them per source.
+// or that anyone may write to; a CA file that cannot be read): check-config prints them; run
+// tolerates them per source.
 std::vector<std::string> environmentWarnings(const Config &config);
 
 // The key reference, generated from the same table the parser uses (Markdown).

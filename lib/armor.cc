@@ -135,11 +135,17 @@ Pem decodePem(ByteView text) {
         throw Error(fmt::format("no PEM BEGIN line at offset {}", beginOffset), beginOffset);
     const std::string_view label =
         begin.substr(kBegin.size(), begin.size() - kBegin.size() - kDashes.size());
-    // RFC 7468 §3: label characters are printable ASCII; hyphens and spaces only inside.
+    // RFC 7468 §3: label = [ labelchar *( ["-" / SP] labelchar ) ], labelchar printable ASCII
+    // but hyphen: a hyphen or a space only inside, and never two of them in a row (so a label
+    // cannot hold "-----", and the END line is never ambiguous).
     bool labelOk = label.empty() || (label.front() != '-' && label.front() != ' ' &&
                                      label.back() != '-' && label.back() != ' ');
-    for (char c : label)
+    for (std::size_t i = 0; i < label.size(); ++i) {
+        const char c = label[i];
         labelOk = labelOk && c >= 0x20 && c <= 0x7e;
+        if (i > 0 && (c == '-' || c == ' ') && (label[i - 1] == '-' || label[i - 1] == ' '))
+            labelOk = false;
+    }
     if (!labelOk)
         throw Error(fmt::format("bad PEM label in the BEGIN line at offset {}", beginOffset),
                     beginOffset);

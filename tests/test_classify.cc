@@ -256,6 +256,18 @@ TEST_CASE("armor: strict PEM", "[armor]") {
     } catch (const armor::Error &e) {
         CHECK(e.truncated());
     }
+    // RFC 7468 §3: a hyphen or space only between label characters, never two in a row. A label
+    // holding "-----END " made the END line ambiguous (found by fuzz_armor, kept as
+    // corpus/armor/regress-label-holding-end).
+    for (const char *text : {"-----BEGIN A-----END B-----\nTWFu\n-----END A-----END B-----\n",
+                             "-----BEGIN A--B-----\nTWFu\n-----END A--B-----\n",
+                             "-----BEGIN A  B-----\nTWFu\n-----END A  B-----\n"}) {
+        INFO(text);
+        CHECK_THROWS_WITH(armor::decodePem(asBytes(text)), Catch::Contains("bad PEM label"));
+    }
+    CHECK(armor::decodePem(asBytes("-----BEGIN NEW CERTIFICATE-REQUEST-----\nTWFu\n"
+                                   "-----END NEW CERTIFICATE-REQUEST-----\n"))
+              .data == hex("4d616e"));
 }
 
 // ---- classifier: our own fixtures ----------------------------------------------------------
