@@ -32,7 +32,7 @@ def cases(entry):
     if m:
         total = int(m.group(1))
         tail = out[m.end():]
-        failed = sum(int(n) for n in re.findall(r"(?:failures|errors|unexpected successes)=(\d+)", tail))
+        failed = sum(int(n) for n in re.findall(r"(?<!expected )(?:failures|errors|unexpected successes)=(\d+)", tail))
         skipped = sum(int(n) for n in re.findall(r"skipped=(\d+)", tail))
         if not ok and failed == 0:
             failed = 1
