@@ -17,15 +17,22 @@ connections. Every connection gets the behaviour chosen for the run with --mode:
   200-oversize     200 with a well-formed certs-only answer of about --oversize bytes
                    (default 100 KiB: over a 64 KiB limits.max_message_size)
   200-cmp-for-cmc  200 with a CMP ip (application/pkixcmp), whatever was asked
+  drop-reused      a valid certs-only answer, kept alive, for the first request on a connection;
+                   a later request on the same connection is read, then the connection closed
+                   without an answer (a CA that died after taking it in)
 "Valid" answers are made once at start by the openssl command line, independent of pkirelay:
 certs-only with `openssl crl2pkcs7 -nocrl -certfile` over a throw-away certificate, the CMP
 messages with `openssl cmp -use_mock_srv` (its -send_error makes the mock answer with an error
 PKIMessage, the same way tests/fixtures/make_fixtures.sh makes cmp_error.der).
---log FILE appends one line per connection: MODE METHOD PATH "CONTENT-TYPE" LENGTH CLIENT-PORT,
-with "- -" for method and path when no request was read (refuse). It trusts its clients (it is a
-test peer); every answer says "Connection: close", so one connection carries one request.
+--save FILE writes the body of the answer this mode gives (before LISTENING), so a test can
+compare what pkirelay kept with what was sent; nothing is written for modes without a body.
+--log FILE appends one line per request read: MODE METHOD PATH "CONTENT-TYPE" LENGTH CLIENT-PORT
+SHA256-OF-BODY, or one per connection with "- -" for method and path and "-" for the hash when
+no request is read (refuse). It trusts its clients (it is a test peer). Every answer says
+"Connection: close", so one connection carries one request, except in drop-reused.
 """
 import argparse
+import hashlib
 import os
 import signal
 import socket
@@ -37,9 +44,10 @@ import tempfile
 import threading
 
 MODES = ["refuse", "reset", "hang", "drip", "503", "500-cmp-error", "200-garbage", "200-empty",
-         "200-wrong-type", "200-trailing", "200-oversize", "200-cmp-for-cmc"]
+         "200-wrong-type", "200-trailing", "200-oversize", "200-cmp-for-cmc", "drop-reused"]
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 PKIXCMP = "application/pkixcmp"
+GARBAGE = b"this is no PKI message\x00\xff" * 8
 HEADER_LIMIT = 64 * 1024
 BODY_LIMIT = 16 * 1024 * 1024
 
@@ -89,18 +97,19 @@ def make_answers(mode, workdir, oversize):
     return CERTS_ONLY, body
 
 
-def http_answer(status, reason, body=b"", ctype=None):
+def http_answer(status, reason, body=b"", ctype=None, close=True):
     head = [f"HTTP/1.1 {status} {reason}"]
     if ctype:
         head.append(f"Content-Type: {ctype}")
-    head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    head += [f"Content-Length: {len(body)}"] + (["Connection: close"] if close else []) + ["", ""]
     return "\r\n".join(head).encode() + body
 
 
 class Handler(socketserver.BaseRequestHandler):
     def read_request(self):
         """(method, path, content type, body) of one request, or None if the client left."""
-        sock, data = self.request, b""
+        sock, data = self.request, self.pending
+        self.pending = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
             if not chunk or len(data) > HEADER_LIMIT:
@@ -119,27 +128,40 @@ class Handler(socketserver.BaseRequestHandler):
             if not chunk:
                 return None
             body += chunk
+        body, self.pending = body[:length], body[length:]
         return method, path, headers.get("content-type", ""), body
 
-    def log(self, method, path, ctype, length):
+    def log(self, method, path, ctype, body):
         srv = self.server
+        digest = hashlib.sha256(body).hexdigest() if body is not None else "-"
         if srv.log:
             with srv.lock:
-                srv.log.write('%s %s %s "%s" %d %d\n' % (srv.mode, method, path, ctype, length,
-                                                        self.client_address[1]))
+                srv.log.write('%s %s %s "%s" %d %d %s\n' % (
+                    srv.mode, method, path, ctype, len(body or b""), self.client_address[1],
+                    digest))
                 srv.log.flush()
 
     def handle(self):
         srv, sock = self.server, self.request
         mode = srv.mode
         if mode == "refuse":
-            self.log("-", "-", "", 0)
+            self.log("-", "-", "", None)
             return  # socketserver closes the connection: nothing was read or answered
+        self.pending = b""
+        if mode == "drop-reused":
+            first = True
+            while (request := self.read_request()) is not None:
+                self.log(*request)
+                if not first:
+                    return  # read, never answered: socketserver closes the connection
+                first = False
+                sock.sendall(http_answer(200, "OK", srv.body, srv.ctype, close=False))
+            return
         request = self.read_request()
         if request is None:
             return
         method, path, ctype, body = request
-        self.log(method, path, ctype, len(body))
+        self.log(method, path, ctype, body)
         if mode == "hang":
             srv.stopping.wait()
             return
@@ -165,8 +187,7 @@ class Handler(socketserver.BaseRequestHandler):
         answers = {
             "503": lambda: http_answer(503, "Service Unavailable"),
             "500-cmp-error": lambda: http_answer(500, "Internal Server Error", srv.body, srv.ctype),
-            "200-garbage": lambda: http_answer(200, "OK", b"this is no PKI message\x00\xff" * 8,
-                                               CERTS_ONLY),
+            "200-garbage": lambda: http_answer(200, "OK", GARBAGE, CERTS_ONLY),
             "200-empty": lambda: http_answer(200, "OK", b"", CERTS_ONLY),
             "200-wrong-type": lambda: http_answer(200, "OK", srv.body, "text/html"),
             "200-trailing": lambda: http_answer(200, "OK", srv.body + b"\x00", srv.ctype),
@@ -189,6 +210,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", required=True, choices=MODES)
     ap.add_argument("--log")
+    ap.add_argument("--save")
     ap.add_argument("--drip-ms", type=int, default=50)
     ap.add_argument("--oversize", type=int, default=100 * 1024)
     args = ap.parse_args()
@@ -200,6 +222,14 @@ def main():
         server.drip = args.drip_ms / 1000.0
         server.ctype, server.body = make_answers(args.mode, workdir, args.oversize)
         server.stopping = threading.Event()
+        if args.save:
+            sent = {"500-cmp-error": server.body, "200-garbage": GARBAGE,
+                    "200-wrong-type": server.body, "200-trailing": server.body + b"\x00",
+                    "200-oversize": server.body, "200-cmp-for-cmc": server.body,
+                    "drip": server.body, "reset": server.body}.get(args.mode)
+            if sent is not None:
+                with open(args.save, "wb") as f:
+                    f.write(sent)
         server.lock = threading.Lock()
         server.log = open(args.log, "a") if args.log else None
         print("LISTENING %d" % server.server_address[1], flush=True)
