@@ -10,7 +10,9 @@ docs/architecture.md, "The guarantees"):
   answer) keeps the CA's bytes in the store (state review, exit 65), writes no response, is never
   sent again by a later run, and `pkirelay export` writes the very bytes the CA sent;
 - a CMP error in a 500 body is an answer (delivered to a CMP request, review for a CMC one);
-- the endpoint saw each request exactly as often as the item's history says it was sent;
+- the endpoint saw each request exactly as often as the item's history says it was sent, also
+  when a kept-alive connection dies after the CA read a request (drop-reused: an expected
+  failure today, libcurl resends on its own);
 - one oversize request file does not block the rest of its batch;
 - a response folder on a full file system (a 64 KiB tmpfs, when the machine lets us mount one)
   leads to a retry, and the response is written exactly once when space returns.
