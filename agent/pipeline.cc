@@ -185,6 +185,10 @@ void Pipeline::start() {
         t->attach(loop_);
     for (auto &s : sources_)
         s->attach(loop_, [this] { scheduleIntake(false); });
+    // Temporary response files a killed run left behind; the answers they held are in the store
+    // and are written again.
+    for (const auto &s : config_.sources)
+        removeTemporaryFiles(s.responses);
     deliverAll(); // answers recorded by an earlier run and not yet written
     scheduleIntake(true);
     queueMayHaveItems_ = true;
@@ -343,19 +347,32 @@ void Pipeline::claimReady() {
     const std::size_t held = inFlight_.size() + waiting_.size();
     if (stopped_ || !queueMayHaveItems_ || held >= maxInFlight)
         return;
+    // No more than the transports can start now: a claim that waits in memory for a place
+    // would be recorded as a possible resend if the run stopped meanwhile, although the CA
+    // never saw it, and its lease would run while it waits.
+    std::size_t room = 0;
+    for (const auto &[name, t] : transports_)
+        room += t->capacity();
+    room = room > waiting_.size() ? room - waiting_.size() : 0;
     const std::size_t want =
-        std::min(maxInFlight - held, static_cast<std::size_t>(config_.settings.batchSize));
+        std::min({maxInFlight - held, room, static_cast<std::size_t>(config_.settings.batchSize)});
+    if (want == 0)
+        return;
     const Millis now = clock_();
     std::vector<spool::Damaged> damaged;
     auto claims = store_.claim(want, now, now + lease_, maxBatchBytes, &damaged);
-    for (const auto &d : damaged)
+    for (const auto &d : damaged) {
+        ++report_.failed; // needs a person: the run says so (65)
         spdlog::critical("{}: NOT SENT: its stored bytes are damaged (sha256 {} recorded, {} now); "
                          "it waits for a person in state review",
                          d.itemId, d.recorded, d.actual);
-    if (!damaged.empty())
-        queueMayHaveItems_ = true; // the damaged ones took places in this claim
-    if (claims.size() < want)
+    }
+    // Only a claim that found nothing at all says the queue is empty: damaged items and the
+    // byte bound may have cut this one short.
+    if (claims.empty() && damaged.empty())
         queueMayHaveItems_ = false; // until something is stored, retried or recorded
+    else
+        scheduleRelay(); // look again next turn, while places are free
     for (auto &claim : claims) {
         const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
         if (!endpoint) {
@@ -405,7 +422,8 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     // is not a PKI message or too large for limits.max_message_size) is kept byte for byte for
     // a person (state review), never thrown away and never answered by sending the request
     // again (the CA may have issued a certificate already).
-    const bool answerLike = reply.status >= 200 && reply.status < 300 && !reply.body.empty();
+    const bool answerLike =
+        reply.status == 200 || (reply.status > 200 && reply.status < 300 && !reply.body.empty());
     switch (reply.type) {
     case Reply::Type::Response:
         if (auto why = unacceptableAnswer(kind, *reply.response, endpoint))
@@ -429,6 +447,8 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
             outcome.result = spool::Permanent{reply.detail};
         break;
     }
+    if (reply.resends > 0)
+        resent_.emplace_back(reply.id, reply.resends);
     outcomes_.push_back(std::move(outcome));
     // Recorded at the end of this turn together with every other reply that came in it: one
     // transaction for all of them, and none waits for a slower exchange.
@@ -451,6 +471,10 @@ void Pipeline::recordOutcomes() {
     std::vector<std::int64_t> answered;
     {
         auto unit = store_.unit();
+        for (const auto &[id, times] : resent_)
+            store_.noteResent(id, times, "a kept-alive connection died after the request was sent",
+                              clock_());
+        resent_.clear();
         states = store_.record(outcomes, clock_(), policy_);
         for (std::size_t i = 0; i < outcomes.size(); ++i)
             if (states[i] == spool::State::Answered)
@@ -545,11 +569,18 @@ std::vector<DeliveryTask> Pipeline::planDeliveries(std::vector<spool::Delivery> 
     std::vector<DeliveryTask> tasks;
     tasks.reserve(deliveries.size());
     for (auto &d : deliveries) {
-        DeliveryTask t{d.deliveryId,      d.itemId,       d.arrival, d.output,
-                       !d.output.empty(), d.responseKind, {}};
-        tasks.push_back(std::move(t));
-        responses_[d.deliveryId] = std::move(d.response);
-        tasks.back().response = responses_[d.deliveryId];
+        // Once per delivery: one that is being delivered already is not planned again.
+        auto [slot, fresh] = responses_.try_emplace(d.deliveryId, std::move(d.response));
+        if (!fresh)
+            continue;
+        tasks.push_back({d.deliveryId,
+                         d.itemId,
+                         d.arrival,
+                         d.output,
+                         !d.output.empty(),
+                         d.responseKind,
+                         slot->second,
+                         {}});
     }
     // Choose names and reserve them in the store (in the caller's transaction) before anything
     // is written: a crash between writing and recording rewrites the same file instead of
@@ -597,9 +628,10 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         ++report_.deliveryErrors;
         deliveriesWaiting_ = true;
         const std::string why =
-            fmt::format("cannot write responses into {} now (is it there?)", task.arrival.replyTo);
-        spdlog::error("{}: {}; it stays pending", task.itemId, why);
-        store_.noteDeliveryProblem(task.deliveryId, why, clock_());
+            task.waitReason.empty()
+                ? fmt::format("cannot write responses into {} now", task.arrival.replyTo)
+                : task.waitReason;
+        problem(task, fmt::format("{}; it stays pending", why));
         responses_.erase(task.deliveryId);
     }
     const auto results = responder_->deliver(ready);
@@ -611,22 +643,33 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             // Recorded lazily: the file is durable, and a crash before the record finds it
             // there with these very bytes and records it then.
             pendingDelivered_.push_back(task.deliveryId);
+            lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
             spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
                          printable(task.output));
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;
-            if (r.type == DeliveryResult::Type::NeedsPerson)
-                spdlog::error("{}: {}", task.itemId, printable(r.detail));
-            else
-                spdlog::error("{}: writing the response failed: {} (it stays pending)", task.itemId,
-                              printable(r.detail));
-            store_.noteDeliveryProblem(task.deliveryId, r.detail, clock_());
+            problem(task, r.type == DeliveryResult::Type::NeedsPerson
+                              ? r.detail
+                              : fmt::format("writing the response failed: {} (it stays pending)",
+                                            r.detail));
         }
         responses_.erase(task.deliveryId);
     }
     scheduleFlush();
+}
+
+void Pipeline::problem(const DeliveryTask &task, const std::string &what) {
+    // Once per distinct reason: a folder that stays away is not an error line every rescan.
+    auto &last = lastProblem_[task.deliveryId];
+    if (last == what) {
+        spdlog::debug("{}: {}", task.itemId, printable(what));
+        return;
+    }
+    last = what;
+    spdlog::error("{}: {}", task.itemId, printable(what));
+    store_.noteDeliveryProblem(task.deliveryId, what, clock_());
 }
 
 void Pipeline::flushLazy() {
@@ -671,9 +714,15 @@ void Pipeline::stop(std::string_view why) {
     for (auto &t : retired_)
         for (auto id : t->abandon())
             abandoned.push_back(id);
+    std::vector<std::int64_t> unsent; // claimed, never handed to a transport
     for (const auto &w : waiting_)
-        abandoned.push_back(w.claim.itemId);
-    store_.abandon(abandoned, clock_(), why);
+        unsent.push_back(w.claim.itemId);
+    {
+        auto unit = store_.unit();
+        store_.abandon(abandoned, clock_(), why);
+        store_.unclaim(unsent, clock_());
+        unit.commit();
+    }
     if (!abandoned.empty())
         spdlog::warn("- {} exchange(s) abandoned ({}): queued again, resent by the next run",
                      abandoned.size(), why);

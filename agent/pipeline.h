@@ -118,6 +118,7 @@ private:
     // Records written responses and acknowledgements that were left for a later transaction
     // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction.
     void flushLazy();
+    void problem(const DeliveryTask &task, const std::string &what);
     void scheduleFlush();
     void sweep();
 
@@ -145,10 +146,12 @@ private:
     std::vector<Claimed> waiting_;             // claimed, not yet sent (their transport was full)
     std::map<std::int64_t, Claimed> inFlight_; // by item id
     std::vector<spool::Outcome> outcomes_;     // arrived, not yet recorded
-    std::map<std::int64_t, Bytes> responses_;  // response bytes of planned deliveries, by id
-    std::vector<std::int64_t> pendingDelivered_;                    // written, not yet recorded
+    std::vector<std::pair<std::int64_t, int>> resent_; // sent again by a transport, by item
+    std::map<std::int64_t, Bytes> responses_;    // response bytes of planned deliveries, by id
+    std::vector<std::int64_t> pendingDelivered_; // written, not yet recorded
     std::vector<std::pair<std::int64_t, Source::Ack>> pendingAcks_; // likewise
     bool flushScheduled_ = false;
+    std::map<std::int64_t, std::string> lastProblem_; // by delivery: what was last reported
     EventLoop::TimerId retryTimer_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;

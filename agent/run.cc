@@ -45,7 +45,9 @@ namespace {
 // descriptor stays open for the life of the process: closing any descriptor of the file would
 // drop SQLite's own fcntl locks.
 std::optional<Fd> takeRunLock(const std::string &storePath, int &exitCode) {
-    Fd fd(::open(storePath.c_str(), O_RDONLY | O_CLOEXEC));
+    // Created empty when missing (0600), so that the lock is taken before anything reads the
+    // store; an empty file is what a new store starts from.
+    Fd fd(::open(storePath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     if (fd.get() < 0) {
         fmt::print(stderr, "pkirelay: cannot open {}: {}\n", storePath, std::strerror(errno));
         exitCode = errno == ENOSPC ? ExitTempFail : ExitCantCreat;
@@ -61,6 +63,17 @@ std::optional<Fd> takeRunLock(const std::string &storePath, int &exitCode) {
             fmt::print(stderr, "pkirelay: cannot lock {}: {}\n", storePath, std::strerror(errno));
             exitCode = ExitCantCreat;
         }
+        return std::nullopt;
+    }
+    // SQLite names its -wal and -shm files after the path: a second name for the same file
+    // (a hard link) would see another write-ahead log, and so not what the other name committed.
+    struct stat st {};
+    if (::fstat(fd.get(), &st) == 0 && st.st_nlink > 1) {
+        fmt::print(stderr,
+                   "pkirelay: {} has {} hard links; a store must have one name (SQLite keeps its "
+                   "write-ahead log beside the name): remove the other links\n",
+                   storePath, st.st_nlink);
+        exitCode = ExitConfig;
         return std::nullopt;
     }
     return fd;
@@ -144,18 +157,19 @@ std::optional<std::string> answerInFolders(const Config &config) {
 // answered twice").
 spool::Store openRunStore(const Config &config, bool newStore) {
     const std::string &path = config.settings.storePath;
-    struct stat st {};
-    const bool missing = ::stat(path.c_str(), &st) != 0 && errno == ENOENT;
     if (newStore)
         return spool::Store::open(path, spool::OpenMode::CreateIfMissing);
-    if (missing) {
+    try {
+        return spool::Store::open(path, spool::OpenMode::MustExist);
+    } catch (const spool::StoreMissing &e) {
+        // Missing, empty or without a schema: a first start (perhaps one killed before its
+        // first commit), unless the folders say an earlier store relayed what is in them.
         if (auto answer = answerInFolders(config))
-            throw spool::StoreMissing(fmt::format("{} does not exist, but {} is an answer beside "
-                                                  "its request, which an earlier store relayed",
-                                                  path, printable(*answer)));
-        return spool::Store::open(path, spool::OpenMode::CreateIfMissing);
+            throw spool::StoreMissing(fmt::format("{}; and {} is an answer beside its request, "
+                                                  "which an earlier store relayed",
+                                                  e.what(), printable(*answer)));
     }
-    return spool::Store::open(path, spool::OpenMode::MustExist);
+    return spool::Store::open(path, spool::OpenMode::CreateIfMissing);
 }
 
 } // namespace
@@ -185,11 +199,12 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
     });
     ::signal(SIGPIPE, SIG_IGN);
 
-    auto store = openRunStore(*config, newStore);
+    // The lock first: nothing reads the store while another run may be writing it.
     int lockStatus = ExitOk;
     auto lock = takeRunLock(config->settings.storePath, lockStatus);
     if (!lock)
         return lockStatus;
+    auto store = openRunStore(*config, newStore);
     httpGlobalInit();
 
     Systemd systemd(loop);

@@ -201,6 +201,16 @@ std::optional<FileIdentity> Directory::identity(const std::string &name) const {
     return identityOf(st);
 }
 
+std::optional<DirEntry::Type> Directory::typeOf(const std::string &name) const {
+    struct stat st {};
+    if (::fstatat(fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+        return std::nullopt;
+    return S_ISREG(st.st_mode)   ? DirEntry::Type::Regular
+           : S_ISLNK(st.st_mode) ? DirEntry::Type::Symlink
+           : S_ISDIR(st.st_mode) ? DirEntry::Type::Directory
+                                 : DirEntry::Type::Other;
+}
+
 bool Directory::exists(const std::string &name) const {
     struct stat st {};
     return ::fstatat(fd(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;

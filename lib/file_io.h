@@ -87,6 +87,8 @@ public:
     // Reads a regular file, refusing symlinks and anything that is not a regular file.
     FileRead read(const std::string &name, std::uint64_t maxSize) const;
     bool exists(const std::string &name) const;
+    // What name is (not following a symlink), or nullopt when it is gone.
+    std::optional<DirEntry::Type> typeOf(const std::string &name) const;
     // The identity of name now (not following a symlink), or nullopt when it is gone.
     std::optional<FileIdentity> identity(const std::string &name) const;
     void unlink(const std::string &name) const;
@@ -111,6 +113,9 @@ struct FileToWrite {
     ByteView bytes;
     std::string tempTag; // makes the temporary name unique to this writer (e.g. a delivery id)
 };
+
+// What ends the temporary names of writeFilesDurably.
+constexpr std::string_view temporarySuffix = ".pkirelay-tmp";
 
 // The error text writeFilesDurably gives for a name that is already taken.
 constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";

@@ -8,6 +8,7 @@
 #include <array>
 #include <cerrno>
 #include <cmath>
+#include <set>
 #include <functional>
 #include <cstring>
 #include <sys/stat.h>
@@ -720,7 +721,9 @@ std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t a
 
 std::vector<Delivery> Store::deliveriesFor(std::span<const std::int64_t> itemIds) {
     std::vector<Delivery> out;
-    for (const auto id : itemIds) {
+    // Each item once, however often it is named (several arrivals of one item in one batch).
+    const std::set<std::int64_t> unique(itemIds.begin(), itemIds.end());
+    for (const auto id : unique) {
         auto q = impl_->db.query(std::string(deliveryColumns) + "AND d.item_id = ?1 ORDER BY d.id");
         q->bind(1, id);
         while (q->step())
@@ -815,6 +818,45 @@ void Store::abandon(std::span<const std::int64_t> itemIds, Millis now, std::stri
                         fmt::format("attempt {} abandoned ({}); its outcome is unknown, the CA may "
                                     "see this request again",
                                     attempts, why));
+    }
+    tx.commit();
+}
+
+void Store::noteResent(std::int64_t itemId, int times, std::string_view why, Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    std::int64_t attempts = 0;
+    {
+        auto q = db.query("UPDATE item SET attempts = attempts + ?2, updated_at = ?3 WHERE id = ?1 "
+                          "RETURNING attempts");
+        q->bind(1, itemId).bind(2, std::int64_t{times}).bind(3, now);
+        if (!q->step())
+            return;
+        attempts = q->int64(0);
+    }
+    for (int n = 0; n < times; ++n)
+        impl_->addEvent(itemId, now, "relaying",
+                        fmt::format("attempt {}: resend by the HTTP client ({}); the CA may "
+                                    "have seen this request twice",
+                                    attempts - times + n + 1, why));
+    tx.commit();
+}
+
+void Store::unclaim(std::span<const std::int64_t> itemIds, Millis now) {
+    if (itemIds.empty())
+        return;
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto id : itemIds) {
+        {
+            auto q = db.query("UPDATE item SET state = 'queued', next_try = ?2, lease_until = "
+                              "NULL, attempts = max(attempts - 1, 0), updated_at = ?2 "
+                              "WHERE id = ?1 AND state = 'relaying' RETURNING id");
+            q->bind(1, id).bind(2, now);
+            if (!q->step())
+                continue;
+        }
+        impl_->addEvent(id, now, "unclaimed", "given back unsent at shutdown");
     }
     tx.commit();
 }

@@ -318,6 +318,13 @@ public:
     // Puts items that were in flight back in the queue (shutdown): their outcome is unknown,
     // so the next send is a recorded resend. One transaction.
     void abandon(std::span<const std::int64_t> itemIds, Millis now, std::string_view why);
+    // Records that a transport sent an item's request again within one attempt (the peer may
+    // have seen it more than once): counted as sends, and an event says so. Joins the caller's
+    // transaction.
+    void noteResent(std::int64_t itemId, int times, std::string_view why, Millis now);
+    // Gives claims back that were never handed to a transport (shutdown): queued again as if
+    // never claimed, the attempt not counted, no resend recorded. One transaction.
+    void unclaim(std::span<const std::int64_t> itemIds, Millis now);
     // The earliest next_try of a deferred item, when there is one: when the relay stage wakes.
     std::optional<Millis> nextRetry();
 

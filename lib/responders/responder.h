@@ -29,6 +29,7 @@ struct DeliveryTask {
     bool planned = false; // output was recorded by an earlier attempt (it may have been written)
     Kind kind = Kind::Cmp;
     ByteView response;
+    std::string waitReason; // set by plan() when it could not plan (why, for the log)
 };
 
 struct DeliveryResult {

@@ -87,8 +87,10 @@ void ResponseFileResponder::plan(std::span<DeliveryTask> tasks, const Reserved &
             continue;
         std::string error;
         const Directory *dir = folders.get(task.arrival.replyTo, error);
-        if (dir == nullptr)
-            continue; // planned when the folder is there
+        if (dir == nullptr) {
+            task.waitReason = error; // planned when the folder is there
+            continue;
+        }
         auto taken = [&](const std::string &name) {
             return dir->exists(name) || chosen.contains({task.arrival.replyTo, name}) ||
                    reserved(task.arrival.replyTo, name);
@@ -99,6 +101,18 @@ void ResponseFileResponder::plan(std::span<DeliveryTask> tasks, const Reserved &
             name = responseFileName(task.arrival.origin, task.kind, ++attempt);
         chosen.insert({task.arrival.replyTo, name});
         task.output = name;
+    }
+}
+
+void removeTemporaryFiles(const std::string &folder) {
+    try {
+        const Directory dir = Directory::open(folder);
+        for (const auto &entry : dir.list())
+            if (entry.type == DirEntry::Type::Regular && entry.name.starts_with('.') &&
+                entry.name.ends_with(temporarySuffix))
+                dir.unlink(entry.name);
+    } catch (const IoError &) {
+        // A folder that is not there holds none.
     }
 }
 

@@ -21,6 +21,10 @@ namespace pkirelay {
 // maxOutputName, a long stem is cut and made unique with a hash of the whole name.
 std::string responseFileName(const std::string &origin, Kind kind, int attempt);
 
+// Removes the temporary files writeFilesDurably leaves when a run is killed mid-write (".NAME.ID"
+// + temporarySuffix): nothing else names them, and their answers are in the store.
+void removeTemporaryFiles(const std::string &folder);
+
 class ResponseFileResponder final : public Responder {
 public:
     // creatable: folders the responder may create when missing, each with its anchor (the

@@ -55,6 +55,10 @@ void DirectorySource::detach() {
     if (rearmTimer_ != 0)
         loop_->cancel(rearmTimer_);
     rearmTimer_ = 0;
+    // The timers hold this source: none may fire once it is detached (and maybe destroyed).
+    for (const auto &[name, timer] : rechecks_)
+        loop_->cancel(timer);
+    rechecks_.clear();
     loop_->unwatch(inotify_.get());
     inotify_ = Fd();
     watch_ = -1;
@@ -151,9 +155,10 @@ void DirectorySource::readEvents() {
 }
 
 void DirectorySource::recheckLater(const std::string &name, std::int64_t delayMs) {
-    if (loop_ == nullptr)
-        return;
-    loop_->after(std::max<std::int64_t>(delayMs, 10), [this, name] {
+    if (loop_ == nullptr || rechecks_.contains(name))
+        return; // one look later per name is enough
+    rechecks_[name] = loop_->after(std::max<std::int64_t>(delayMs, 10), [this, name] {
+        rechecks_.erase(name);
         dirty_.insert(name);
         wake_();
     });
@@ -230,6 +235,14 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
             }
         }
         writing_.erase(name);
+    }
+    // Never open what is not a regular file (a FIFO would block, a device node may act on
+    // being opened): the same rule as a rescan, and no error either.
+    if (const auto type = dir.typeOf(name); type && *type != DirEntry::Type::Regular) {
+        if (warned_.insert(name).second)
+            spdlog::warn("- source {}: {} is {}; not read", config_.name, printable(name),
+                         *type == DirEntry::Type::Symlink ? "a symlink" : "not a regular file");
+        return false;
     }
     FileRead file;
     try {

@@ -83,7 +83,8 @@ private:
     // Names whose file is stored (or ours, or too large) as it is now: a rescan does not read
     // them again while their identity is unchanged.
     std::unordered_map<std::string, FileIdentity> settled_;
-    std::map<std::uint64_t, Pending> pending_; // by token
+    std::map<std::uint64_t, Pending> pending_;           // by token
+    std::map<std::string, EventLoop::TimerId> rechecks_; // names to look at again, by name
     std::uint64_t nextToken_ = 1;
 };
 

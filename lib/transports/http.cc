@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -62,6 +63,8 @@ struct Transfer {
     CurlEasy easy;
     CurlSlist headers;
     std::string body;
+    std::size_t sent = 0; // body bytes handed to libcurl since the last rewind
+    int resends = 0;      // times libcurl sent the body again on a new connection
     bool tooLarge = false;
     bool outOfMemory = false;
     char error[CURL_ERROR_SIZE] = {};
@@ -85,6 +88,25 @@ std::size_t writeBody(char *data, std::size_t size, std::size_t count, void *use
     return n;
 }
 
+std::size_t readBody(char *buffer, std::size_t size, std::size_t count, void *user) {
+    auto *t = static_cast<Transfer *>(user);
+    const ByteView body = t->exchange.body;
+    const std::size_t n = std::min(size * count, body.size() - t->sent);
+    std::copy_n(body.data() + t->sent, n, buffer);
+    t->sent += n;
+    return n;
+}
+
+int seekBody(void *user, curl_off_t offset, int origin) {
+    auto *t = static_cast<Transfer *>(user);
+    if (origin != SEEK_SET || offset != 0)
+        return CURL_SEEKFUNC_CANTSEEK; // only ever rewound to the start
+    if (t->sent > 0)
+        ++t->resends; // the body went out (maybe whole) and goes out again
+    t->sent = 0;
+    return CURL_SEEKFUNC_OK;
+}
+
 std::string curlInfoString(CURL *easy, CURLINFO info) {
     char *value = nullptr;
     if (::curl_easy_getinfo(easy, info, &value) != CURLE_OK || value == nullptr)
@@ -103,6 +125,7 @@ long curlInfoLong(CURL *easy, CURLINFO info) {
 Reply makeResult(Transfer &t, CURLcode rc, const HttpEndpoint &ep) {
     Reply r;
     r.id = t.exchange.id;
+    r.resends = t.resends;
     CURL *easy = t.easy.get();
     r.status = curlInfoLong(easy, CURLINFO_RESPONSE_CODE);
     r.contentType = curlInfoString(easy, CURLINFO_CONTENT_TYPE);
@@ -122,6 +145,7 @@ Reply makeResult(Transfer &t, CURLcode rc, const HttpEndpoint &ep) {
         // URL, unreadable client key) land here too; deferring keeps the item until fixed.
         r.type = HttpResult::Type::Transient;
         r.detail = t.error[0] != '\0' ? std::string(t.error) : ::curl_easy_strerror(rc);
+
         if (r.status != 0)
             r.detail = fmt::format("{}: {}", head, r.detail);
         return r;
@@ -178,7 +202,8 @@ struct HttpTransport::Impl {
     CurlMulti multi;
     EventLoop *loop = nullptr;
     EventLoop::TimerId timer = 0;
-    std::vector<CurlEasy> pool; // idle easy handles, reset and reused
+    std::set<curl_socket_t> sockets; // watched in the loop for libcurl
+    std::vector<CurlEasy> pool;      // idle easy handles, reset and reused
     // Exchanges in flight, by easy handle: libcurl reports completions by handle.
     std::unordered_map<CURL *, std::unique_ptr<Transfer>> active;
     Stats stats;
@@ -194,7 +219,18 @@ struct HttpTransport::Impl {
         setMultiOpt(m, CURLMOPT_TIMERDATA, static_cast<void *>(this), "CURLMOPT_TIMERDATA");
     }
 
-    ~Impl() { detachAll(); }
+    ~Impl() {
+        detachAll();
+        // Nothing of this transport may stay in the loop: its timer and socket callbacks hold
+        // it. libcurl's own cleanup (of the multi, after this) then finds loop unset.
+        if (loop != nullptr) {
+            if (timer != 0)
+                loop->cancel(timer);
+            for (auto s : sockets)
+                loop->unwatch(s);
+        }
+        loop = nullptr;
+    }
 
     // libcurl tells which sockets to watch for what (CURLMOPT_SOCKETFUNCTION). Never throws.
     static int onSocket(CURL *, curl_socket_t s, int what, void *user, void *) noexcept {
@@ -204,8 +240,10 @@ struct HttpTransport::Impl {
         try {
             if (what == CURL_POLL_REMOVE) {
                 self->loop->unwatch(s);
+                self->sockets.erase(s);
                 return 0;
             }
+            self->sockets.insert(s);
             std::uint32_t events = 0;
             if (what & CURL_POLL_IN)
                 events |= EPOLLIN;
@@ -326,10 +364,16 @@ struct HttpTransport::Impl {
         // is given, so the body may contain NUL bytes. CURLOPT_POST first: POSTFIELDS alone
         // would work too, but this states the method even for an empty body.
         PKIRELAY_SETOPT(e, CURLOPT_POST, 1L);
-        static const char empty[] = "";
-        const void *data = req.body.empty() ? static_cast<const void *>(empty) : req.body.data();
+        // The body is read through a callback, not CURLOPT_POSTFIELDS, so that libcurl cannot
+        // send it twice unseen: when a kept-alive connection dies after the request went out,
+        // libcurl retries on a fresh connection by rewinding the body (a server that closed
+        // an idle connection looks the same). seekBody lets it, and counts it, and the reply
+        // says so: the CA may have seen the request twice, and the history records that.
         PKIRELAY_SETOPT(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
-        PKIRELAY_SETOPT(e, CURLOPT_POSTFIELDS, data);
+        PKIRELAY_SETOPT(e, CURLOPT_READFUNCTION, readBody);
+        PKIRELAY_SETOPT(e, CURLOPT_READDATA, static_cast<void *>(&t));
+        PKIRELAY_SETOPT(e, CURLOPT_SEEKFUNCTION, seekBody);
+        PKIRELAY_SETOPT(e, CURLOPT_SEEKDATA, static_cast<void *>(&t));
 
         // Content-Type from the kind table: RFC 9811 §3 requires application/pkixcmp on every
         // PKIMessage, RFC 10003 §4 the CMC types. An empty Expect: stops libcurl's

@@ -38,7 +38,11 @@ struct Reply {
     Bytes body;                      // everything the peer returned, as it came
     std::string contentType;         // as the peer labelled it, when it did
     long status = 0;                 // the peer's status code (HTTP status); 0 when none came
-    std::string detail;              // one line for the event log
+    // Times the transport itself sent the request again within this exchange (libcurl on a new
+    // connection after a kept-alive one died once the request was out): the peer may have seen
+    // it more than once, and the history must say so.
+    int resends = 0;
+    std::string detail; // one line for the event log
 };
 
 class Transport {

@@ -75,10 +75,12 @@ class SecretFiles(PkirelayTestCase):
         self.assertIn(self.key, out)
         self.assertIn(f"uid {NOBODY}", out)
 
-    def test_missing_key_is_a_warning_not_a_refusal(self):
+    def test_missing_key_is_a_configuration_error(self):
+        # Like a missing ca_file (issue 13, defect 8): every exchange of the endpoint would fail,
+        # so it is refused at check-config and start rather than deferring every request.
         os.unlink(self.key)
         code, out = self.check_config()
-        self.assertEqual(code, EX_OK, out)
+        self.assertEqual(code, 78, out)
         self.assertIn(f"cannot read {self.key}", out)
 
 
