@@ -117,7 +117,8 @@ def main():
         print(f"| {r['fs']} | {r['what']} | {r['n']:,} | {fmt_rate(rate) if rate else ''} | "
               f"{cpu} | {rss} | {of_ceiling} | {times_loop} | {note} |")
 
-    for path, label in ((sys.argv[3], "empty store"), (sys.argv[4], f"store holding {int(machine.get('old', 0)):,} finished items")):
+    full = f"store holding {int(machine.get('old', 0)):,} finished items"
+    for path, label in ((sys.argv[3], "empty store"), (sys.argv[4], full)):
         n = next((r["n"] for r in rows if r["what"].startswith("callgrind")), 1000)
         total, items = top(path, n)
         if not items:
