@@ -112,8 +112,8 @@ def main():
                 sys.exit(f"gen_requests: {name} does not classify as {EXPECTED_KIND[kind]}")
             if kind == "cmp":
                 c = e["cmp"]
-                ok = c["body"] == "ir" and [bytes.fromhex(c["transaction_id"]),
-                                            bytes.fromhex(c["sender_nonce"])] == values(kind, salt, i)
+                pair = [bytes.fromhex(c["transaction_id"]), bytes.fromhex(c["sender_nonce"])]
+                ok = c["body"] == "ir" and pair == values(kind, salt, i)
                 key = (c["transaction_id"], c["sender_nonce"])
             elif kind == "cmc":
                 c = e["cmc"]

@@ -22,7 +22,7 @@ openssl req -x509 $ec -keyout ca.key -out ca.crt -subj "/O=pkirelay bench/CN=Ben
 # shellcheck disable=SC2086
 openssl req -x509 $ec -keyout ee.key -out ee.crt -subj "/CN=bench-ee" -days 30 2>/dev/null
 
-# PKCS#10 whose subject carries a 16-character placeholder that the generator replaces with a serial.
+# PKCS#10 whose subject carries a 16-character placeholder; the generator writes a serial there.
 openssl req -new -key ee.key -subj "/CN=bench-Xq7Zk9Wm2Lp4Rt8V" -outform DER -out req_p10.der
 
 # CMC Full PKI Request (RFC 10002 §3.2.1): PKIData with a transactionId and a senderNonce

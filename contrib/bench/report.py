@@ -113,7 +113,8 @@ def main():
                     f"(mean {j['mean_ms']:.0f}, max {j['max_ms']:.0f})")
         m = re.match(r"ir=(\d+)(.*)", note)
         if m:
-            note = f"{int(m.group(1)) // max(1, r['n']):,} instructions/msg (user space){m.group(2)}"
+            per = int(m.group(1)) // max(1, r["n"])
+            note = f"{per:,} instructions/msg (user space){m.group(2)}"
         print(f"| {r['fs']} | {r['what']} | {r['n']:,} | {fmt_rate(rate) if rate else ''} | "
               f"{cpu} | {rss} | {of_ceiling} | {times_loop} | {note} |")
 

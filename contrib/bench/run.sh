@@ -131,7 +131,10 @@ fresh() { # fresh DIR COUNT: DIR/in with COUNT new requests, DIR/out and DIR/sto
 }
 g++ -std=c++20 -O2 -Wall -Wextra -Werror -I"$root" "$here/ceiling.cc" -o "$work/ceiling" -lcurl
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 ng=$work/nginx
 mkdir -p "$ng/www" "$ng/tmp"
@@ -332,7 +335,8 @@ EOF
     tck=$(getconf CLK_TCK)
     record "$fs" "pkirelay run (daemon, poll_seconds = 1): one drop" "$dropn" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['seconds'])" "$burst")" \
-        "$(awk -v a="$cpu0" -v b="$cpu1" -v t="$tck" 'BEGIN { printf "%.3f", (b - a) / t }')" 0 "$hwm" ""
+        "$(awk -v a="$cpu0" -v b="$cpu1" -v t="$tck" 'BEGIN { printf "%.3f", (b - a) / t }')" \
+        0 "$hwm" ""
     record "$fs" "pkirelay run (daemon, poll_seconds = 1): latency" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['count'])" "$lat")" \
         "" "" "" "" "$lat"
@@ -353,10 +357,12 @@ for store in empty full; do
     got=$(count_out "$cgbase/g/out")
     callgrind_annotate --inclusive=no "$cgbase/g/cg.out" >"$work/callgrind-$store.txt" 2>&1 ||
         true
-    total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$work/callgrind-$store.txt")
-    record "$cgfs" "callgrind, pkirelay run --once, store $([ $store = full ] && echo "holds $oldn finished" || echo empty)" \
-        "$cgn" "" "" "" "" \
-        "ir=${total:-0}$([ "$rc" = 0 ] && [ "$got" = "$cgn" ] || echo " FAILED: exit $rc, $got of $cgn")"
+    total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' \
+        "$work/callgrind-$store.txt")
+    what=$([ $store = full ] && echo "holds $oldn finished" || echo empty)
+    failed=$([ "$rc" = 0 ] && [ "$got" = "$cgn" ] || echo " FAILED: exit $rc, $got of $cgn")
+    record "$cgfs" "callgrind, pkirelay run --once, store $what" "$cgn" "" "" "" "" \
+        "ir=${total:-0}$failed"
     rm -rf "$cgbase/g"
 done
 
@@ -364,10 +370,14 @@ done
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
     commit=$(git -C "$root" rev-parse --short HEAD)
-    [ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] || commit="$commit (modified)"
+    # Only the program's own sources decide what was measured.
+    [ -z "$(git -C "$root" status --porcelain --untracked-files=no -- lib spool agent schemas \
+        meson.build meson_options.txt)" ] || commit="$commit (sources modified)"
     echo "commit=$commit"
     echo "buildtype=$(meson introspect "$root/$builddir" --buildoptions 2>/dev/null |
-        python3 -c 'import json, sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "buildtype"))' 2>/dev/null || echo unknown)"
+        python3 -c 'import json, sys
+print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "buildtype"))' ||
+        echo unknown)"
     echo "nproc=$(nproc)"
     echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "memory=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
