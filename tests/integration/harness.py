@@ -45,9 +45,9 @@ class Peer:
     on a full pipe. The lines are kept for failure messages.
     """
 
-    def __init__(self, cmd, ready_marker, cwd=None, deadline=DEADLINE):
+    def __init__(self, cmd, ready_marker, cwd=None, deadline=DEADLINE, env=None):
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=env)
         self.lines = []
         self._pending = b""
         self.ready_line = self._wait_for(ready_marker, deadline)

@@ -15,6 +15,7 @@ pause on purpose: that is the slow writer being simulated, not a wait.)
 import concurrent.futures
 import os
 import signal
+import socket
 import sys
 import time
 import unittest
@@ -26,8 +27,8 @@ from harness import (PKIRELAY, Peer, PkirelayTestCase, openssl, read_responder_l
 class Daemon:
     """`pkirelay run -c CONFIG`, ready once it has printed its "- running:" line."""
 
-    def __init__(self, config):
-        self.peer = Peer([PKIRELAY, "run", "-c", config], "- running:")
+    def __init__(self, config, env=None):
+        self.peer = Peer([PKIRELAY, "run", "-c", config], "- running:", env=env)
 
     def output(self):
         return "\n".join(self.peer.lines)
@@ -257,6 +258,50 @@ class DaemonTest(PkirelayTestCase):
         self.check_one_response_each(["after-bad-reload.p10", "after-good-reload.p10"],
                                      expected_sends=1)
 
+
+class SystemdNotify(DaemonTest):
+    """The daemon speaks systemd's notification protocol (sd_notify(3): datagrams on the
+    AF_UNIX socket named by $NOTIFY_SOCKET), checked here with a socket of the test's own in
+    the place of systemd: READY=1 once the sources are armed, STATUS=, RELOADING=1 and READY=1
+    around a reload, STOPPING=1 on SIGTERM, and WATCHDOG=1 while $WATCHDOG_USEC asks for it."""
+
+    def test_readiness_status_reload_stopping_and_watchdog(self):
+        self.configure(self.start_ca())
+        path = os.path.join(self.tmp, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(0.2)
+        received = []
+
+        def saw(text):
+            while True:
+                try:
+                    received.append(sock.recv(4096).decode())
+                except (socket.timeout, BlockingIOError):
+                    break
+            return any(text in m for m in received)
+
+        env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+        self.daemon = Daemon(self.config, env=env)
+        try:
+            wait_until(lambda: saw("READY=1"), "READY=1")
+            wait_until(lambda: saw("WATCHDOG=1"), "WATCHDOG=1")
+            wait_until(lambda: saw("STATUS="), "a STATUS= line", deadline=10)
+            received.clear()
+            self.daemon.signal(signal.SIGHUP)
+            wait_until(lambda: saw("RELOADING=1"), "RELOADING=1")
+            wait_until(lambda: saw("READY=1"), "READY=1 after the reload")
+            self.daemon.signal(signal.SIGTERM)
+            wait_until(lambda: saw("STOPPING=1"), "STOPPING=1")
+            self.assertEqual(self.daemon.peer.proc.wait(timeout=10), 0)
+        finally:
+            sock.close()
+
+
+# SystemdNotify shares DaemonTest's fixtures; DaemonTest's own cases run once, there.
+for _name in dir(DaemonTest):
+    if _name.startswith("test_") and _name not in vars(SystemdNotify):
+        setattr(SystemdNotify, _name, None)
 
 if __name__ == "__main__":
     unittest.main()
