@@ -211,6 +211,25 @@ class PkirelayTestCase(unittest.TestCase):
                          f"run --once exited {proc.returncode}\n{proc.stderr}")
         return proc
 
+    def csr(self, name, cn=None, folder=None):
+        """A DER PKCS#10 made by `openssl req` in the inbox (or folder); returns its path."""
+        path = os.path.join(folder or self.inbox, name)
+        key = os.path.join(self.tmp, "key.pem")
+        if not os.path.exists(key):
+            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", key)
+        openssl("req", "-new", "-key", key, "-subj", f"/CN={cn or name}", "-outform", "DER",
+                "-out", path)
+        return path
+
+    def requests_seen(self):
+        """Requests in self.log (tests/cmc_responder.py's --log), when the test has one."""
+        log = getattr(self, "log", None)
+        if not log or not os.path.exists(log):
+            return 0
+        with open(log) as f:
+            return sum(1 for _ in f)
+
     def items(self, state=None):
         """Every item in the store (`pkirelay list --json`), newest first."""
         args = ["list", "--json", "-n", "1000000", "-c", self.config]

@@ -97,9 +97,6 @@ class DaemonTest(PkirelayTestCase):
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             return list(pool.map(one, names))
 
-    def requests_seen(self):
-        return len(read_responder_log(self.log))
-
     def responses(self, folder=None):
         return sorted(n for n in os.listdir(folder or self.inbox) if n.endswith(".p7c"))
 

@@ -82,15 +82,6 @@ class Faults(PkirelayTestCase):
         self.write_config(f"http://127.0.0.1:{port}/cmc", extra_endpoint=endpoint, extra=extra,
                           **kw)
 
-    def csr(self, name, folder=None):
-        path = os.path.join(folder or self.inbox, name)
-        key = os.path.join(self.tmp, "key.pem")
-        if not os.path.exists(key):
-            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-out", key)
-        openssl("req", "-new", "-key", key, "-subj", f"/CN={name}", "-outform", "DER",
-                "-out", path)
-        return path
 
     def responses(self, folder=None):
         """Every file in the folder that is not a request (nor a hidden temporary)."""

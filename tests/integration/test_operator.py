@@ -47,21 +47,6 @@ class Operator(PkirelayTestCase):
         port = port or self.start_responder(*extra)
         self.write_config(f"http://127.0.0.1:{port}/cmc", **kw)
 
-    def requests_seen(self):
-        if not os.path.exists(self.log):
-            return 0
-        with open(self.log) as f:
-            return sum(1 for _ in f)
-
-    def csr(self, name, folder=None):
-        path = os.path.join(folder or self.inbox, name)
-        key = os.path.join(self.tmp, "key.pem")
-        if not os.path.exists(key):
-            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-out", key)
-        openssl("req", "-new", "-key", key, "-subj", f"/CN={name}", "-outform", "DER",
-                "-out", path)
-        return path
 
     def cmd(self, *args, expect=0):
         proc = self.pkirelay(*args, "-c", self.config)

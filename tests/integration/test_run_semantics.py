@@ -54,22 +54,6 @@ class RunSemantics(PkirelayTestCase):
         port = port or self.start_responder(*extra)
         self.write_config(f"http://127.0.0.1:{port}/cmc", **kw)
 
-    def requests_seen(self):
-        if not os.path.exists(self.log):
-            return 0
-        with open(self.log) as f:
-            return sum(1 for _ in f)
-
-    def csr(self, name, cn=None, folder=None):
-        """A DER PKCS#10 in the inbox (or folder); returns its path."""
-        path = os.path.join(folder or self.inbox, name)
-        key = os.path.join(self.tmp, "key.pem")
-        if not os.path.exists(key):
-            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-out", key)
-        openssl("req", "-new", "-key", key, "-subj", f"/CN={cn or name}", "-outform", "DER",
-                "-out", path)
-        return path
 
     def test_bad_input_is_quarantined_and_never_sent(self):
         self.configure()
