@@ -391,6 +391,8 @@ void Pipeline::claimReady() {
 }
 
 void Pipeline::dispatch() {
+    if (stopped_)
+        return; // shutting down: claims still waiting are given back by stop()
     // Send what the transports have room for; the rest waits for a reply to free a place.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         if (it->transport->capacity() == 0) {
@@ -699,14 +701,15 @@ void Pipeline::scheduleFlush() {
 void Pipeline::stop(std::string_view why) {
     if (stopped_)
         return;
-    // What arrived is recorded first: an answer in hand is never thrown away.
+    // Nothing new is claimed or sent from here on; what arrived is still recorded, and its
+    // responses written: an answer in hand is never thrown away.
+    stopped_ = true;
     recordOutcomes();
     {
         auto unit = store_.unit();
         flushLazy();
         unit.commit();
     }
-    stopped_ = true;
     std::vector<std::int64_t> abandoned;
     for (auto &[name, t] : transports_)
         for (auto id : t->abandon())
