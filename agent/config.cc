@@ -122,6 +122,16 @@ const std::vector<Key<Settings>> &settingsKeys() {
          31536000,
          {},
          "After this long since it arrived, an item that still fails transiently is failed."},
+        {"metrics.file",
+         Type::Path,
+         &S::metricsFile,
+         "none",
+         0,
+         0,
+         {},
+         "A Prometheus text file for node_exporter's textfile collector (items by state, relays "
+         "by endpoint and outcome, relay latency, oldest waiting item), rewritten atomically "
+         "every run.poll_seconds and at the end of a batch."},
         {"log.level",
          Type::Choice,
          &S::logLevel,
@@ -670,17 +680,18 @@ Config parseConfig(std::string_view text, std::string_view name) {
         } else if (section == "endpoint") {
             applyNamed(node, "endpoint", endpointKeys(), config.endpoints, base, problems);
         } else if (section == "store" || section == "limits" || section == "run" ||
-                   section == "retry" || section == "log") {
+                   section == "retry" || section == "log" || section == "metrics") {
             if (const auto *table = node.as_table())
                 applyTable(*table, section + ".", settingsKeys(), section, config.settings, base,
                            problems);
             else
                 problems.add(node.source(), fmt::format("{} must be a table", section));
         } else {
-            problems.add(node.source(),
-                         fmt::format("unknown section [{}] (known: store, limits, run, retry, log, "
-                                     "source.NAME, endpoint.NAME)",
-                                     section));
+            problems.add(
+                node.source(),
+                fmt::format("unknown section [{}] (known: store, limits, run, retry, log, metrics, "
+                            "source.NAME, endpoint.NAME)",
+                            section));
         }
     }
     checkConsistency(config, problems);
@@ -727,7 +738,7 @@ std::vector<std::string> environmentWarnings(const Config &config) {
 
 std::string keyReference() {
     std::string out;
-    appendReference(out, "[store], [limits], [run], [retry], [log]", settingsKeys());
+    appendReference(out, "[store], [limits], [run], [retry], [metrics], [log]", settingsKeys());
     appendReference(out, "[source.NAME]", sourceKeys());
     appendReference(out, "[endpoint.NAME]", endpointKeys());
     return out;

@@ -61,6 +61,7 @@ struct Settings {
     std::int64_t retryInitialSeconds = 30;
     std::int64_t retryMaxDelaySeconds = 3600;
     std::int64_t retryMaxAgeSeconds = 86400;
+    std::string metricsFile;       // empty: no metrics file
     std::string logLevel = "info"; // debug, info, warning, error; --verbose/--quiet override it
 };
 

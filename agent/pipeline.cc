@@ -402,7 +402,8 @@ void Pipeline::dispatch() {
         const auto id = it->claim.itemId;
         auto slot = inFlight_.emplace(id, std::move(*it)).first;
         it = waiting_.erase(it);
-        const Claimed &c = slot->second;
+        Claimed &c = slot->second;
+        c.sentAt = EventLoop::monotonicNow();
         const std::string endpoint = c.transport->name();
         const Kind kind = c.claim.kind;
         ++report_.relayed;
@@ -418,6 +419,9 @@ void Pipeline::dispatch() {
 
 void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     crashPoint("answered"); // the CA answered, the outcome is not recorded
+    if (auto it = inFlight_.find(reply.id); it != inFlight_.end())
+        latency_[reply.id] =
+            static_cast<double>(EventLoop::monotonicNow() - it->second.sentAt) / 1000.0;
     inFlight_.erase(reply.id);
     spool::Outcome outcome{reply.id, endpoint, spool::Transient{""}};
     // An answer that cannot be delivered as it is (another protocol's, a request, a body that
@@ -492,6 +496,8 @@ void Pipeline::recordOutcomes() {
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
         const auto &outcome = outcomes[i];
         const std::string_view why = outcomeText(outcome);
+        if (auto l = latency_.extract(outcome.itemId); !l.empty())
+            metrics_.relayed(outcome.endpoint, spool::stateName(states[i]), l.mapped());
         // Counted by what the store decided (a transient failure past retry.max_age is a
         // failure), not by the kind of outcome.
         switch (states[i]) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "config.h"
+#include "metrics.h"
 #include "lib/loop/event_loop.h"
 #include "lib/responders/responder.h"
 #include "lib/sources/source.h"
@@ -91,6 +92,7 @@ public:
     void reconfigure(const Config &config);
 
     const RunReport &report() const { return report_; }
+    const Metrics &metrics() const { return metrics_; }
     void resetReport() { report_ = {}; }
     std::size_t inFlight() const;
 
@@ -99,6 +101,7 @@ private:
     struct Claimed {
         spool::Claim claim;
         Transport *transport = nullptr;
+        EventLoop::Millis sentAt = 0; // monotonic, for the latency metric
     };
 
     void build();
@@ -155,6 +158,8 @@ private:
     EventLoop::TimerId retryTimer_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;
+    Metrics metrics_;
+    std::map<std::int64_t, double> latency_; // by item: seconds from send to reply, until recorded
 };
 
 } // namespace pkirelay::agent

@@ -23,6 +23,7 @@
 #include "lib/loop/signals.h"
 #include "lib/text.h"
 #include "lib/transports/http.h"
+#include "metrics.h"
 
 namespace pkirelay::agent {
 
@@ -215,9 +216,29 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
         spdlog::info("- running: {} source(s), {} endpoint(s), store {}", config->sources.size(),
                      config->endpoints.size(), config->settings.storePath);
 
+    const auto writeMetrics = [&] {
+        if (!config->settings.metricsFile.empty())
+            writeMetricsFile(config->settings.metricsFile,
+                             pipeline.metrics().render(store.status(systemClock()), systemClock()));
+    };
+    // Batch mode on a terminal: a progress line while a long batch is worked through.
+    const bool progress = once && ::isatty(STDERR_FILENO) == 1;
+    EventLoop::TimerId progressTimer = 0;
+    std::function<void()> showProgress = [&] {
+        const RunReport &r = pipeline.report();
+        fmt::print(stderr, "\r{} stored, {} relayed, {} answered, {} written, {} in flight ",
+                   r.received + r.duplicates + r.quarantined, r.relayed, r.answered, r.delivered,
+                   pipeline.inFlight());
+        std::fflush(stderr);
+        progressTimer = loop.after(500, showProgress);
+    };
+    if (progress)
+        progressTimer = loop.after(500, showProgress);
+
     // Daemon mode: a summary when something happened, at most every poll interval.
     EventLoop::TimerId summary = 0;
     std::function<void()> summarize = [&] {
+        writeMetrics();
         RunReport r = pipeline.report();
         r.waiting = store.countWaiting();
         if (!r.quiet())
@@ -257,11 +278,16 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
     }
     if (summary != 0)
         loop.cancel(summary);
+    if (progressTimer != 0) {
+        loop.cancel(progressTimer);
+        fmt::print(stderr, "\n");
+    }
     if (stopping) {
         systemd.notify("STOPPING=1");
         spdlog::info("- stopping on signal");
     }
     pipeline.stop(stopping ? "stopping on signal" : "batch done");
+    writeMetrics();
     RunReport r = pipeline.report();
     r.waiting = store.countWaiting();
     if (once) {

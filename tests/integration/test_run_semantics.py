@@ -440,6 +440,23 @@ class RunSemantics(PkirelayTestCase):
         self.assertIn("stuck.p7c", os.listdir(responses))
         self.assertIn("stuck.p10", os.listdir(self.inbox))
 
+    def test_metrics_file_for_the_textfile_collector(self):
+        metrics = os.path.join(self.tmp, "pkirelay.prom")
+        self.configure(extra=f'[metrics]\nfile = "{metrics}"')
+        self.csr("req.p10")
+        self.csr("junk.p10")
+        with open(os.path.join(self.inbox, "junk.p10"), "wb") as f:
+            f.write(b"not a request")
+        self.run_once(expect=65)
+        with open(metrics) as f:
+            text = f.read()
+        self.assertIn('pkirelay_items{state="answered"} 1', text)
+        self.assertIn('pkirelay_items{state="quarantined"} 1', text)
+        self.assertIn('pkirelay_relays_total{endpoint="ca",outcome="answered"} 1', text)
+        self.assertIn('pkirelay_relay_seconds_count{endpoint="ca"} 1', text)
+        self.assertIn("pkirelay_oldest_waiting_seconds 0", text)
+        self.assertEqual([n for n in os.listdir(self.tmp) if n.endswith("-tmp")], [])
+
     def test_trailing_slash_in_responses_is_the_same_folder(self):
         # Issue 13, defect 2: responses = "<path>/" made the scan take pkirelay's own answer as
         # an unmatched response and, with after = "delete", delete it.
