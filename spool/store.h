@@ -286,10 +286,6 @@ public:
     // acknowledged, or kept in place. One indexed lookup.
     Ledger::Seen arrivalSeen(std::string_view source, std::string_view origin,
                              std::string_view arrivalSha256);
-    bool knownArrival(std::string_view source, std::string_view origin,
-                      std::string_view arrivalSha256) {
-        return arrivalSeen(source, origin, arrivalSha256).state != Ledger::Seen::State::New;
-    }
     // Records how sources acknowledged arrivals (delivery ids from ingest() or arrivalSeen()).
     void markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks, Millis now);
 

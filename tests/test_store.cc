@@ -554,18 +554,24 @@ TEST_CASE("deliveries: assign, write, mark delivered; a crash keeps the output n
     CHECK(!store.outputReserved("/media/out", "req.pki.pki")); // delivered: no longer held
 }
 
-TEST_CASE("knownArrival recognises a file already seen under the same name and bytes") {
+// An arrival the store has seen (stored, acknowledged or not), as a source asks it.
+bool known(Store &store, std::string_view source, std::string_view origin,
+           std::string_view sha256) {
+    return store.arrivalSeen(source, origin, sha256).state != Ledger::Seen::State::New;
+}
+
+TEST_CASE("arrivalSeen recognises a file already seen under the same name and bytes") {
     TempDir dir;
     auto store = Store::open(dir.db());
     auto s = submit(p10("abc"), "x.p10", "media");
     ingest(store, {s}, t0);
-    CHECK(store.knownArrival("media", "x.p10", s.arrivalSha256));
-    CHECK_FALSE(store.knownArrival("media", "x.p10", sha256Hex(asBytes("other"))));
-    CHECK_FALSE(store.knownArrival("media", "y.p10", s.arrivalSha256));
-    CHECK_FALSE(store.knownArrival("other", "x.p10", s.arrivalSha256));
+    CHECK(known(store, "media", "x.p10", s.arrivalSha256));
+    CHECK_FALSE(known(store, "media", "x.p10", sha256Hex(asBytes("other"))));
+    CHECK_FALSE(known(store, "media", "y.p10", s.arrivalSha256));
+    CHECK_FALSE(known(store, "other", "x.p10", s.arrivalSha256));
     auto q = rejected("junk", "j.der", "bad");
     ingest(store, {q}, t0);
-    CHECK(store.knownArrival("inbox", "j.der", q.arrivalSha256));
+    CHECK(known(store, "inbox", "j.der", q.arrivalSha256));
 }
 
 TEST_CASE("operator views: counts, list newest first, show with the full timeline") {

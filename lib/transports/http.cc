@@ -321,7 +321,12 @@ struct HttpTransport::Impl {
         active.clear();
     }
 
+    unsigned appliedConnections = 0; // what the multi's caps were last set for
+
     void applyLimits() {
+        if (appliedConnections == endpoint.maxConnections)
+            return; // set once, and again only when the endpoint's setting changed
+        appliedConnections = endpoint.maxConnections;
         CURLM *m = multi.get();
         const long n = static_cast<long>(std::max(1U, endpoint.maxConnections));
         // The transport's own capacity() decides what is in flight; these caps only keep libcurl
