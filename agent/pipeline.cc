@@ -241,19 +241,24 @@ void Pipeline::intake() {
         // A folder that came back (a stick put back in) may be where answers wait to be written.
         cameBack = cameBack || (source->available() && !wasAvailable_[s]);
         wasAvailable_[s] = source->available();
+        // One transaction: what the source asks the store while it looks (two lookups per
+        // file, which on their own would be one read transaction each), the batch, the claims
+        // of what can be sent at once, the names of the answers that duplicates get. The
+        // source is acknowledged only after it committed.
+        std::optional<spool::Store::Unit> unit;
+        unit.emplace(store_.unit());
         Taken taken = source->take(*ledger_, batch, maxBatchBytes, full);
         report_.stillArriving += taken.stillArriving;
         report_.sourceErrors += taken.errors;
         more = more || taken.more;
-        if (taken.submissions.empty() && taken.unacknowledged.empty())
+        if (taken.submissions.empty() && taken.unacknowledged.empty()) {
+            unit->commit(); // it wrote nothing
             continue;
+        }
 
-        // One transaction: the batch, the claims of what can be sent at once, the names of the
-        // answers that duplicates get. The source is acknowledged only after it committed.
         std::vector<spool::Ingested> results;
         std::vector<DeliveryTask> answers;
         {
-            auto unit = store_.unit();
             results = store_.ingest(taken.submissions, clock_());
             std::vector<std::int64_t> answeredAgain; // duplicates of answered items
             for (const auto &res : results) {
@@ -266,7 +271,7 @@ void Pipeline::intake() {
                 answers = planDeliveries(store_.deliveriesFor(answeredAgain));
             claimReady();
             flushLazy();
-            unit.commit();
+            unit->commit();
         }
         crashPoint("stored"); // committed, the source not yet acknowledged, nothing sent
         std::vector<std::uint64_t> tokens;

@@ -103,7 +103,9 @@ std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view w
     case 4: {
         Reader r = parent.enter(tlv);
         // The names of the parts are only for error text: built when an error is thrown.
-        const auto part = [what] { return fmt::format("the {} directoryName", what); };
+        const auto part = [what] {
+            return fmt::format("the {} directoryName", what);
+        };
         const Tlv name = r.atEnd() ? r.next(part()) : r.next();
         if (!name.is(kSeq)) // as Reader::expect says it
             throw Error(fmt::format("{} at offset {} should be a {} but is a {}", part(),

@@ -138,7 +138,9 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
     }
     // The tag's name is only for error text: built when an error is thrown, never on the way
     // through a well-formed value (the classifier reads every message this way).
-    const auto name = [&tag] { return tagName(tag); };
+    const auto name = [&tag] {
+        return tagName(tag);
+    };
 
     if (tag.constructed && !checked_ && depth > limits_.maxDepth)
         throw Error(fmt::format("nesting deeper than {} levels: the {} at offset {}",
@@ -162,8 +164,7 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
         tlv.headerLength = pos - start;
         // The contents are values up to end-of-contents (two zero octets), found by reading
         // them; they share the enclosing scope's end.
-        Reader children(base_, baseOffset_, pos, end, depth + 1, limits_, endIsInputEnd,
-                        checked_);
+        Reader children(base_, baseOffset_, pos, end, depth + 1, limits_, endIsInputEnd, checked_);
         for (;;) {
             if (children.pos_ >= end) {
                 if (endIsInputEnd)
@@ -192,10 +193,9 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
         }
     }
     if (l == 0xff)
-        throw Error(
-            fmt::format("the {} at offset {} has the reserved length octet 0xff", name(),
-                        abs(start)),
-            abs(start));
+        throw Error(fmt::format("the {} at offset {} has the reserved length octet 0xff", name(),
+                                abs(start)),
+                    abs(start));
     std::uint64_t length = l;
     if (l & 0x80) {
         const std::size_t n = l & 0x7f;
