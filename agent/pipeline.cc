@@ -15,6 +15,7 @@
 #include "lib/responders/response_file.h"
 #include "lib/sources/directory.h"
 #include "lib/transports/http.h"
+#include "lib/transports/tcp.h"
 
 namespace pkirelay::agent {
 
@@ -150,7 +151,9 @@ void Pipeline::build() {
     // taken back from a relay stage that has certainly given up on it.
     lease_ = 60'000;
     for (const auto &e : config_.endpoints)
-        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
+        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60 +
+                                   (e.type == "cmp-tcp" ? e.pollMaxSeconds * 2 : 0)) *
+                                      1000);
 
     sources_.clear();
     std::map<std::string, std::string> creatable; // responses folder -> its watched folder
@@ -163,8 +166,18 @@ void Pipeline::build() {
             creatable.emplace(s.responses, s.path);
     }
     for (const auto &e : config_.endpoints) {
+        const auto maxMessage = static_cast<std::size_t>(config_.settings.maxMessageSize);
+        if (e.type == "cmc-tcp" || e.type == "cmp-tcp") {
+            TcpEndpoint ep = e.toTcp();
+            ep.maxMessageSize = maxMessage;
+            if (e.type == "cmc-tcp")
+                transports_[e.name] = std::make_unique<CmcTcpTransport>(std::move(ep));
+            else
+                transports_[e.name] = std::make_unique<CmpTcpTransport>(std::move(ep));
+            continue;
+        }
         HttpEndpoint ep = e.toHttp();
-        ep.maxMessageSize = static_cast<std::size_t>(config_.settings.maxMessageSize);
+        ep.maxMessageSize = maxMessage;
         transports_[e.name] = std::make_unique<HttpTransport>(std::move(ep));
     }
     responder_ = std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes));
@@ -374,7 +387,20 @@ void Pipeline::claimReady() {
     else
         scheduleRelay(); // look again next turn, while places are free
     for (auto &claim : claims) {
-        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
+        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind, claim.cmpBody);
+        if (!endpoint && config_.source(claim.source)) {
+            // No rule matches: the configuration says nowhere, and it would say so again.
+            outcomes_.push_back(
+                {claim.itemId, "",
+                 spool::Permanent{fmt::format(
+                     "no route: no rule matches a {}{} from source {} (add a [[route]] or the "
+                     "source's endpoint)",
+                     kindInfo(claim.kind).id,
+                     claim.kind == Kind::Cmp ? fmt::format(" {}", cmpBodyName(claim.cmpBody))
+                                             : std::string(),
+                     claim.source)}});
+            continue;
+        }
         if (!endpoint) {
             // Only a source that left the configuration has no route (check-config sees to the
             // rest): a slip that a reload can mend, so retried until retry.max_age.
@@ -761,7 +787,7 @@ void Pipeline::reconfigure(const Config &config) {
         s->attach(loop_, [this] { scheduleIntake(false); });
     // Claims waiting for a place go where the new configuration routes them.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
-        if (const auto *e = config_.route(it->claim.source, it->claim.kind)) {
+        if (const auto *e = config_.route(it->claim.source, it->claim.kind, it->claim.cmpBody)) {
             it->transport = transports_.at(e->name).get();
             ++it;
         } else {

@@ -616,7 +616,8 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
     sql::Transaction tx(db);
     {
         auto q = db.query("SELECT id, kind, source, der, attempts, created_at, outcome_unknown, "
-                          "sha256 FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
+                          "sha256, cmp_body FROM item WHERE state = 'queued' OR (state = "
+                          "'deferred' AND "
                           "next_try <= ?1) ORDER BY id LIMIT ?2");
         q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
         std::size_t bytes = 0;
@@ -629,6 +630,7 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.kind = *kind;
             c.source = q->text(2);
             c.der = q->blob(3);
+            c.cmpBody = static_cast<int>(q->optInt64(8).value_or(-1));
             // The bytes sent must be the bytes stored (DESIGN.md, "relayed byte for byte"): a
             // bit flipped on disk after the commit would otherwise reach the CA as a request
             // nobody made. ingest() records sha256 as the hash of exactly this DER.
