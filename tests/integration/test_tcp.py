@@ -105,6 +105,22 @@ class CmcOverTcp(TcpTestCase):
                                for e in self.show(item["id"])["events"])
             self.assertNotIn("resend", history)
 
+    def test_connection_dying_after_the_request_is_a_recorded_resend(self):
+        # The second request goes out on the kept connection, the server reads it and resets
+        # the connection: it may have seen it, so it is sent again on a new connection and the
+        # item's history says so.
+        self.configure(self.start("cmc_tcp_responder.py", "--misbehave", "reset",
+                                  "--every", "2"))
+        self.csr("a.p10")
+        self.csr("b.p10", cn="b")
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["a.p10", "a.p7c", "b.p10", "b.p7c"])
+        self.assertEqual(len(self.events("request")), 3, read_log(self.log))
+        # Whichever went second on the connection was sent twice, and says so.
+        histories = [" ".join(e["what"] + " " + e["detail"] for e in self.show(i["id"])["events"])
+                     for i in self.items()]
+        self.assertEqual(sum("resen" in h for h in histories), 1, histories)
+
     def test_answer_split_across_many_segments(self):
         self.configure(self.start("cmc_tcp_responder.py", "--misbehave", "drip"))
         self.csr("a.p10")
