@@ -150,7 +150,9 @@ void Pipeline::build() {
     // taken back from a relay stage that has certainly given up on it.
     lease_ = 60'000;
     for (const auto &e : config_.endpoints)
-        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
+        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60 +
+                                   (e.type == "cmp-tcp" ? e.pollMaxSeconds * 2 : 0)) *
+                                      1000);
 
     parts_ = buildParts(config_, clock_);
 }
@@ -369,7 +371,20 @@ void Pipeline::claimReady() {
     else
         scheduleRelay(); // look again next turn, while places are free
     for (auto &claim : claims) {
-        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
+        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind, claim.cmpBody);
+        if (!endpoint && config_.source(claim.source)) {
+            // No rule matches: the configuration says nowhere, and it would say so again.
+            outcomes_.push_back(
+                {claim.itemId, "",
+                 spool::Permanent{fmt::format(
+                     "no route: no rule matches a {}{} from source {} (add a [[route]] or the "
+                     "source's endpoint)",
+                     kindInfo(claim.kind).id,
+                     claim.kind == Kind::Cmp ? fmt::format(" {}", cmpBodyName(claim.cmpBody))
+                                             : std::string(),
+                     claim.source)}});
+            continue;
+        }
         if (!endpoint) {
             // Only a source that left the configuration has no route (check-config sees to the
             // rest): a slip that a reload can mend, so retried until retry.max_age.
@@ -764,7 +779,7 @@ void Pipeline::reconfigure(const Config &config) {
         s->attach(loop_, [this] { scheduleIntake(false); });
     // Claims waiting for a place go where the new configuration routes them.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
-        if (const auto *e = config_.route(it->claim.source, it->claim.kind)) {
+        if (const auto *e = config_.route(it->claim.source, it->claim.kind, it->claim.cmpBody)) {
             it->transport = parts_.transports.at(e->name).get();
             ++it;
         } else {

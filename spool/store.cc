@@ -693,7 +693,7 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
         std::size_t bytes = 0;
         for (std::size_t n = 0; n < ids.size() && bytes < maxBytes; ++n) {
             auto q = db.query("SELECT id, kind, source, der, attempts, created_at, "
-                              "outcome_unknown, sha256 FROM item WHERE id = ?1");
+                              "outcome_unknown, sha256, cmp_body FROM item WHERE id = ?1");
             q->bind(1, ids[n]);
             if (!q->step())
                 continue;
@@ -705,6 +705,7 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.kind = *kind;
             c.source = q->text(2);
             c.der = q->blob(3);
+            c.cmpBody = static_cast<int>(q->optInt64(8).value_or(-1));
             // The bytes sent must be the bytes stored (DESIGN.md, "relayed byte for byte"): a
             // bit flipped on disk after the commit would otherwise reach the CA as a request
             // nobody made. ingest() records sha256 as the hash of exactly this DER.
