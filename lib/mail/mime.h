@@ -66,4 +66,8 @@ Extracted extract(ByteView entity, const Limits &limits, const SmimeConfig &smim
 // used.
 std::optional<Bytes> decodeBase64Strict(std::string_view text);
 
+// The bare address of a From / Reply-To / Return-Path value ("Ann <ann@example.org>" ->
+// "ann@example.org"), for an SMTP envelope; the first address when there are several.
+std::string addressOf(std::string_view headerValue);
+
 } // namespace pkirelay::mail
