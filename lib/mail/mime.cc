@@ -561,8 +561,10 @@ private:
             bool closed = false;
             auto parts = splitMultipart(e.body, boundary, closed,
                                         static_cast<std::size_t>(limits_.maxParts));
-            if (!closed)
+            if (!closed) {
                 problem(label, "no closing boundary: the mail may be truncated");
+                out_.truncated = true;
+            }
             for (std::size_t i = 0; i < parts.size() && !stopped_; ++i)
                 content(parts[i],
                         where.empty() ? fmt::format("part {}", i + 1)
@@ -635,6 +637,7 @@ private:
         auto c = classify(bytes, classifyLimits());
         if (auto *r = std::get_if<Rejection>(&c)) {
             problem(where, "not a PKI message: " + r->reason);
+            out_.truncated = out_.truncated || r->truncated;
             return;
         }
         auto &m = std::get<Message>(c);
@@ -912,6 +915,29 @@ std::string addressOf(std::string_view value) {
         sv.remove_prefix(sp + 1);
     }
     return std::string(trim(v));
+}
+
+std::optional<Bytes> singlePartBody(ByteView entity, const Limits &limits) {
+    try {
+        std::string_view s = asChars(entity);
+        if (entity.size() > limits.maxSize || !looksLikeHeaders(s))
+            return std::nullopt;
+        Entity e = parseEntity(s);
+        if (e.type.starts_with("multipart/") || e.type.starts_with("message/"))
+            return std::nullopt;
+        std::string cte = lower(std::string(trim(e.field("Content-Transfer-Encoding"))));
+        if (cte == "base64")
+            return decodeBase64Strict(e.body);
+        if (cte.empty() || cte == "binary" || cte == "8bit" || cte == "7bit")
+            return Bytes(e.body.begin(), e.body.end());
+    } catch (const std::exception &) {
+    }
+    return std::nullopt;
+}
+
+bool isMailFileName(std::string_view name) {
+    std::string n = lower(name);
+    return n.ends_with(".eml") || n.ends_with(".p7m");
 }
 
 Extracted extract(ByteView entity, const Limits &limits, const SmimeConfig &smime) {

@@ -54,6 +54,9 @@ struct Extracted {
     bool signatureVerified = false;
     std::string signer; // the verified signer's subject, when signatureVerified
     bool decrypted = false;
+    // The mail looks cut short (a multipart without its closing boundary, a part whose DER ends
+    // early): a file still being copied in looks like this.
+    bool truncated = false;
 };
 
 // A whole mail (RFC 5322 message) or a bare MIME entity (.p7m with its MIME headers). Never
@@ -65,6 +68,15 @@ Extracted extract(ByteView entity, const Limits &limits, const SmimeConfig &smim
 // (nullopt). mimetic's decoder turns garbage into bytes (../shared/LIBRARIES.md), so it is not
 // used.
 std::optional<Bytes> decodeBase64Strict(std::string_view text);
+
+// The decoded body of a single-part entity (no multipart, no S/MIME layer opened): how the
+// directory source recognises a response entity it wrote itself (compose.h) by the response's
+// hash. nullopt for anything else.
+std::optional<Bytes> singlePartBody(ByteView entity, const Limits &limits);
+
+// True for the file names of the on-disk mail forms: a whole mail (.eml) or an S/MIME entity
+// with its MIME headers (.p7m), case-insensitive.
+bool isMailFileName(std::string_view name);
 
 // The bare address of a From / Reply-To / Return-Path value ("Ann <ann@example.org>" ->
 // "ann@example.org"), for an SMTP envelope; the first address when there are several.
