@@ -99,6 +99,11 @@ TEST_CASE("a PKCS#10 as the whole body, with the mail's headers") {
     CHECK_FALSE(e.signatureVerified);
     CHECK_FALSE(e.decrypted);
     CHECK(e.noRequestReason.empty());
+
+    // Saved from an mbox, with its "From " separator line on top.
+    auto mbox = run("From ann@example.org Tue Dec  1 10:00:00 2026\n" + mailFile("mail_p10.eml"));
+    CHECK(mbox.requests.size() == 1);
+    CHECK(mbox.headers.messageId == "<p10@example.org>");
 }
 
 TEST_CASE("a CMC Full PKI Request in multipart/mixed is the request, not a signed layer") {

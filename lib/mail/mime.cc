@@ -435,6 +435,12 @@ public:
                                        limits_.maxSize));
             return;
         }
+        if (top && bytes.starts_with("From ")) {
+            // An mbox separator line ("From ann@example.org Tue Dec  1 ..."), which mail
+            // programs leave at the top of a saved mail: not a header field.
+            auto eol = bytes.find('\n');
+            bytes.remove_prefix(eol == std::string_view::npos ? bytes.size() : eol + 1);
+        }
         if (!looksLikeHeaders(bytes)) {
             payload(asBytes(bytes), where, depth, ctx, {}, {});
             return;
