@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "lib/classify.h"
+#include "lib/describe.h"
 #include "lib/file_io.h"
 #include "lib/text.h"
 #include "run.h"
@@ -139,11 +140,12 @@ std::string answerText(const Bytes &response) {
     limits.maxSize = 256u << 20;
     Classification c = classify(response, limits);
     if (const auto *m = std::get_if<Message>(&c)) {
-        if (m->cmp && m->cmp->bodyType == 23)
-            return fmt::format("CMP error message{}",
-                               m->cmp->pkiStatus ? fmt::format(", PKIStatus {}", *m->cmp->pkiStatus)
-                                                 : "");
-        return {};
+        // An accepted answer needs no explanation; anything else shows what the CA said.
+        const bool accepted =
+            (m->cmp && m->cmp->bodyType != 23 && m->cmp->pkiStatus.value_or(0) <= 1 &&
+             m->cmp->statusText.empty()) ||
+            (m->cmc && m->cmc->status.value_or(0) == 0 && m->cmc->statusText.empty());
+        return accepted ? std::string() : statusSummary(*m);
     }
     // Not a PKI message: when it reads as text, it is most likely the CA's own explanation.
     const auto text = asChars(response).substr(0, 300);

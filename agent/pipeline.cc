@@ -12,9 +12,6 @@
 #include <spdlog/spdlog.h>
 
 #include "lib/crash_point.h"
-#include "lib/responders/response_file.h"
-#include "lib/sources/directory.h"
-#include "lib/transports/http.h"
 
 namespace pkirelay::agent {
 
@@ -68,29 +65,25 @@ std::string_view outcomeText(const spool::Outcome &outcome) {
         outcome.result);
 }
 
-DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &settings,
-                                      Clock clock) {
-    DirectorySourceConfig c;
-    c.name = s.name;
-    c.path = s.path;
-    c.responses = s.responses;
-    c.moveTo = s.moveTo;
-    switch (s.afterStore()) {
-    case AfterStore::Keep:
-        c.after = DirectorySourceConfig::After::Keep;
-        break;
-    case AfterStore::Move:
-        c.after = DirectorySourceConfig::After::Move;
-        break;
-    case AfterStore::Delete:
-        c.after = DirectorySourceConfig::After::Delete;
-        break;
+// Groups tasks by the responder that delivers them (the way their requests came), then calls
+// f(responder, tasks of that responder) once per group.
+template <class F> void byResponder(const Parts &parts, std::vector<DeliveryTask> &tasks, F f) {
+    std::map<Responder *, int> order;
+    for (const auto &t : tasks)
+        order.emplace(&parts.responderFor(t.arrival.source), static_cast<int>(order.size()));
+    if (order.size() > 1)
+        std::stable_sort(tasks.begin(), tasks.end(), [&](const auto &a, const auto &b) {
+            return order[&parts.responderFor(a.arrival.source)] <
+                   order[&parts.responderFor(b.arrival.source)];
+        });
+    for (std::size_t i = 0; i < tasks.size();) {
+        Responder &r = parts.responderFor(tasks[i].arrival.source);
+        std::size_t j = i + 1;
+        while (j < tasks.size() && &parts.responderFor(tasks[j].arrival.source) == &r)
+            ++j;
+        f(r, std::span<DeliveryTask>(tasks).subspan(i, j - i));
+        i = j;
     }
-    c.maxMessageSize = static_cast<std::uint64_t>(settings.maxMessageSize);
-    c.settleMs = settings.settleSeconds * 1000;
-    c.wallClock = std::move(clock);
-    c.smime = {s.smimeDecryptKey, s.smimeDecryptCert, s.smimeTrustFile, s.smimeRequireSigned};
-    return c;
 }
 
 } // namespace
@@ -138,7 +131,7 @@ Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, C
 }
 
 Pipeline::~Pipeline() {
-    for (auto &s : sources_)
+    for (auto &s : parts_.sources)
         s->detach();
     for (auto id : {retryTimer_, sweepTimer_})
         if (id != 0)
@@ -153,22 +146,7 @@ void Pipeline::build() {
     for (const auto &e : config_.endpoints)
         lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
 
-    sources_.clear();
-    std::map<std::string, std::string> creatable; // responses folder -> its watched folder
-    std::map<std::string, mode_t> modes;          // responses folder -> file mode
-    for (const auto &s : config_.sources) {
-        modes[s.responses] = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
-        sources_.push_back(
-            std::make_unique<DirectorySource>(directoryConfig(s, config_.settings, clock_)));
-        if (s.responses != s.path)
-            creatable.emplace(s.responses, s.path);
-    }
-    for (const auto &e : config_.endpoints) {
-        HttpEndpoint ep = e.toHttp();
-        ep.maxMessageSize = static_cast<std::size_t>(config_.settings.maxMessageSize);
-        transports_[e.name] = std::make_unique<HttpTransport>(std::move(ep));
-    }
-    responder_ = std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes));
+    parts_ = buildParts(config_, clock_);
 }
 
 std::size_t Pipeline::inFlight() const {
@@ -182,14 +160,14 @@ void Pipeline::start() {
         spdlog::warn("- {} item(s) were being relayed when an earlier run stopped: queued again "
                      "(the CA may see them twice; `pkirelay show` lists each resend)",
                      n);
-    for (auto &[name, t] : transports_)
+    for (auto &[name, t] : parts_.transports)
         t->attach(loop_);
-    for (auto &s : sources_)
+    for (auto &s : parts_.sources)
         s->attach(loop_, [this] { scheduleIntake(false); });
-    // Temporary response files a killed run left behind; the answers they held are in the store
-    // and are written again.
-    for (const auto &s : config_.sources)
-        removeTemporaryFiles(s.responses);
+    // What a killed run left half-written (temporary response files); the answers they held
+    // are in the store and are delivered again.
+    for (auto &r : parts_.responders)
+        r->recover();
     deliverAll(); // answers recorded by an earlier run and not yet written
     scheduleIntake(true);
     queueMayHaveItems_ = true;
@@ -235,10 +213,10 @@ void Pipeline::intake() {
         return;
     bool more = false;
     const auto batch = static_cast<std::size_t>(config_.settings.batchSize);
-    wasAvailable_.resize(sources_.size(), true);
+    wasAvailable_.resize(parts_.sources.size(), true);
     bool cameBack = false;
-    for (std::size_t s = 0; s < sources_.size(); ++s) {
-        auto &source = sources_[s];
+    for (std::size_t s = 0; s < parts_.sources.size(); ++s) {
+        auto &source = parts_.sources[s];
         // A folder that came back (a stick put back in) may be where answers wait to be written.
         cameBack = cameBack || (source->available() && !wasAvailable_[s]);
         wasAvailable_[s] = source->available();
@@ -352,7 +330,7 @@ void Pipeline::claimReady() {
     // would be recorded as a possible resend if the run stopped meanwhile, although the CA
     // never saw it, and its lease would run while it waits.
     std::size_t room = 0;
-    for (const auto &[name, t] : transports_)
+    for (const auto &[name, t] : parts_.transports)
         room += t->capacity();
     room = room > waiting_.size() ? room - waiting_.size() : 0;
     const std::size_t want =
@@ -387,7 +365,7 @@ void Pipeline::claimReady() {
         }
         if (claim.attempts > 1)
             spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
-        waiting_.push_back({std::move(claim), transports_.at(endpoint->name).get()});
+        waiting_.push_back({std::move(claim), parts_.transports.at(endpoint->name).get()});
     }
 }
 
@@ -598,7 +576,8 @@ std::vector<DeliveryTask> Pipeline::planDeliveries(std::vector<spool::Delivery> 
         return store_.outputReserved(replyTo, output);
     };
     for (int round = 0; round < 3; ++round) {
-        responder_->plan(tasks, reserved);
+        byResponder(parts_, tasks,
+                    [&](Responder &r, std::span<DeliveryTask> group) { r.plan(group, reserved); });
         std::vector<std::pair<std::int64_t, std::string>> names;
         std::vector<std::size_t> which;
         for (std::size_t i = 0; i < tasks.size(); ++i)
@@ -643,7 +622,12 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         problem(task, fmt::format("{}; it stays pending", why));
         responses_.erase(task.deliveryId);
     }
-    const auto results = responder_->deliver(ready);
+    std::vector<DeliveryResult> results;
+    results.reserve(ready.size());
+    byResponder(parts_, ready, [&](Responder &r, std::span<DeliveryTask> group) {
+        for (auto &result : r.deliver(group))
+            results.push_back(std::move(result));
+    });
     crashPoint("written"); // response files durable, their delivery not recorded
     for (std::size_t i = 0; i < ready.size(); ++i) {
         const auto &task = ready[i];
@@ -718,7 +702,7 @@ void Pipeline::stop(std::string_view why) {
         unit.commit();
     }
     std::vector<std::int64_t> abandoned;
-    for (auto &[name, t] : transports_)
+    for (auto &[name, t] : parts_.transports)
         for (auto id : t->abandon())
             abandoned.push_back(id);
     for (auto &t : retired_)
@@ -738,7 +722,7 @@ void Pipeline::stop(std::string_view why) {
                      abandoned.size(), why);
     inFlight_.clear();
     waiting_.clear();
-    for (auto &s : sources_)
+    for (auto &s : parts_.sources)
         s->detach();
     for (auto *id : {&retryTimer_, &sweepTimer_})
         if (*id != 0) {
@@ -748,22 +732,22 @@ void Pipeline::stop(std::string_view why) {
 }
 
 void Pipeline::reconfigure(const Config &config) {
-    for (auto &s : sources_)
+    for (auto &s : parts_.sources)
         s->detach();
-    for (auto &[name, t] : transports_)
+    for (auto &[name, t] : parts_.transports)
         if (t->inFlight() > 0)
             retired_.push_back(std::move(t)); // its exchanges finish; then it goes
-    transports_.clear();
+    parts_.transports.clear();
     config_ = config;
     build();
-    for (auto &[name, t] : transports_)
+    for (auto &[name, t] : parts_.transports)
         t->attach(loop_);
-    for (auto &s : sources_)
+    for (auto &s : parts_.sources)
         s->attach(loop_, [this] { scheduleIntake(false); });
     // Claims waiting for a place go where the new configuration routes them.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
         if (const auto *e = config_.route(it->claim.source, it->claim.kind)) {
-            it->transport = transports_.at(e->name).get();
+            it->transport = parts_.transports.at(e->name).get();
             ++it;
         } else {
             outcomes_.push_back(

@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "parts.h"
 #include "lib/loop/event_loop.h"
 #include "lib/responders/responder.h"
 #include "lib/sources/source.h"
@@ -49,7 +50,6 @@ enum ExitCode : int {
     ExitConfig = 78,   // EX_CONFIG
 };
 
-using Clock = std::function<spool::Millis()>;
 spool::Millis systemClock();
 
 struct RunReport {
@@ -131,10 +131,8 @@ private:
     Clock clock_;
     bool once_;
     std::unique_ptr<StoreLedger> ledger_;
-    std::vector<std::unique_ptr<Source>> sources_;
-    std::map<std::string, std::unique_ptr<Transport>> transports_; // by endpoint name
+    Parts parts_;
     std::vector<std::unique_ptr<Transport>> retired_; // replaced by a reload, still in flight
-    std::unique_ptr<Responder> responder_;
     spool::RetryPolicy policy_;
     spool::Millis lease_ = 0;
 

@@ -135,18 +135,57 @@ std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view w
 
 // ---- CMP (RFC 9810 §5.1) -------------------------------------------------------------------
 
-// The first PKIStatus of the bodies that carry one (RFC 9810 §5.3.4 CertRepMessage, §5.3.10
-// RevRepContent, §5.3.21 ErrorMsgContent). Read leniently: a body we cannot read has no status.
-std::optional<int> cmpStatus(int bodyType, const Tlv &body, const Reader &parent) {
+// PKIStatusInfo ::= SEQUENCE { status PKIStatus, statusString PKIFreeText OPTIONAL, failInfo
+// PKIFailureInfo OPTIONAL } (RFC 9810 §5.2.3); PKIFreeText ::= SEQUENCE SIZE (1..MAX) OF
+// UTF8String (§5.1.1). The text is what a CA says to a person ("bad POP", "not authorized"):
+// `pkirelay show` prints it, so it is kept (bounded), not interpreted.
+struct CmpStatus {
+    std::optional<int> status;
+    std::string text;
+    std::uint32_t failInfo = 0;
+};
+
+constexpr std::size_t maxStatusText = 1024;
+
+void appendText(std::string &to, ByteView utf8) {
+    if (to.size() >= maxStatusText)
+        return;
+    if (!to.empty())
+        to += "; ";
+    to.append(asChars(utf8).substr(0, maxStatusText - std::min(to.size(), maxStatusText)));
+}
+
+CmpStatus readStatusInfo(Reader &r, const Tlv &statusInfo) {
+    CmpStatus out;
+    Reader s = r.enter(statusInfo);
+    const std::int64_t v = der::toInt(s.expect(kInt, "PKIStatus"));
+    out.status = static_cast<int>(std::clamp<std::int64_t>(v, -1, 1000));
+    if (auto text = s.nextIf(kSeq)) {
+        Reader t = s.enter(*text);
+        while (!t.atEnd()) {
+            const Tlv line = t.next();
+            if (line.is(der::universal(der::kUtf8String)))
+                appendText(out.text, line.content);
+        }
+    }
+    if (auto bits = s.nextIf(der::universal(der::kBitString)); bits && bits->content.size() > 1) {
+        // X.690 §8.6: the first octet counts the unused bits; bit 0 is the first octet's MSB.
+        for (std::size_t i = 1; i < bits->content.size() && i <= 4; ++i)
+            for (int b = 0; b < 8; ++b)
+                if (bits->content[i] & (0x80 >> b))
+                    out.failInfo |= 1u << ((i - 1) * 8 + static_cast<std::size_t>(b));
+    }
+    return out;
+}
+
+// The first PKIStatusInfo of the bodies that carry one (RFC 9810 §5.3.4 CertRepMessage, §5.3.10
+// RevRepContent, §5.3.21 ErrorMsgContent, whose errorDetails text is added to the status text).
+// Read leniently: a body we cannot read has no status.
+CmpStatus cmpStatus(int bodyType, const Tlv &body, const Reader &parent) {
     try {
         Reader b = parent.enter(body);
         const Tlv content = b.expect(kSeq, "PKIBody content");
         Reader c = b.enter(content);
-        auto statusOf = [](Reader &r, const Tlv &statusInfo) {
-            Reader s = r.enter(statusInfo);
-            const std::int64_t v = der::toInt(s.expect(kInt, "PKIStatus"));
-            return static_cast<int>(std::clamp<std::int64_t>(v, -1, 1000));
-        };
         switch (bodyType) {
         case 1:
         case 3:
@@ -156,30 +195,41 @@ std::optional<int> cmpStatus(int bodyType, const Tlv &body, const Reader &parent
             const Tlv responses = c.expect(kSeq, "response");
             Reader rs = c.enter(responses);
             if (rs.atEnd())
-                return std::nullopt;
+                return {};
             const Tlv certResponse = rs.expect(kSeq, "CertResponse");
             Reader cr = rs.enter(certResponse);
             cr.expect(kInt, "certReqId");
             const Tlv statusInfo = cr.expect(kSeq, "PKIStatusInfo");
-            return statusOf(cr, statusInfo);
+            return readStatusInfo(cr, statusInfo);
         }
         case 12: { // rp: RevRepContent { status SEQUENCE OF PKIStatusInfo, ... }
             const Tlv list = c.expect(kSeq, "status");
             Reader l = c.enter(list);
             if (l.atEnd())
-                return std::nullopt;
+                return {};
             const Tlv statusInfo = l.expect(kSeq, "PKIStatusInfo");
-            return statusOf(l, statusInfo);
+            return readStatusInfo(l, statusInfo);
         }
-        case 23: { // error: ErrorMsgContent { pKIStatusInfo, ... }
+        case 23: { // error: ErrorMsgContent { pKIStatusInfo, errorCode INTEGER OPTIONAL,
+                   //   errorDetails PKIFreeText OPTIONAL }
             const Tlv statusInfo = c.expect(kSeq, "PKIStatusInfo");
-            return statusOf(c, statusInfo);
+            CmpStatus out = readStatusInfo(c, statusInfo);
+            c.nextIf(kInt);
+            if (auto details = c.nextIf(kSeq)) {
+                Reader d = c.enter(*details);
+                while (!d.atEnd()) {
+                    const Tlv line = d.next();
+                    if (line.is(der::universal(der::kUtf8String)))
+                        appendText(out.text, line.content);
+                }
+            }
+            return out;
         }
         default:
-            return std::nullopt;
+            return {};
         }
     } catch (const Error &) {
-        return std::nullopt;
+        return {};
     }
 }
 
@@ -249,7 +299,10 @@ Found classifyCmp(Reader msg) {
     msg.nextIf(der::context(0, true)); // protection
     msg.nextIf(der::context(1, true)); // extraCerts
     msg.expectEnd("the PKIMessage");
-    info.pkiStatus = cmpStatus(info.bodyType, body, msg);
+    CmpStatus status = cmpStatus(info.bodyType, body, msg);
+    info.pkiStatus = status.status;
+    info.statusText = std::move(status.text);
+    info.failInfo = status.failInfo;
     return {Kind::Cmp, std::move(info), std::nullopt};
 }
 
@@ -279,7 +332,8 @@ void readStatus(Reader &values, CmcInfo &info, bool v2) {
     Reader s = values.enter(si);
     const std::int64_t status = der::toInt(s.expect(kInt, "cMCStatus"));
     s.expect(kSeq, "bodyList");
-    s.nextIf(der::universal(der::kUtf8String)); // statusString
+    if (auto text = s.nextIf(der::universal(der::kUtf8String))) // statusString
+        appendText(info.statusText, text->content);
     if (!s.atEnd()) {
         const Tlv other = s.next();
         // otherInfo CHOICE { failInfo INTEGER, pendInfo SEQUENCE { pendToken OCTET STRING,

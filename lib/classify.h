@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <variant>
@@ -34,6 +35,9 @@ struct CmpInfo {
     Bytes recipNonce;             // [6]
     Bytes senderKid;              // [2] KeyIdentifier (PBM reference or key id)
     std::optional<int> pkiStatus; // first PKIStatus in ip/cp/kup/rp/error bodies, when present
+    std::string statusText;       // its statusString (and an error's errorDetails), "; "-joined,
+                                  // as the CA wrote it (untrusted: print with printable())
+    std::uint32_t failInfo = 0;   // its PKIFailureInfo bits (bit n = RFC 9810 §5.2.3 value n)
 };
 
 // CMC controls read from an unencrypted PKIData/PKIResponse (RFC 10002 §6; PROTOCOLS.md §2.4).
@@ -43,6 +47,7 @@ struct CmcInfo {
     Bytes senderNonce;            // id-cmc-senderNonce (.7.6)
     Bytes recipientNonce;         // id-cmc-recipientNonce (.7.7)
     std::optional<int> status;    // CMCStatusInfoV2 (.7.25) or CMCStatusInfo (.7.1) cMCStatus
+    std::string statusText;       // its statusString, as the CA wrote it (untrusted)
     Bytes pendToken;              // pendInfo.pendToken, when status is pending/partial
     Bytes queryPending;           // id-cmc-queryPending (.7.21)
     std::size_t certificates = 0; // certificates in the SignedData (certs-only responses)

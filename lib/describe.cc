@@ -59,6 +59,49 @@ std::string_view pkiStatusName(int status) {
     return names[status];
 }
 
+} // namespace
+
+// RFC 9810 §5.2.3 PKIFailureInfo, by bit number.
+std::string failInfoNames(std::uint32_t bits) {
+    static constexpr std::string_view names[] = {"badAlg",
+                                                 "badMessageCheck",
+                                                 "badRequest",
+                                                 "badTime",
+                                                 "badCertId",
+                                                 "badDataFormat",
+                                                 "wrongAuthority",
+                                                 "incorrectData",
+                                                 "missingTimeStamp",
+                                                 "badPOP",
+                                                 "certRevoked",
+                                                 "certConfirmed",
+                                                 "wrongIntegrity",
+                                                 "badRecipientNonce",
+                                                 "timeNotAvailable",
+                                                 "unacceptedPolicy",
+                                                 "unacceptedExtension",
+                                                 "addInfoNotAvailable",
+                                                 "badSenderNonce",
+                                                 "badCertTemplate",
+                                                 "signerNotTrusted",
+                                                 "transactionIdInUse",
+                                                 "unsupportedVersion",
+                                                 "notAuthorized",
+                                                 "systemUnavail",
+                                                 "systemFailure",
+                                                 "duplicateCertReq"};
+    std::string out;
+    for (std::size_t b = 0; b < 32; ++b)
+        if (bits & (1u << b)) {
+            if (!out.empty())
+                out += ',';
+            out += b < std::size(names) ? std::string(names[b]) : fmt::format("bit{}", b);
+        }
+    return out;
+}
+
+namespace {
+
 // RFC 10002 §6.1.1 CMCStatus (1 is reserved).
 std::string_view cmcStatusName(int status) {
     switch (status) {
@@ -122,6 +165,10 @@ std::string describe(const Message &message) {
         if (cmp->pkiStatus)
             lines.emplace_back(
                 "status", fmt::format("{} ({})", pkiStatusName(*cmp->pkiStatus), *cmp->pkiStatus));
+        if (!cmp->statusText.empty())
+            lines.emplace_back("status text", printable(cmp->statusText));
+        if (cmp->failInfo != 0)
+            lines.emplace_back("failInfo", failInfoNames(cmp->failInfo));
     }
     if (const auto &cmc = message.cmc) {
         lines.emplace_back("cms type", cmc->contentType);
@@ -132,6 +179,8 @@ std::string describe(const Message &message) {
             if (cmc->status)
                 lines.emplace_back(
                     "status", fmt::format("{} ({})", cmcStatusName(*cmc->status), *cmc->status));
+            if (!cmc->statusText.empty())
+                lines.emplace_back("status text", printable(cmc->statusText));
             if (!cmc->pendToken.empty())
                 lines.emplace_back("pendToken", toHex(cmc->pendToken));
             if (!cmc->queryPending.empty())
@@ -178,6 +227,8 @@ nlohmann::json toJson(const Message &message) {
             {"pki_status", cmp->pkiStatus ? nlohmann::json(*cmp->pkiStatus) : nullptr},
             {"pki_status_name",
              cmp->pkiStatus ? nlohmann::json(pkiStatusName(*cmp->pkiStatus)) : nullptr},
+            {"status_text", cmp->statusText},
+            {"fail_info", failInfoNames(cmp->failInfo)},
         };
     }
     if (const auto &cmc = message.cmc) {
@@ -188,6 +239,7 @@ nlohmann::json toJson(const Message &message) {
             {"recipient_nonce", toHex(cmc->recipientNonce)},
             {"status", cmc->status ? nlohmann::json(*cmc->status) : nullptr},
             {"status_name", cmc->status ? nlohmann::json(cmcStatusName(*cmc->status)) : nullptr},
+            {"status_text", cmc->statusText},
             {"pend_token", toHex(cmc->pendToken)},
             {"query_pending", toHex(cmc->queryPending)},
             {"certificates", cmc->certificates},
@@ -203,6 +255,30 @@ nlohmann::json toJson(const Rejection &rejection) {
         {"offset", rejection.offset ? nlohmann::json(*rejection.offset) : nullptr},
         {"truncated", rejection.truncated},
     };
+}
+
+std::string statusSummary(const Message &message) {
+    if (const auto &cmp = message.cmp) {
+        if (!cmp->pkiStatus && cmp->statusText.empty())
+            return {};
+        std::string out = fmt::format("CMP {}", cmpBodyName(cmp->bodyType));
+        if (cmp->pkiStatus)
+            out +=
+                fmt::format(", PKIStatus {} ({})", pkiStatusName(*cmp->pkiStatus), *cmp->pkiStatus);
+        if (cmp->failInfo != 0)
+            out += fmt::format(", failInfo {}", failInfoNames(cmp->failInfo));
+        if (!cmp->statusText.empty())
+            out += fmt::format(": \"{}\"", printable(cmp->statusText));
+        return out;
+    }
+    if (const auto &cmc = message.cmc; cmc && cmc->status) {
+        std::string out =
+            fmt::format("CMC status {} ({})", cmcStatusName(*cmc->status), *cmc->status);
+        if (!cmc->statusText.empty())
+            out += fmt::format(": \"{}\"", printable(cmc->statusText));
+        return out;
+    }
+    return {};
 }
 
 } // namespace pkirelay

@@ -367,7 +367,12 @@ TEST_CASE("classify: fixtures made by the openssl command line", "[classify][fix
         CHECK(cp.cmp->pkiStatus == 0);
         const auto err = classifyFixture("cmp_error.der");
         CHECK(err.cmp->bodyType == 23);
-        CHECK(err.cmp->pkiStatus.has_value());
+        CHECK(err.cmp->pkiStatus == 2); // rejection
+        // PKIStatusInfo.statusString and ErrorMsgContent.errorDetails, as the server wrote them
+        // (OpenSSL's mock server with -send_error), and failInfo badRequest (bit 2).
+        CHECK(err.cmp->statusText.find("error processing message") != std::string::npos);
+        CHECK(err.cmp->failInfo == (1u << 2));
+        CHECK(failInfoNames(err.cmp->failInfo) == "badRequest");
     }
     SECTION("PEM and bare base64 copies decode to the DER bytes") {
         const auto pem = classifyFixture("cmc_request.pem");

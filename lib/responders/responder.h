@@ -50,6 +50,9 @@ public:
     // Chooses an output for every task that has none (task.output), unique among the store's
     // reservations and what is already there. Tasks it cannot plan now keep an empty output.
     virtual void plan(std::span<DeliveryTask> tasks, const Reserved &reserved) = 0;
+    // Cleans up what a killed run left half-done (temporary files); called once at start, before
+    // anything is delivered. The answers themselves are in the store and delivered again.
+    virtual void recover() {}
     // Delivers planned tasks (all at once: the files of a batch are synced together). One
     // result per task.
     virtual std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) = 0;

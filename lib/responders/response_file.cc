@@ -201,4 +201,9 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
     return results;
 }
 
+void ResponseFileResponder::recover() {
+    for (const auto &[folder, mode] : modes_)
+        removeTemporaryFiles(folder);
+}
+
 } // namespace pkirelay

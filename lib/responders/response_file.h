@@ -39,6 +39,7 @@ public:
 
     void plan(std::span<DeliveryTask> tasks, const Reserved &reserved) override;
     std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) override;
+    void recover() override; // removeTemporaryFiles in every folder it writes to
 
 private:
     std::map<std::string, std::string> creatable_; // folder -> anchor

@@ -243,6 +243,12 @@ class Faults(PkirelayTestCase):
             self.assertEqual(f.read(), self.sent())
         self.assertEqual(self.fault_seen(), 1)
         self.assertEqual(len(self.sends(item["id"])), 1, self.history(item["id"]))
+        # `show` gives what the CA said: its PKIStatus, failInfo and statusString text (the
+        # OpenSSL mock server's -send_error sends rejection, badRequest and its own text).
+        says = self.show(item["id"])["answer"]["ca_says"]
+        self.assertIn("PKIStatus rejection (2)", says)
+        self.assertIn("failInfo badRequest", says)
+        self.assertIn("error processing message", says)
 
     def test_200_garbage_is_kept_for_review(self):
         self.check_review("200-garbage", ["not a pki message"])
