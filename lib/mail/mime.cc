@@ -448,7 +448,7 @@ public:
         Entity e = parseEntity(bytes);
         if (top)
             headers(e);
-        entity(e, bytes, where, depth, ctx);
+        entity(e, where, depth, ctx);
     }
 
     bool stopped() const { return stopped_; }
@@ -546,8 +546,7 @@ private:
         return false;
     }
 
-    void entity(const Entity &e, std::string_view raw, const std::string &where, int depth,
-                const Context &ctx) {
+    void entity(const Entity &e, const std::string &where, int depth, const Context &ctx) {
         const std::string &t = e.type;
         std::string label = where.empty() ? t : where + " (" + t + ")";
         if (t == "multipart/report") {
@@ -584,7 +583,6 @@ private:
                 content(*body, label, depth + 1, ctx);
             return;
         }
-        (void)raw;
         std::string name = partName(e);
         bool pkcs7 = t == "application/pkcs7-mime" || t == "application/x-pkcs7-mime";
         bool known = pkcs7 || t == "application/pkcs10" || t == "application/x-pkcs10" ||
@@ -684,7 +682,7 @@ private:
         }
         int type = ::OBJ_obj2nid(::CMS_get0_type(cms.get()));
         if (type == NID_pkcs7_enveloped)
-            return envelope(cms.get(), der, where, depth, ctx);
+            return envelope(cms.get(), where, depth, ctx);
         if (type != NID_pkcs7_signed)
             return false;
         if (::OBJ_obj2nid(::CMS_get0_eContentType(cms.get())) != NID_pkcs7_data)
@@ -707,8 +705,7 @@ private:
         return true;
     }
 
-    bool envelope(CMS_ContentInfo *cms, ByteView der, const std::string &where, int depth,
-                  const Context &ctx) {
+    bool envelope(CMS_ContentInfo *cms, const std::string &where, int depth, const Context &ctx) {
         if (smime_.decryptKeyFile.empty() || smime_.decryptCertFile.empty())
             return false; // relayed as it is: encrypted for the CA (routed by source)
         if (!loadDecryptKey(where))
@@ -721,7 +718,6 @@ private:
             unsigned long e = ::ERR_peek_error();
             if (ERR_GET_REASON(e) == CMS_R_NO_MATCHING_RECIPIENT) {
                 ::ERR_clear_error();
-                (void)der;
                 return false; // not for us: an encrypted CMC request for the CA itself
             }
             problem(where, "could not decrypt: " + opensslErrors());
@@ -881,9 +877,12 @@ private:
     Cert cert_;
     Store store_;
     std::string lastVerifyError_;
+    std::vector<bool> verifiedFlags_; // per request found: under a verified signature
 
 public:
-    std::vector<bool> verifiedFlags_;
+    bool allVerified() const {
+        return std::all_of(verifiedFlags_.begin(), verifiedFlags_.end(), [](bool b) { return b; });
+    }
 };
 
 } // namespace
@@ -958,9 +957,7 @@ Extracted extract(ByteView entity, const Limits &limits, const SmimeConfig &smim
             out.problems.push_back("require_signed without a trust store: nothing can verify");
         Walker w(limits, smime, out);
         w.content(asChars(entity), "", 0, Context{}, true);
-        out.signatureVerified =
-            !out.requests.empty() &&
-            std::all_of(w.verifiedFlags_.begin(), w.verifiedFlags_.end(), [](bool b) { return b; });
+        out.signatureVerified = !out.requests.empty() && w.allVerified();
     } catch (const std::bad_alloc &) {
         throw;
     } catch (const std::exception &e) {
