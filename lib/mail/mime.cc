@@ -247,6 +247,22 @@ bool looksLikeHeaders(std::string_view s) {
     return false;
 }
 
+// True when the DER starts as a ContentInfo of signedData (RFC 5652 §3, §5.1): SEQUENCE, its
+// length, then OID 1.2.840.113549.1.7.2. A cheap look before OpenSSL parses the whole thing.
+bool isSignedData(ByteView der) {
+    static constexpr std::uint8_t oid[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
+                                           0xf7, 0x0d, 0x01, 0x07, 0x02};
+    if (der.size() < 2 + sizeof oid || der[0] != 0x30)
+        return false;
+    std::size_t at = 2;
+    if (der[1] & 0x80) {
+        at += der[1] & 0x7f; // long form: that many length octets follow
+        if ((der[1] & 0x7f) > 4)
+            return false;
+    }
+    return der.size() >= at + sizeof oid && std::equal(oid, oid + sizeof oid, der.begin() + at);
+}
+
 // Splits at the first empty line (CRLF CRLF, or LF LF for mail saved on Unix).
 Entity parseEntity(std::string_view s) {
     std::size_t headerEnd = s.size(), bodyStart = s.size();
@@ -621,24 +637,31 @@ private:
     // Bytes that are a PKI message or a CMS layer around one.
     void payload(ByteView bytes, const std::string &where, int depth, const Context &ctx,
                  const std::string &name, const std::string &type) {
-        Bytes der;
-        ByteView view = bytes;
-        if (!bytes.empty() && bytes[0] != 0x30) {
-            // Armour (PEM or base64) as a convenience: the layer test needs the DER.
-            try {
-                if (armor::looksLikePem(bytes))
-                    der = armor::decodePem(bytes).data;
-                else
-                    der = armor::decodeBase64(asBytes(trim(asChars(bytes))));
-                view = der;
-            } catch (const ParseError &) {
+        // The classifier first: it is cheap, and it alone decides what a PKI message is. OpenSSL
+        // parses CMS (d2i_CMS_ContentInfo costs about a millisecond here, most of it decoding
+        // the certificates) only where a layer may have to come off: EnvelopedData, or a
+        // SignedData the classifier refuses (one around id-data, RFC 8551 §3.4.2).
+        auto c = classify(bytes, classifyLimits());
+        auto *classified = std::get_if<Message>(&c);
+        if (classified == nullptr || classified->kind == Kind::CmcEnveloped) {
+            Bytes der;
+            ByteView view = bytes;
+            if (classified != nullptr) {
+                view = classified->der;
+            } else if (!bytes.empty() && bytes[0] != 0x30) {
+                // Armour (PEM or base64) as a convenience: the layer test needs the DER.
+                try {
+                    der = armor::looksLikePem(bytes)
+                              ? armor::decodePem(bytes).data
+                              : armor::decodeBase64(asBytes(trim(asChars(bytes))));
+                    view = der;
+                } catch (const ParseError &) {
+                }
             }
-        }
-        if (!view.empty() && view[0] == 0x30 && view.size() <= limits_.maxSize) {
-            if (cmsLayer(view, where, depth, ctx))
+            if ((classified != nullptr || isSignedData(view)) && view.size() <= limits_.maxSize &&
+                cmsLayer(view, where, depth, ctx))
                 return;
         }
-        auto c = classify(bytes, classifyLimits());
         if (auto *r = std::get_if<Rejection>(&c)) {
             problem(where, "not a PKI message: " + r->reason);
             out_.truncated = out_.truncated || r->truncated;
