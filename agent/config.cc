@@ -220,6 +220,41 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          0,
          {},
          "Per-kind endpoints, e.g. routes = { cmc-full-request = \"cmc-ca\" }."},
+        {"smime_decrypt_key",
+         Type::Path,
+         &S::smimeDecryptKey,
+         "none",
+         0,
+         0,
+         {},
+         "PEM private key that decrypts S/MIME enveloped data in .eml and .p7m files (with "
+         "smime_decrypt_cert). Without it, enveloped data is relayed as it is."},
+        {"smime_decrypt_cert",
+         Type::Path,
+         &S::smimeDecryptCert,
+         "none",
+         0,
+         0,
+         {},
+         "PEM certificate of smime_decrypt_key: the recipient that enveloped data is for."},
+        {"smime_trust_file",
+         Type::Path,
+         &S::smimeTrustFile,
+         "none",
+         0,
+         0,
+         {},
+         "PEM bundle that signed S/MIME layers are verified against; a signature that does not "
+         "verify makes its content unused. Without it, signed layers are only unwrapped."},
+        {"smime_require_signed",
+         Type::Bool,
+         &S::smimeRequireSigned,
+         "false",
+         0,
+         0,
+         {},
+         "Only requests under an S/MIME signature that verifies against smime_trust_file are "
+         "taken from .eml and .p7m files."},
     };
     // clang-format on
     return keys;
@@ -784,6 +819,18 @@ void checkConsistency(Config &config, Problems &problems) {
                                          source.name, *folder));
         }
         checkFolders(source, problems);
+        if (source.smimeDecryptKey.empty() != source.smimeDecryptCert.empty())
+            problems.add(fmt::format("source.{}: smime_decrypt_key and smime_decrypt_cert go "
+                                     "together",
+                                     source.name));
+        if (source.smimeRequireSigned && source.smimeTrustFile.empty())
+            problems.add(fmt::format("source.{}: smime_require_signed needs smime_trust_file",
+                                     source.name));
+        for (const auto &[key, file] : {std::pair{"smime_decrypt_cert", &source.smimeDecryptCert},
+                                        std::pair{"smime_trust_file", &source.smimeTrustFile}})
+            if (!file->empty())
+                if (auto why = certificateFileProblem(*file))
+                    problems.add(fmt::format("source.{}.{}: {}", source.name, key, *why));
         if (source.endpoint.empty() && config.endpoints.size() == 1)
             source.endpoint = config.endpoints.front().name;
         // With [[route]] rules a source may be covered by them alone.

@@ -32,6 +32,9 @@ struct SourceConfig {
     std::string responseMode = "0600";  // octal permissions of its response files
     std::string endpoint;               // default: the only endpoint, when there is exactly one
     std::map<Kind, std::string> routes; // per-kind endpoint overrides
+    // S/MIME in .eml and .p7m files (lib/mail/mime.h SmimeConfig)
+    std::string smimeDecryptKey, smimeDecryptCert, smimeTrustFile;
+    bool smimeRequireSigned = false;
 
     AfterStore afterStore() const;
 };

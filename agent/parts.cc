@@ -31,6 +31,7 @@ DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &set
     c.maxMessageSize = static_cast<std::uint64_t>(settings.maxMessageSize);
     c.settleMs = settings.settleSeconds * 1000;
     c.wallClock = std::move(clock);
+    c.smime = {s.smimeDecryptKey, s.smimeDecryptCert, s.smimeTrustFile, s.smimeRequireSigned};
     return c;
 }
 

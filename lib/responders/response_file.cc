@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include "lib/file_io.h"
+#include "lib/mail/compose.h"
+#include "lib/mail/mime.h"
 
 namespace pkirelay {
 
@@ -27,7 +29,13 @@ std::string stemOf(const std::string &name) {
 
 std::string responseFileName(const std::string &origin, Kind kind, int attempt) {
     std::string stem = stemOf(origin);
-    const std::string ext(kindInfo(kind).fileExt);
+    std::string ext(kindInfo(kind).fileExt);
+    if (mail::isMailFileName(origin)) {
+        // S/MIME on disk: answered in the request's own form (x.eml -> x.response.eml), never
+        // under the request's name, which the request may still hold.
+        ext = origin.substr(origin.size() - 4);
+        ++attempt;
+    }
     const std::string suffix = attempt == 0   ? ""
                                : attempt == 1 ? ".response"
                                               : fmt::format(".response-{}", attempt);
@@ -118,6 +126,19 @@ void removeTemporaryFiles(const std::string &folder) {
 
 std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const DeliveryTask> tasks) {
     std::vector<DeliveryResult> results(tasks.size());
+    // What goes into each file: the response itself, or for a request that came as a mail or
+    // S/MIME entity the response as a MIME entity (lib/mail/compose.h), made the same way every
+    // time so that an earlier attempt's file is recognised.
+    std::vector<std::string> entities(tasks.size());
+    auto content = [&](std::size_t i) -> ByteView {
+        const auto &task = tasks[i];
+        if (!mail::isMailFileName(task.arrival.origin))
+            return task.response;
+        if (entities[i].empty())
+            entities[i] =
+                mail::composeEntity(task.kind, task.response, kindInfo(task.kind).mailName);
+        return asBytes(entities[i]);
+    };
     Folders folders(creatable_);
     std::vector<FileToWrite> files;
     std::vector<std::size_t> index; // files[i] is tasks[index[i]]
@@ -134,13 +155,14 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
             // that: if it holds this very response, it is delivered. Anything else under that
             // name is not ours and is never replaced.
             FileRead there;
+            const ByteView want = content(i);
             try {
-                there = dir->read(task.output, task.response.size());
+                there = dir->read(task.output, want.size());
             } catch (const IoError &) {
                 // Unreadable, a symlink, not a regular file: not this response either.
             }
-            if (!there.tooLarge && std::equal(there.bytes.begin(), there.bytes.end(),
-                                              task.response.begin(), task.response.end())) {
+            if (!there.tooLarge &&
+                std::equal(there.bytes.begin(), there.bytes.end(), want.begin(), want.end())) {
                 results[i] = {DeliveryResult::Type::Delivered, "already written"};
                 continue;
             }
@@ -150,7 +172,7 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
                                       task.arrival.replyTo, printable(task.output))};
             continue;
         }
-        files.push_back({dir, task.output, task.response, std::to_string(task.deliveryId)});
+        files.push_back({dir, task.output, content(i), std::to_string(task.deliveryId)});
         index.push_back(i);
     }
     // One write per mode (folders of one mode are synced together).

@@ -246,6 +246,28 @@ Taken DirectorySource::take(Ledger &ledger, std::size_t maxItems, std::size_t ma
     return taken;
 }
 
+mail::Limits DirectorySource::mimeLimits() const {
+    mail::Limits l;
+    l.maxSize = static_cast<std::size_t>(config_.maxMessageSize);
+    return l;
+}
+
+// An .eml or .p7m: the request inside it, found as a mail source finds it. On disk one file is
+// one arrival with one answer, so a file with several requests is refused whole (the reason
+// says to save them one per file) rather than half relayed.
+Classification DirectorySource::fromMail(ByteView bytes) const {
+    auto found = mail::extract(bytes, mimeLimits(), config_.smime);
+    for (const auto &p : found.problems)
+        spdlog::debug("- source {}: {}", config_.name, printable(p));
+    if (found.requests.size() == 1)
+        return std::move(found.requests.front().message);
+    if (found.requests.empty())
+        return Rejection{found.noRequestReason, std::nullopt, found.truncated};
+    return Rejection{fmt::format("the file holds {} requests; save each in a file of its own",
+                                 found.requests.size()),
+                     std::nullopt, false};
+}
+
 bool DirectorySource::considerName(const std::string &name, Ledger &ledger, const Directory &dir,
                                    Taken &taken, std::size_t &bytes) {
     const std::int64_t now = config_.wallClock();
@@ -297,7 +319,12 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
                         config_.maxMessageSize);
     } else {
         sub.arrivalSha256 = sha256Hex(file.bytes);
-        if (ledger.isOurResponse(config_.responses, name, sub.arrivalSha256)) {
+        // A response entity pkirelay wrote here is recorded by the response's own hash.
+        const auto body = mail::isMailFileName(name)
+                              ? mail::singlePartBody(file.bytes, mimeLimits())
+                              : std::nullopt;
+        if (ledger.isOurResponse(config_.responses, name, sub.arrivalSha256) ||
+            (body && ledger.isOurResponse(config_.responses, name, sha256Hex(*body)))) {
             settled_[name] = file.identity; // a response pkirelay wrote here
             return false;
         }
@@ -318,7 +345,8 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
     if (!file.tooLarge) {
         ClassifyLimits limits;
         limits.maxSize = static_cast<std::size_t>(config_.maxMessageSize);
-        auto classified = classify(file.bytes, limits);
+        auto classified =
+            mail::isMailFileName(name) ? fromMail(file.bytes) : classify(file.bytes, limits);
         if (auto *rejection = std::get_if<Rejection>(&classified)) {
             const std::int64_t age = now - file.mtimeMs;
             if (rejection->truncated && age < config_.settleMs) {

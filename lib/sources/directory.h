@@ -22,6 +22,7 @@
 #include <unordered_map>
 
 #include "lib/file_io.h"
+#include "lib/mail/mime.h"
 #include "lib/sources/source.h"
 
 namespace pkirelay {
@@ -36,6 +37,9 @@ struct DirectorySourceConfig {
     std::int64_t settleMs = 60'000;          // a truncated file younger than this is waited for
     std::function<std::int64_t()> wallClock; // Unix ms, compared with file mtimes
     std::int64_t rearmMs = 1000;             // how often a missing folder is looked for
+    // S/MIME on disk: a whole mail (.eml) or an S/MIME entity (.p7m) is read with lib/mail
+    // (layers decrypted and verified as configured) and must hold exactly one request.
+    mail::SmimeConfig smime;
 };
 
 // Temporary-looking names (leading dot, *.tmp, *.part, *~): other tools' and pkirelay's own
@@ -61,6 +65,8 @@ private:
     void recheckLater(const std::string &name, std::int64_t delayMs);
     bool considerName(const std::string &name, Ledger &ledger, const Directory &dir, Taken &taken,
                       std::size_t &bytes);
+    mail::Limits mimeLimits() const;
+    Classification fromMail(ByteView bytes) const;
 
     struct Pending {
         std::string name;

@@ -24,11 +24,12 @@ seed() { # seed DRIVER FILE...: copies the files as seed-<name>, replacing older
     done
 }
 
-for d in classify der armor config cmc_tcp cmp_tcp; do
+for d in classify der armor config mime cmc_tcp cmp_tcp; do
     rm -f "$here/corpus/$d"/seed-*
 done
 seed classify "$fixtures"/*.der "$fixtures"/*.pem "$fixtures"/*.b64 "$fixtures"/*.p7c
 seed der "$fixtures"/*.der "$fixtures"/*.p7c
+seed mime "$fixtures"/mail_*.eml "$fixtures"/entity_*.p7m "$fixtures"/inner_*.mime
 seed armor "$fixtures"/*.pem "$fixtures"/*.b64 "$fixtures"/*.crt
 seed config "$root/contrib/pkirelay.toml.example"
 
