@@ -22,6 +22,12 @@ namespace {
 // Most bytes of messages a stage holds at once (on top of limits.batch_size).
 constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 
+// What happens to each item is logged at info in the daemon; a batch run logs per batch (and
+// per item at debug), so that 100,000 files are not 300,000 lines and as many writes.
+spdlog::level::level_enum perItem(bool once) {
+    return once ? spdlog::level::debug : spdlog::level::info;
+}
+
 std::string describeIngest(const spool::Submission &sub) {
     if (!sub.message)
         return fmt::format("quarantined {}/{}: {}", sub.arrival.source,
@@ -222,19 +228,24 @@ void Pipeline::intake() {
         // A folder that came back (a stick put back in) may be where answers wait to be written.
         cameBack = cameBack || (source->available() && !wasAvailable_[s]);
         wasAvailable_[s] = source->available();
+        // One transaction: what the source asks the store while it looks (two lookups per
+        // file, which on their own would be one read transaction each), the batch, the claims
+        // of what can be sent at once, the names of the answers that duplicates get. The
+        // source is acknowledged only after it committed.
+        std::optional<spool::Store::Unit> unit;
+        unit.emplace(store_.unit());
         Taken taken = source->take(*ledger_, batch, maxBatchBytes, full);
         report_.stillArriving += taken.stillArriving;
         report_.sourceErrors += taken.errors;
         more = more || taken.more;
-        if (taken.submissions.empty() && taken.unacknowledged.empty())
+        if (taken.submissions.empty() && taken.unacknowledged.empty()) {
+            unit->commit(); // it wrote nothing
             continue;
+        }
 
-        // One transaction: the batch, the claims of what can be sent at once, the names of the
-        // answers that duplicates get. The source is acknowledged only after it committed.
         std::vector<spool::Ingested> results;
         std::vector<DeliveryTask> answers;
         {
-            auto unit = store_.unit();
             results = store_.ingest(taken.submissions, clock_());
             std::vector<std::int64_t> answeredAgain; // duplicates of answered items
             for (const auto &res : results) {
@@ -247,20 +258,21 @@ void Pipeline::intake() {
                 answers = planDeliveries(store_.deliveriesFor(answeredAgain));
             claimReady();
             flushLazy();
-            unit.commit();
+            unit->commit();
         }
         crashPoint("stored"); // committed, the source not yet acknowledged, nothing sent
         std::vector<std::uint64_t> tokens;
         std::vector<std::int64_t> deliveries;
         std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
+        const int receivedBefore = report_.received, duplicatesBefore = report_.duplicates;
         for (std::size_t i = 0; i < results.size(); ++i) {
             const auto &sub = taken.submissions[i];
             const auto &res = results[i];
             if (res.duplicate) {
                 ++report_.duplicates;
-                spdlog::info("{}: {}/{} is another arrival of this item ({})", res.itemId,
-                             sub.arrival.source, printable(sub.arrival.origin),
-                             spool::stateName(res.state));
+                spdlog::log(perItem(once_), "{}: {}/{} is another arrival of this item ({})",
+                            res.itemId, sub.arrival.source, printable(sub.arrival.origin),
+                            spool::stateName(res.state));
             } else {
                 if (!sub.message)
                     ++report_.quarantined;
@@ -269,7 +281,7 @@ void Pipeline::intake() {
                 else
                     ++report_.received;
                 if (sub.message)
-                    spdlog::info("{}: {}", res.itemId, describeIngest(sub));
+                    spdlog::log(perItem(once_), "{}: {}", res.itemId, describeIngest(sub));
                 else
                     spdlog::warn("{}: {}", res.itemId, describeIngest(sub));
             }
@@ -277,6 +289,10 @@ void Pipeline::intake() {
             deliveries.push_back(res.deliveryId);
             recordedAck.push_back(sub.acknowledgedWhenStored);
         }
+        if (once_)
+            spdlog::info("- source {}: {} stored in one transaction ({} new, {} duplicate)",
+                         source->name(), results.size(), report_.received - receivedBefore,
+                         report_.duplicates - duplicatesBefore);
         for (const auto &[token, delivery] : taken.unacknowledged) {
             tokens.push_back(token);
             deliveries.push_back(delivery);
@@ -379,7 +395,8 @@ void Pipeline::claimReady() {
             continue;
         }
         if (claim.attempts > 1)
-            spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
+            spdlog::log(perItem(once_), "{}: attempt {} to {}", claim.itemId, claim.attempts,
+                        endpoint->name);
         waiting_.push_back({std::move(claim), parts_.transports.at(endpoint->name).get()});
     }
 }
@@ -497,7 +514,8 @@ void Pipeline::recordOutcomes() {
         switch (states[i]) {
         case spool::State::Answered:
             ++report_.answered;
-            spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint, why);
+            spdlog::log(perItem(once_), "{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
+                        why);
             break;
         case spool::State::Deferred:
             ++report_.deferred;
@@ -653,8 +671,8 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
-            spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
-                         printable(task.output));
+            spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
+                        task.arrival.replyTo, printable(task.output));
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;

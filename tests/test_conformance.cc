@@ -185,6 +185,51 @@ TEMPLATE_TEST_CASE("source: an input stored but never acknowledged is acknowledg
     f.get().detach();
 }
 
+// Directory sources only: what a file system lets happen between reading a file and removing it.
+TEST_CASE("directory source: a file written again under its name before the removal is kept "
+          "and handed over",
+          "[source][directory]") {
+    DirectoryDelete f;
+    EventLoop loop;
+    f.get().attach(loop, [] {});
+    MemoryLedger ledger;
+    const Bytes a = makeCsr(f.dir, "a"), b = makeCsr(f.dir, "b");
+    f.put("a.p10", a);
+    Taken taken = f.get().take(ledger, 100, 1 << 20, true);
+    REQUIRE(taken.submissions.size() == 1);
+    // A client writes its next request under the same name (a new file renamed over the old
+    // one) after the first was read and before it is acknowledged.
+    writeFile(f.dir / "b.tmp", asChars(b));
+    std::filesystem::rename(f.dir / "b.tmp", f.dir.path() / "inbox" / "a.p10");
+    const auto acks = f.get().acknowledge(taken.tokens);
+    CHECK(acks[0] == Source::Ack::Failed);
+    ledger.store(taken, acks);
+    CHECK(readFile(f.dir.path() / "inbox" / "a.p10") == b); // not deleted, not renamed away
+    CHECK(!f.present(".a.p10.pkirelay-ack"));
+    Taken next = f.get().take(ledger, 100, 1 << 20, false);
+    REQUIRE(next.submissions.size() == 1);
+    CHECK(next.submissions[0].arrivalSha256 == sha256Hex(b));
+    f.get().detach();
+}
+
+TEST_CASE("directory source: a file a killed run held under its private name gets its name back",
+          "[source][directory]") {
+    DirectoryDelete f;
+    EventLoop loop;
+    f.get().attach(loop, [] {});
+    MemoryLedger ledger;
+    const Bytes a = makeCsr(f.dir, "a");
+    f.put(".a.p10.pkirelay-ack", a); // acknowledge() had taken it, then the run died
+    Taken taken = f.get().take(ledger, 100, 1 << 20, true);
+    CHECK(f.present("a.p10"));
+    CHECK(!f.present(".a.p10.pkirelay-ack"));
+    if (taken.submissions.empty()) // found on the look after the rename
+        taken = f.get().take(ledger, 100, 1 << 20, false);
+    REQUIRE(taken.submissions.size() == 1);
+    CHECK(taken.submissions[0].arrival.origin == "a.p10");
+    f.get().detach();
+}
+
 TEMPLATE_TEST_CASE("source: hostile input is handed over rejected with its reason, never dropped",
                    "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove) {
     TestType f;

@@ -2,6 +2,8 @@
 // and acknowledgement only of the file that was stored.
 #include "lib/sources/directory.h"
 
+#include "lib/crash_point.h"
+
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -22,6 +24,18 @@ namespace {
 constexpr std::uint32_t watchMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_MODIFY |
                                     IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF |
                                     IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK;
+
+// While a stored file is being acknowledged it is held under ".NAME" + ackSuffix (see
+// acknowledge()); a run killed in that moment leaves it so, and the next rescan gives it its
+// name back. Not temporarySuffix: temporary response files are deleted at start, and this one
+// holds a request the user may want moved, not deleted.
+constexpr std::string_view ackSuffix = ".pkirelay-ack";
+
+std::optional<std::string> heldName(std::string_view name) {
+    if (name.size() > 1 + ackSuffix.size() && name.starts_with('.') && name.ends_with(ackSuffix))
+        return std::string(name.substr(1, name.size() - 1 - ackSuffix.size()));
+    return std::nullopt;
+}
 
 } // namespace
 
@@ -180,6 +194,18 @@ Taken DirectorySource::take(Ledger &ledger, std::size_t maxItems, std::size_t ma
             rescan_ = false;
             dirty_.clear();
             for (const auto &entry : dir->list()) {
+                if (auto original = heldName(entry.name);
+                    original && entry.type == DirEntry::Type::Regular) {
+                    // Held by an acknowledgement that a killed run never finished: back under
+                    // its name, it is found below (or on the next look) and acknowledged then.
+                    if (dir->moveTo(entry.name, *dir, *original))
+                        dirty_.insert(*original);
+                    else if (warned_.insert(entry.name).second)
+                        spdlog::warn("- source {}: {} cannot have its name {} back: a file of "
+                                     "that name is there",
+                                     config_.name, printable(entry.name), printable(*original));
+                    continue;
+                }
                 if (entry.type == DirEntry::Type::Directory || looksTemporary(entry.name))
                     continue; // processed/, quarantine folders, files still being written
                 if (entry.type != DirEntry::Type::Regular) {
@@ -334,24 +360,37 @@ std::vector<Source::Ack> DirectorySource::acknowledge(const std::vector<std::uin
         try {
             if (!dir)
                 dir.emplace(Directory::open(config_.path));
-            // Only while the name still refers to the file that was read and stored: a file
-            // replaced meanwhile (a client writing again under the same name) is left for the
-            // next look.
-            if (dir->identity(p.name) != p.identity) {
+            // The name is taken first: held under a private name, the file can no longer be
+            // replaced under us between the check and the removal (a client writing again
+            // under the same name would lose its new file, unread). Then only the file that
+            // was read and stored is removed; one replaced before we took it is given its
+            // name back and looked at again.
+            const std::string held = "." + p.name + std::string(ackSuffix);
+            const bool took = dir->moveTo(p.name, *dir, held);
+            if (!took || dir->identity(held) != p.identity) {
+                if (took && !dir->moveTo(held, *dir, p.name))
+                    rescan_ = true; // replaced twice over: the rescan gives it its name back
                 spdlog::warn("- source {}: {} changed after it was read; looked at again",
                              config_.name, printable(p.name));
                 dirty_.insert(p.name);
                 acks[i] = Ack::Failed;
                 continue;
             }
-            if (config_.after == DirectorySourceConfig::After::Delete) {
-                dir->unlink(p.name);
-            } else {
-                if (!moveDir)
-                    moveDir.emplace(Directory::openOrCreate(config_.moveTo));
-                std::string target = p.name;
-                for (int n = 1; !dir->moveTo(p.name, *moveDir, target); ++n)
-                    target = fmt::format("{}.{}", p.name, n);
+            crashPoint("held"); // the stored file under its private name
+            try {
+                if (config_.after == DirectorySourceConfig::After::Delete) {
+                    dir->unlink(held);
+                } else {
+                    if (!moveDir)
+                        moveDir.emplace(Directory::openOrCreate(config_.moveTo));
+                    std::string target = p.name;
+                    for (int n = 1; !dir->moveTo(held, *moveDir, target); ++n)
+                        target = fmt::format("{}.{}", p.name, n);
+                }
+            } catch (const IoError &) {
+                if (!dir->moveTo(held, *dir, p.name))
+                    rescan_ = true;
+                throw;
             }
             touched = true;
             settled_.erase(p.name);

@@ -4,6 +4,7 @@ guarantees rest on, then run again, against tests/cmc_responder.py on loopback.
 The points (lib/crash_point.h; the test build has them, `-Dcrash_points=true`):
   stored        the batch is committed, its files not acknowledged, nothing sent
   claimed       the requests are handed to the transport, the files not acknowledged
+  held          a stored file renamed to its private name (.NAME.pkirelay-ack), not yet deleted
   acknowledged  the files are deleted, the acknowledgement not recorded
   answered      the CA answered, the outcome not recorded
   recorded      outcomes and response names committed, no response file written
@@ -22,7 +23,7 @@ import unittest
 from harness import (PKIRELAY, PkirelayTestCase, openssl, read_responder_log, run,
                      start_cmc_responder)
 
-POINTS = ["stored", "claimed", "acknowledged", "answered", "recorded", "temporary", "renamed",
+POINTS = ["stored", "claimed", "held", "acknowledged", "answered", "recorded", "temporary", "renamed",
           "written"]
 REQUESTS = [f"req{i}.p10" for i in range(4)]
 
