@@ -795,6 +795,20 @@ void checkConsistency(Config &config, Problems &problems) {
             if (!file->empty())
                 if (auto why = certificateFileProblem(*file))
                     problems.add(fmt::format("endpoint.{}.{}: {}", endpoint.name, key, *why));
+        if (!endpoint.caPath.empty() && !fs::is_directory(endpoint.caPath))
+            problems.add(fmt::format("endpoint.{}.ca_path: {} is not a directory", endpoint.name,
+                                     endpoint.caPath));
+        // The pin is checked here as the transports will read it, so that a typo is a
+        // configuration error rather than every exchange failing.
+        if (!endpoint.pinnedPublicKey.empty()) {
+            try {
+                TlsOptions probe;
+                probe.pinnedPublicKey = endpoint.pinnedPublicKey;
+                TlsContext check(probe);
+            } catch (const std::exception &e) {
+                problems.add(fmt::format("endpoint.{}: {}", endpoint.name, e.what()));
+            }
+        }
         if (!endpoint.clientKey.empty() && ::access(endpoint.clientKey.c_str(), R_OK) != 0)
             problems.add(fmt::format("endpoint.{}.client_key: cannot read {}: {}", endpoint.name,
                                      endpoint.clientKey, std::strerror(errno)));

@@ -122,6 +122,18 @@ TEST_CASE("cmc tcp: the limits: a declared length over it, a response that never
     CHECK(BerMessageScanner(4096).scan(exact).state == S::Complete);
 }
 
+TEST_CASE("cmc tcp: the verdict does not depend on how the bytes arrive", "[tcp]") {
+    // A header that starts inside the limit and ends past it, followed by bytes that would be
+    // malformed: too large, whether read at once or a byte at a time (found by fuzz_cmc_tcp).
+    Bytes b = hex("3080043a");
+    b.resize(62, 0);
+    for (std::uint8_t x : hex("1f8181818181810000"))
+        b.push_back(x);
+    const Delimited once = BerMessageScanner(64).scan(b);
+    CHECK(once.state == S::TooLarge);
+    CHECK(drip(b, 64).state == once.state);
+}
+
 TEST_CASE("cmc tcp: malformed starts are refused at once", "[tcp]") {
     CHECK(BerMessageScanner(4096).scan(hex("48545450")).state == S::Malformed); // "HTTP"
     CHECK(BerMessageScanner(4096).scan(hex("30ff")).state == S::Malformed);

@@ -3,6 +3,7 @@
 // so nothing here can overflow or read out of bounds whatever the bytes say.
 #include "lib/transports/tcp_framing.h"
 
+#include <algorithm>
 #include <limits>
 
 #include <fmt/format.h>
@@ -126,9 +127,12 @@ Delimited BerMessageScanner::scan(ByteView b) {
                                  fmt::format("a CMC response starts with a SEQUENCE (0x30), not "
                                              "0x{:02x}",
                                              b[0])));
-        Header h = readHeader(b, 0);
+        Header h = readHeader(b.first(std::min(b.size(), maxSize_)), 0);
         if (h.state == Header::State::NeedMore)
-            return result(S::NeedMore);
+            return b.size() >= maxSize_ ? finish(result(S::TooLarge, 0,
+                                                        "the header alone is "
+                                                        "over the limit"))
+                                        : result(S::NeedMore);
         if (h.state == Header::State::Bad)
             return finish(result(S::Malformed, 0, h.reason));
         started_ = true;
@@ -150,9 +154,11 @@ Delimited BerMessageScanner::scan(ByteView b) {
 
     // X.690 §8.1.3.6: an indefinite length ends at the end-of-contents octets that match it.
     // Values of definite length inside are skipped by their length (the classifier checks
-    // them later); only indefinite ones are entered, at most maxDepth deep.
+    // them later); only indefinite ones are entered, at most maxDepth deep. Only the first
+    // maxSize bytes are ever looked at, so the verdict is the same however the bytes arrive.
+    const ByteView v = b.first(std::min(b.size(), maxSize_));
     for (;;) {
-        Header h = readHeader(b, pos_);
+        Header h = readHeader(v, pos_);
         if (h.state == Header::State::Bad)
             return finish(result(S::Malformed, 0, h.reason));
         if (h.state == Header::State::NeedMore)

@@ -297,6 +297,10 @@ class TcpConfiguration(PkirelayTestCase):
             f'url = "cmp-tcp://ca.example"\nca_file = "{self.tmp}/ca.pem"', 78))
         self.assertIn("http endpoints only",
                       self.check('url = "cmc-tcp://ca.example"\nproxy = "http://p:3128"', 78))
+        self.assertIn("pinned_public_key", self.check(
+            'url = "cmc-tcps://ca.example"\npinned_public_key = "sha256//c2hvcnQ="', 78))
+        self.assertIn("not a directory", self.check(
+            f'url = "cmc-tcps://ca.example"\nca_path = "{self.tmp}/nowhere"', 78))
         self.assertIn("cmp-tcp endpoints only",
                       self.check('url = "cmc-tcp://ca.example"\npoll_max_seconds = 5', 78))
 

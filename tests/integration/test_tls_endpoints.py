@@ -11,6 +11,7 @@ port, requires a client certificate from the test CA (ssl_verify_client on) and 
   - no client certificate: nginx answers 400, a permanent failure;
   - a server certificate for another name, or from a CA not trusted: deferred, unless the
     endpoint says verify_tls = false;
+  - a 301 redirect: a permanent failure, unless follow_redirects = true (the POST is kept);
   - cmc-tcps: verified and answered; the wrong name refused; a pinned public key that is not the
     server's refused, the right pin accepted; mutual TLS required by the responder.
 Nothing sleeps to wait: readiness is a connection that succeeds, within a deadline.
@@ -144,7 +145,9 @@ class NginxMutualTls(PkirelayTestCase):
                 # OpenSSL's mock serves /pkix/ only; each request gets its own upstream
                 # connection, closed after the answer (HTTP/1.0), as the mock needs.
                 f"  location = /.well-known/cmp {{ proxy_pass http://127.0.0.1:{self.cmp_port}"
-                "/pkix/; proxy_http_version 1.0; } }")
+                "/pkix/; proxy_http_version 1.0; }\n"
+                # A CA that moved: 301 to the new path (RFC 9811 §3.1).
+                f"  location = /old {{ return 301 https://127.0.0.1:{port}/.well-known/cmp; }} }}")
         self.nginx = Nginx(os.path.join(self.tmp, "nginx"), port, body)
         return port
 
@@ -177,6 +180,25 @@ class NginxMutualTls(PkirelayTestCase):
                    "-reqin", ir, "-rspin", os.path.join(self.inbox, "ir.pki"), "-certout", cert)
         self.assertIn("CN = enrolled-leaf",
                       openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+    def test_redirect_followed_only_when_configured(self):
+        port = self.start_nginx(self.server)
+        keys = dict(ca_file=f'"{self.pki.ca}"', client_cert=f'"{self.client[0]}"',
+                    client_key=f'"{self.client[1]}"')
+        self.write_config(f"https://127.0.0.1:{port}/old",
+                          extra_endpoint="\n".join(f"{k} = {v}" for k, v in keys.items()))
+        self.offline_ir()
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "failed", item)
+        self.assertIn("not followed", str(item))
+        # The same request again, now with redirects on: the POST reaches the new path.
+        self.pkirelay("retry", str(item["id"]), "-c", self.config, check=True)
+        self.write_config(f"https://127.0.0.1:{port}/old",
+                          extra_endpoint="\n".join(f"{k} = {v}" for k, v in keys.items()) +
+                          "\nfollow_redirects = true")
+        self.run_once(expect=0)
+        self.assertIn("ir.pki", self.inbox_files())
 
     def test_without_client_certificate_refused(self):
         port = self.start_nginx(self.server)
