@@ -9,6 +9,7 @@ apt-get install -y -qq --no-install-recommends \
     g++ meson ninja-build pkg-config \
     libssl-dev libcurl4-openssl-dev libsqlite3-dev \
     libtomlplusplus-dev libcli11-dev libsystemd-dev libfmt-dev libspdlog-dev nlohmann-json3-dev \
+    libmimetic-dev \
     catch2 openssl ca-certificates python3 scdoc \
     clang libclang-rt-14-dev >/dev/null
 # systemd-analyze, systemd-sysusers and systemd-tmpfiles check contrib/'s units and entries
