@@ -118,6 +118,7 @@ public:
                        std::string_view sha256) override {
         return store_.isOutput(replyTo, name, sha256);
     }
+    std::string cursor(std::string_view source) override { return store_.sourceCursor(source); }
 
 private:
     spool::Store &store_;
