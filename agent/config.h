@@ -32,6 +32,28 @@ struct SourceConfig {
     std::string endpoint;               // default: the only endpoint, when there is exactly one
     std::map<Kind, std::string> routes; // per-kind endpoint overrides
 
+    // type = "imap": an enrollment mailbox (lib/sources/imap.h), answered by SMTP
+    // (lib/responders/smtp.h).
+    std::string url; // imaps://host[:port]/ or imap://host[:port]/
+    std::string user;
+    std::string passwordFile, passwordEnv; // the login's password: a file, or a variable
+    std::string bearerTokenFile;           // an OAuth2 bearer token instead (SASL XOAUTH2)
+    std::string caFile;                    // for IMAPS and SMTPS; default: the system's
+    bool verifyTls = true;
+    std::string mailbox = "INBOX";
+    std::string processedMailbox = "processed";
+    std::string rejectedMailbox = "rejected";
+    bool idle = true;
+    std::string smtpUrl;
+    std::string smtpUser, smtpPasswordFile;
+    std::string replyFrom;
+    std::string allowSenders; // comma- or space-separated addresses and domains
+    std::int64_t rateLimitPerHour = 0;
+    std::string smimeKey, smimeCert, smimeTrust;
+    bool requireSigned = false;
+
+    bool isMail() const { return type == "imap"; }
+    std::vector<std::string> allowList() const;
     AfterStore afterStore() const;
 };
 
