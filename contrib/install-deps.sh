@@ -15,4 +15,7 @@ apt-get install -y -qq --no-install-recommends \
 # systemd-analyze, systemd-sysusers and systemd-tmpfiles check contrib/'s units and entries
 # (tests/integration/test_contrib.py); installing the package does not make it PID 1.
 apt-get install -y -qq --no-install-recommends systemd >/dev/null
+# The mail tests' peers (tests/integration/mail_peers.py): Dovecot (run from a generated
+# configuration; the packaged service is not used), an aiosmtpd SMTP server, swaks as the user.
+apt-get install -y -qq --no-install-recommends dovecot-imapd python3-aiosmtpd swaks >/dev/null
 echo "pkirelay: build and test dependencies installed"
