@@ -639,8 +639,11 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
-            spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
-                         printable(task.output));
+            if (!r.delivered.empty())
+                spdlog::info("{}: {}", task.itemId, printable(r.delivered));
+            else
+                spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
+                             printable(task.output));
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;

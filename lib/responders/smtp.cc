@@ -142,9 +142,12 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
                                                           config_.url)};
         return results;
     }
-    Owned<CURL, ::curl_easy_cleanup> curl(curl_easy_init());
+    // One handle for the responder's life: curl keeps the SMTP connection open between
+    // replies and batches (RFC 5321 allows many transactions per session).
+    if (!curl_)
+        curl_.reset(curl_easy_init());
     char errbuf[CURL_ERROR_SIZE] = {};
-    CURL *c = curl.get();
+    CURL *c = curl_.get();
     bool serverDown = false;
     for (std::size_t i = 0; i < tasks.size(); ++i) {
         const auto &task = tasks[i];
@@ -187,8 +190,9 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
         const std::string why = errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc);
         if (rc == CURLE_OK) {
-            results[i] = {DeliveryResult::Type::Delivered,
-                          fmt::format("reply {} sent to {}", task.output, task.arrival.replyTo)};
+            const std::string what =
+                fmt::format("reply {} sent to {}", task.output, task.arrival.replyTo);
+            results[i] = {DeliveryResult::Type::Delivered, what, what};
             continue;
         }
         // RFC 5321 §4.2.1: 5yz is permanent (this address will not work by waiting), 4yz and
@@ -204,6 +208,7 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
                                   config_.url, why)};
         if (code == 0) {
             serverDown = true;
+            curl_.reset(); // a fresh connection next time
             notBefore_ = EventLoop::monotonicNow() + backoffMs_;
             backoffMs_ = std::min(backoffMs_ * 2, config_.backoffMaxMs);
         }

@@ -23,6 +23,9 @@
 #include <functional>
 #include <string>
 
+#include <curl/curl.h>
+
+#include "lib/owned.h"
 #include "lib/responders/responder.h"
 
 namespace pkirelay {
@@ -54,6 +57,7 @@ private:
     SmtpResponderConfig config_;
     std::int64_t backoffMs_ = 0;
     std::int64_t notBefore_ = 0; // monotonic ms: no connection attempt before this
+    Owned<CURL, ::curl_easy_cleanup> curl_;
 };
 
 } // namespace pkirelay
