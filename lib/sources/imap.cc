@@ -387,6 +387,15 @@ ImapSource::~ImapSource() {
 void ImapSource::attach(EventLoop &loop, std::function<void()> wake) {
     loop_ = &loop;
     wake_ = std::move(wake);
+    // Everything is new at start: connect, wait for mail in IDLE, and wake the pipeline (its
+    // take() ends the IDLE, and starts it again when done).
+    idleStartTimer_ = loop_->after(0, [this] {
+        idleStartTimer_ = 0;
+        if (ensureConnected())
+            startIdle();
+        if (wake_)
+            wake_();
+    });
 }
 
 void ImapSource::detach() {

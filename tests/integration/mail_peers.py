@@ -282,3 +282,29 @@ def swaks(port, sender, to, *args):
                            *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"swaks exited {proc.returncode}: {proc.stdout}{proc.stderr}")
+
+
+def serve(folder):
+    """For tests in other languages (tests/test_conformance.cc): starts Dovecot and the SMTP
+    server in folder, prints one line "LISTENING imaps_port smtp_port cert dovecot_conf
+    capture_dir", and stops them on SIGTERM (tests/peer.h sends it to the process group)."""
+    dovecot = Dovecot(os.path.join(folder, "dovecot"))
+    dovecot.start()
+    smtp = SmtpCapture(os.path.join(folder, "smtp"), dovecot)
+    smtp.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        print(f"LISTENING {dovecot.imaps_port} {smtp.port} {dovecot.cert} {dovecot.config} "
+              f"{smtp.capture}", flush=True)
+        while True:
+            signal.pause()
+    finally:
+        smtp.stop()
+        dovecot.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+        serve(sys.argv[2])
+    else:
+        sys.exit("usage: mail_peers.py serve FOLDER")
