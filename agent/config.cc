@@ -160,17 +160,17 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          "directory",
          0,
          0,
-         {"directory"},
-         "What kind of source this is."},
+         {"directory", "imap"},
+         "What kind of source this is: a watched folder, or an enrollment mailbox read over "
+         "IMAP(S) and answered by SMTP(S)."},
         {"path",
          Type::Path,
          &S::path,
-         "(required)",
+         "(required for directory)",
          0,
          0,
          {},
-         "The folder watched for request files.",
-         true},
+         "The folder watched for request files."},
         {"responses",
          Type::Path,
          &S::responses,
@@ -227,8 +227,8 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          0,
          0,
          {},
-         "PEM private key that decrypts S/MIME enveloped data in .eml and .p7m files (with "
-         "smime_decrypt_cert). Without it, enveloped data is relayed as it is."},
+         "PEM private key that decrypts S/MIME enveloped data in mail and in .eml and .p7m "
+         "files (with smime_decrypt_cert). Without it, enveloped data is relayed as it is."},
         {"smime_decrypt_cert",
          Type::Path,
          &S::smimeDecryptCert,
@@ -254,7 +254,48 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          0,
          {},
          "Only requests under an S/MIME signature that verifies against smime_trust_file are "
-         "taken from .eml and .p7m files."},
+         "taken (from mail, and from .eml and .p7m files)."},
+        {"url", Type::String, &S::url, "(required for imap)", 0, 0, {},
+         "imap: the mailbox server, imaps://host[:port]/ (TLS) or imap://host[:port]/ "
+         "(STARTTLS, required)."},
+        {"user", Type::String, &S::user, "(required for imap)", 0, 0, {},
+         "imap: the login name."},
+        {"password_file", Type::Path, &S::passwordFile, "none", 0, 0, {},
+         "imap: a file (mode 0600) holding the password (one line)."},
+        {"password_env", Type::String, &S::passwordEnv, "none", 0, 0, {},
+         "imap: the environment variable holding the password, instead of password_file."},
+        {"bearer_token_file", Type::Path, &S::bearerTokenFile, "none", 0, 0, {},
+         "imap: a file (mode 0600) holding an OAuth2 bearer token (SASL XOAUTH2), instead of a "
+         "password."},
+        {"ca_file", Type::Path, &S::caFile, "the system's trust store", 0, 0, {},
+         "imap: PEM CA certificates the IMAP and SMTP servers are verified against."},
+        {"verify_tls", Type::Bool, &S::verifyTls, "true", 0, 0, {},
+         "imap: verify the servers' certificates and names."},
+        {"mailbox", Type::String, &S::mailbox, "INBOX", 0, 0, {},
+         "imap: the mailbox requests are mailed to."},
+        {"processed_mailbox", Type::String, &S::processedMailbox, "processed", 0, 0, {},
+         "imap: where a mail goes once its requests are stored (created when missing)."},
+        {"rejected_mailbox", Type::String, &S::rejectedMailbox, "rejected", 0, 0, {},
+         "imap: where a mail that is not relayed goes (no request, auto-generated, a bounce, "
+         "list traffic, a sender not allowed, over the rate limit); the reason is logged."},
+        {"idle", Type::Bool, &S::idle, "true", 0, 0, {},
+         "imap: wait for new mail with IDLE when the server has it (else run.poll_seconds "
+         "polls)."},
+        {"smtp_url", Type::String, &S::smtpUrl, "(required for imap)", 0, 0, {},
+         "imap: the SMTP server replies are sent through, smtps://host[:port] or "
+         "smtp://host[:port] (STARTTLS when offered; required with smtp_user)."},
+        {"smtp_user", Type::String, &S::smtpUser, "none", 0, 0, {},
+         "imap: the SMTP AUTH login, when the server needs one."},
+        {"smtp_password_file", Type::Path, &S::smtpPasswordFile, "none", 0, 0, {},
+         "imap: a file (mode 0600) holding smtp_user's password."},
+        {"reply_from", Type::String, &S::replyFrom, "(required for imap)", 0, 0, {},
+         "imap: the From: address of the replies (usually the enrollment address)."},
+        {"allow_senders", Type::String, &S::allowSenders, "anyone", 0, 0, {},
+         "imap: addresses and domains that may submit, separated by commas or spaces "
+         "(\"ann@example.org, example.net\"); mail from others is rejected unanswered."},
+        {"rate_limit_per_hour", Type::Int, &S::rateLimitPerHour, "0", 0, 100000, {},
+         "imap: most request mails relayed per sender per hour (0: no limit); more are "
+         "rejected unanswered."},
     };
     // clang-format on
     return keys;
@@ -779,6 +820,85 @@ void parseRoute(const RouteConfig &r, Config &config, Problems &problems) {
     config.rules.push_back(std::move(rule));
 }
 
+// A mailbox name goes into IMAP commands as a quoted string: printable ASCII only (non-ASCII
+// names would need modified UTF-7, RFC 3501 §5.1.3, which is not done).
+bool plainMailboxName(const std::string &name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(),
+                                        [](unsigned char c) { return c >= 0x20 && c < 0x7f; });
+}
+
+void checkMailSource(SourceConfig &source, Problems &problems) {
+    const auto need = [&](const std::string &value, const char *key) {
+        if (value.empty())
+            problems.add(fmt::format("source.{} (type imap) needs {}", source.name, key));
+    };
+    need(source.url, "url");
+    need(source.user, "user");
+    need(source.smtpUrl, "smtp_url");
+    need(source.replyFrom, "reply_from");
+    const auto schemeOf = [](std::string_view url) {
+        std::string scheme(url.substr(0, url.find("://")));
+        std::transform(scheme.begin(), scheme.end(), scheme.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        return url.find("://") == std::string_view::npos ? std::string() : scheme;
+    };
+    if (!source.url.empty() && schemeOf(source.url) != "imaps" && schemeOf(source.url) != "imap")
+        problems.add(fmt::format("source.{}.url must start with imaps:// or imap://, not \"{}\"",
+                                 source.name, source.url));
+    if (!source.smtpUrl.empty() && schemeOf(source.smtpUrl) != "smtps" &&
+        schemeOf(source.smtpUrl) != "smtp")
+        problems.add(fmt::format("source.{}.smtp_url must start with smtps:// or smtp://, not "
+                                 "\"{}\"",
+                                 source.name, source.smtpUrl));
+    const int secrets = !source.passwordFile.empty() + !source.passwordEnv.empty() +
+                        !source.bearerTokenFile.empty();
+    if (secrets != 1)
+        problems.add(fmt::format("source.{} (type imap) needs exactly one of password_file, "
+                                 "password_env and bearer_token_file",
+                                 source.name));
+    if (!source.passwordEnv.empty() && !std::getenv(source.passwordEnv.c_str()))
+        problems.add(fmt::format("source.{}.password_env: the environment has no {}", source.name,
+                                 source.passwordEnv));
+    for (const auto *file : {&source.passwordFile, &source.bearerTokenFile,
+                             &source.smtpPasswordFile, &source.smimeDecryptKey})
+        if (!file->empty() && ::access(file->c_str(), R_OK) != 0)
+            problems.add(fmt::format("source.{}: cannot read {}: {}", source.name, *file,
+                                     std::strerror(errno)));
+    for (const auto &[key, file] : {std::pair{"ca_file", &source.caFile},
+                                    std::pair{"smime_decrypt_cert", &source.smimeDecryptCert},
+                                    std::pair{"smime_trust_file", &source.smimeTrustFile}})
+        if (!file->empty())
+            if (auto why = certificateFileProblem(*file))
+                problems.add(fmt::format("source.{}.{}: {}", source.name, key, *why));
+    if (source.smimeDecryptKey.empty() != source.smimeDecryptCert.empty())
+        problems.add(fmt::format("source.{}: smime_decrypt_key and smime_decrypt_cert go together",
+                                 source.name));
+    if (source.smimeRequireSigned && source.smimeTrustFile.empty())
+        problems.add(
+            fmt::format("source.{}: smime_require_signed needs smime_trust_file", source.name));
+    if (source.smtpUser.empty() != source.smtpPasswordFile.empty())
+        problems.add(
+            fmt::format("source.{}: smtp_user and smtp_password_file go together", source.name));
+    if (!source.replyFrom.empty() &&
+        (source.replyFrom.find('@') == std::string::npos ||
+         source.replyFrom.find_first_of("<> \t\r\n") != std::string::npos))
+        problems.add(fmt::format("source.{}.reply_from must be a bare address (a@b), not \"{}\"",
+                                 source.name, source.replyFrom));
+    for (const auto &[key, box] : {std::pair{"mailbox", &source.mailbox},
+                                   std::pair{"processed_mailbox", &source.processedMailbox},
+                                   std::pair{"rejected_mailbox", &source.rejectedMailbox}})
+        if (!plainMailboxName(*box))
+            problems.add(fmt::format("source.{}.{} must be printable ASCII", source.name, key));
+    if (source.processedMailbox == source.mailbox || source.rejectedMailbox == source.mailbox)
+        problems.add(fmt::format("source.{}: processed_mailbox and rejected_mailbox must differ "
+                                 "from mailbox",
+                                 source.name));
+    // The folder-only keys mean nothing here; the store still needs a reply_to per arrival, and
+    // it is the sender's address (the source sets it).
+    if (!source.path.empty())
+        problems.add(fmt::format("source.{}: path is for type directory, not imap", source.name));
+}
+
 void checkConsistency(Config &config, Problems &problems) {
     if (config.sources.empty())
         problems.add("no sources: add a [source.NAME] table with a path");
@@ -815,6 +935,12 @@ void checkConsistency(Config &config, Problems &problems) {
     }
 
     for (auto &source : config.sources) {
+        if (source.isMail()) {
+            checkMailSource(source, problems);
+        } else if (source.path.empty()) {
+            problems.add(fmt::format("source.{} needs path", source.name));
+            continue;
+        }
         if (source.responses.empty())
             source.responses = source.path;
         if (source.afterStore() == AfterStore::Move && source.moveTo.empty())
@@ -838,8 +964,8 @@ void checkConsistency(Config &config, Problems &problems) {
                                      "together",
                                      source.name));
         if (source.smimeRequireSigned && source.smimeTrustFile.empty())
-            problems.add(fmt::format("source.{}: smime_require_signed needs smime_trust_file",
-                                     source.name));
+            problems.add(
+                fmt::format("source.{}: smime_require_signed needs smime_trust_file", source.name));
         for (const auto &[key, file] : {std::pair{"smime_decrypt_cert", &source.smimeDecryptCert},
                                         std::pair{"smime_trust_file", &source.smimeTrustFile}})
             if (!file->empty())
@@ -862,7 +988,7 @@ void checkConsistency(Config &config, Problems &problems) {
     }
     for (std::size_t i = 0; i < config.sources.size(); ++i)
         for (std::size_t j = i + 1; j < config.sources.size(); ++j)
-            if (config.sources[i].path == config.sources[j].path)
+            if (!config.sources[i].isMail() && config.sources[i].path == config.sources[j].path)
                 problems.add(fmt::format("source.{} and source.{} watch the same folder {}",
                                          config.sources[i].name, config.sources[j].name,
                                          config.sources[i].path));
@@ -917,6 +1043,21 @@ void appendReference(std::string &out, std::string_view heading, const std::vect
 }
 
 } // namespace
+
+std::vector<std::string> SourceConfig::allowList() const {
+    std::vector<std::string> out;
+    std::string current;
+    for (char c : allowSenders + " ") {
+        if (c == ',' || c == ' ' || c == '\t') {
+            if (!current.empty())
+                out.push_back(std::move(current));
+            current.clear();
+        } else {
+            current += c;
+        }
+    }
+    return out;
+}
 
 AfterStore SourceConfig::afterStore() const {
     if (after == "move")
@@ -1087,6 +1228,8 @@ std::vector<std::string> environmentWarnings(const Config &config) {
     std::vector<std::string> warnings;
     std::error_code ec;
     for (const auto &source : config.sources) {
+        if (source.isMail())
+            continue;
         if (!fs::is_directory(source.path, ec))
             warnings.push_back(
                 fmt::format("source.{}: folder {} does not exist (yet)", source.name, source.path));

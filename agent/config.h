@@ -32,10 +32,30 @@ struct SourceConfig {
     std::string responseMode = "0600";  // octal permissions of its response files
     std::string endpoint;               // default: the only endpoint, when there is exactly one
     std::map<Kind, std::string> routes; // per-kind endpoint overrides
-    // S/MIME in .eml and .p7m files (lib/mail/mime.h SmimeConfig)
+    // S/MIME in mail and in .eml and .p7m files (lib/mail/mime.h SmimeConfig)
     std::string smimeDecryptKey, smimeDecryptCert, smimeTrustFile;
     bool smimeRequireSigned = false;
 
+    // type = "imap": an enrollment mailbox (lib/sources/imap.h), answered by SMTP
+    // (lib/responders/smtp.h).
+    std::string url; // imaps://host[:port]/ or imap://host[:port]/
+    std::string user;
+    std::string passwordFile, passwordEnv; // the login's password: a file, or a variable
+    std::string bearerTokenFile;           // an OAuth2 bearer token instead (SASL XOAUTH2)
+    std::string caFile;                    // for IMAPS and SMTPS; default: the system's
+    bool verifyTls = true;
+    std::string mailbox = "INBOX";
+    std::string processedMailbox = "processed";
+    std::string rejectedMailbox = "rejected";
+    bool idle = true;
+    std::string smtpUrl;
+    std::string smtpUser, smtpPasswordFile;
+    std::string replyFrom;
+    std::string allowSenders; // comma- or space-separated addresses and domains
+    std::int64_t rateLimitPerHour = 0;
+
+    bool isMail() const { return type == "imap"; }
+    std::vector<std::string> allowList() const;
     AfterStore afterStore() const;
 };
 

@@ -107,8 +107,14 @@ int commandCheckConfig(const std::string &cfgPath, bool keys) {
                    r.endpoint);
     }
     for (const auto &s : config->sources) {
-        fmt::print("  source {}: {} -> {} (responses in {}, after storing: {})\n", s.name, s.path,
-                   s.endpoint.empty() ? "(per kind)" : s.endpoint, s.responses, s.after);
+        if (s.isMail())
+            fmt::print("  source {}: mailbox {} at {} -> {} (replies via {}, from {})\n", s.name,
+                       s.mailbox, redactUrl(s.url), s.endpoint.empty() ? "(per kind)" : s.endpoint,
+                       redactUrl(s.smtpUrl), s.replyFrom);
+        else
+            fmt::print("  source {}: {} -> {} (responses in {}, after storing: {})\n", s.name,
+                       s.path, s.endpoint.empty() ? "(per kind)" : s.endpoint, s.responses,
+                       s.after);
         for (const auto &[kind, name] : s.routes)
             fmt::print("    {} -> {}\n", kindInfo(kind).id, name);
     }

@@ -1,8 +1,15 @@
 // Builds the sources, transports and responders of a configuration (parts.h).
 #include "parts.h"
 
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "lib/file_io.h"
 #include "lib/responders/response_file.h"
+#include "lib/responders/smtp.h"
 #include "lib/sources/directory.h"
+#include "lib/sources/imap.h"
 #include "lib/transports/http.h"
 #include "lib/transports/tcp.h"
 
@@ -35,6 +42,55 @@ DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &set
     return c;
 }
 
+// A secret's text: the file's first line, or the environment variable's value. Never logged.
+std::string readSecret(const std::string &file, const std::string &env) {
+    if (!env.empty()) {
+        const char *value = std::getenv(env.c_str());
+        return value ? value : "";
+    }
+    if (file.empty())
+        return {};
+    const FileRead read = readFile(file, 64 * 1024);
+    std::string text(asChars(read.bytes));
+    if (const auto nl = text.find_first_of("\r\n"); nl != std::string::npos)
+        text.resize(nl);
+    return text;
+}
+
+ImapSourceConfig imapConfig(const SourceConfig &s, const Settings &settings, Clock clock) {
+    ImapSourceConfig c;
+    c.name = s.name;
+    c.url = s.url;
+    c.user = s.user;
+    c.password = readSecret(s.passwordFile, s.passwordEnv);
+    c.bearer = readSecret(s.bearerTokenFile, {});
+    c.caFile = s.caFile;
+    c.verifyTls = s.verifyTls;
+    c.mailbox = s.mailbox;
+    c.processedMailbox = s.processedMailbox;
+    c.rejectedMailbox = s.rejectedMailbox;
+    c.idle = s.idle;
+    c.maxMessageSize = static_cast<std::uint64_t>(settings.maxMessageSize);
+    c.limits.maxSize = static_cast<std::size_t>(settings.maxMessageSize);
+    c.smime = {s.smimeDecryptKey, s.smimeDecryptCert, s.smimeTrustFile, s.smimeRequireSigned};
+    c.allowSenders = s.allowList();
+    c.ratePerHour = s.rateLimitPerHour;
+    c.wallClock = std::move(clock);
+    return c;
+}
+
+SmtpResponderConfig smtpConfig(const SourceConfig &s, Clock clock) {
+    SmtpResponderConfig c;
+    c.url = s.smtpUrl;
+    c.from = s.replyFrom;
+    c.user = s.smtpUser;
+    c.password = readSecret(s.smtpPasswordFile, {});
+    c.caFile = s.caFile;
+    c.verifyTls = s.verifyTls;
+    c.wallClock = std::move(clock);
+    return c;
+}
+
 // One transport per endpoint, by its type (config.cc checked the type against the url).
 std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings) {
     const auto maxMessage = static_cast<std::size_t>(settings.maxMessageSize);
@@ -60,9 +116,17 @@ Responder &Parts::responderFor(const std::string &source) const {
 
 Parts buildParts(const Config &config, const Clock &clock) {
     Parts parts;
-    std::map<std::string, std::string> creatable; // responses folder -> its watched folder
-    std::map<std::string, mode_t> modes;          // responses folder -> file mode
+    std::map<std::string, std::string> creatable;      // responses folder -> its watched folder
+    std::map<std::string, mode_t> modes;               // responses folder -> file mode
+    std::map<std::string, Responder *> mailResponders; // by source name
     for (const auto &s : config.sources) {
+        if (s.isMail()) {
+            parts.sources.push_back(
+                std::make_unique<ImapSource>(imapConfig(s, config.settings, clock)));
+            parts.responders.push_back(std::make_unique<SmtpResponder>(smtpConfig(s, clock)));
+            mailResponders[s.name] = parts.responders.back().get();
+            continue;
+        }
         modes[s.responses] = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
         parts.sources.push_back(
             std::make_unique<DirectorySource>(directoryConfig(s, config.settings, clock)));
@@ -77,6 +141,8 @@ Parts buildParts(const Config &config, const Clock &clock) {
     parts.fallback = parts.responders.back().get();
     for (const auto &s : config.sources)
         parts.responderOf[s.name] = parts.fallback;
+    for (const auto &[name, responder] : mailResponders)
+        parts.responderOf[name] = responder;
     return parts;
 }
 

@@ -124,6 +124,7 @@ public:
                        std::string_view sha256) override {
         return store_.isOutput(replyTo, name, sha256);
     }
+    std::string cursor(std::string_view source) override { return store_.sourceCursor(source); }
 
 private:
     spool::Store &store_;
@@ -671,8 +672,11 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
-            spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
-                        task.arrival.replyTo, printable(task.output));
+            if (!r.delivered.empty())
+                spdlog::log(perItem(once_), "{}: {}", task.itemId, printable(r.delivered));
+            else
+                spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
+                            task.arrival.replyTo, printable(task.output));
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;

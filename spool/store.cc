@@ -111,9 +111,16 @@ struct Store::Impl {
     }
 
     std::int64_t addDelivery(std::int64_t item, const Submission &s, bool delivered, Millis now) {
+        if (!s.cursor.empty()) {
+            auto c = db.query("INSERT INTO source_cursor (source, position, updated_at) "
+                              "VALUES (?1, ?2, ?3) ON CONFLICT (source) DO UPDATE SET "
+                              "position = excluded.position, updated_at = excluded.updated_at");
+            c->bind(1, s.arrival.source).bind(2, s.cursor).bind(3, now);
+            c->run();
+        }
         auto q = db.query("INSERT INTO delivery (item_id, source, origin, reply_to, "
-                          "arrival_sha256, state, created_at, updated_at, ack) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)");
+                          "arrival_sha256, state, created_at, updated_at, ack, context) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)");
         q->bind(1, item)
             .bind(2, s.arrival.source)
             .bind(3, s.arrival.origin)
@@ -123,6 +130,7 @@ struct Store::Impl {
             .bind(7, now);
         if (s.acknowledgedWhenStored)
             q->bind(8, "kept");
+        q->bind(9, s.arrival.context);
         q->run();
         return ::sqlite3_last_insert_rowid(db.get());
     }
@@ -588,6 +596,12 @@ std::vector<Ingested> Store::ingest(std::span<const Submission> batch, Millis no
     return out;
 }
 
+std::string Store::sourceCursor(std::string_view source) {
+    auto q = impl_->db.query("SELECT position FROM source_cursor WHERE source = ?1");
+    q->bind(1, source);
+    return q->step() ? q->text(0) : std::string();
+}
+
 Ledger::Seen Store::arrivalSeen(std::string_view source, std::string_view origin,
                                 std::string_view arrivalSha256) {
     auto q = impl_->db.query("SELECT id, ack FROM delivery WHERE source = ?1 AND origin = ?2 AND "
@@ -768,7 +782,8 @@ namespace {
 // state answered, so a scan that started from the items would read the whole history.
 constexpr std::string_view deliveryColumns =
     "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
-    "i.response FROM delivery d INDEXED BY delivery_open CROSS JOIN item i ON i.id = d.item_id "
+    "i.response, d.context FROM delivery d INDEXED BY delivery_open CROSS JOIN item i ON i.id = "
+    "d.item_id "
     "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
     "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL ";
 
@@ -776,7 +791,7 @@ Delivery readDelivery(sql::Statement &q) {
     Delivery d;
     d.deliveryId = q.int64(0);
     d.itemId = q.int64(1);
-    d.arrival = {q.text(2), q.text(3), q.text(4)};
+    d.arrival = {q.text(2), q.text(3), q.text(4), q.text(8)};
     d.output = q.text(5);
     d.responseKind = kindFromDb(q.text(6)).value();
     d.response = q.blob(7);

@@ -287,6 +287,9 @@ public:
     // acknowledged, or kept in place. One indexed lookup.
     Ledger::Seen arrivalSeen(std::string_view source, std::string_view origin,
                              std::string_view arrivalSha256);
+    // The position last recorded for a source with one of its submissions (Submission::cursor;
+    // ingest() writes it in the same transaction), or empty.
+    std::string sourceCursor(std::string_view source);
     // Records how sources acknowledged arrivals (delivery ids from ingest() or arrivalSeen()).
     void markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks, Millis now);
 

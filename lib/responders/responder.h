@@ -39,6 +39,9 @@ struct DeliveryResult {
         NeedsPerson, // will not work by waiting (a name taken by a file that is not ours)
     } type = Type::Retry;
     std::string detail;
+    // For Delivered: what the log says happened, when it is not a file written into replyTo
+    // ("reply <id> sent to ann@example.org"); empty: "response written to FOLDER/NAME".
+    std::string delivered = {};
 };
 
 class Responder {

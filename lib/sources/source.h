@@ -26,6 +26,9 @@ struct Arrival {
     std::string source;  // configured source name
     std::string origin;  // the file's name in the source folder (later: a mail's Message-ID)
     std::string replyTo; // the folder the response file is written to (later: a mail address)
+    // What the responder needs of the request beyond replyTo (a mail's Message-ID, Subject and
+    // References, one "Name: value" line each, for threading the reply); empty for files.
+    std::string context = {};
 };
 
 // What a source hands to the store for one input.
@@ -40,6 +43,9 @@ struct Submission {
                                     // empty when it was too large to read
     // The source leaves its input where it is (after = "keep"): storing it is acknowledging it.
     bool acknowledgedWhenStored = false;
+    // The source's position once this input is stored (an IMAP mailbox's "UIDVALIDITY/UID"),
+    // recorded in the same transaction as the input; empty: nothing to record.
+    std::string cursor = {};
 };
 
 // What the store knows of inputs, as a source needs to ask it.
@@ -59,6 +65,12 @@ public:
     // True when `name` in folder replyTo is a response pkirelay wrote there with these bytes.
     virtual bool isOurResponse(std::string_view replyTo, std::string_view name,
                                std::string_view sha256) = 0;
+    // The position last recorded with a submission of this source (Submission::cursor), or
+    // empty.
+    virtual std::string cursor(std::string_view source) {
+        (void)source;
+        return {};
+    }
 };
 
 // What one take() found.

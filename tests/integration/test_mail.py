@@ -1,0 +1,390 @@
+"""Enrollment by mail: pkirelay reads a Dovecot mailbox over IMAPS and replies over SMTP.
+
+Every peer is real and on loopback, started by the test (tests/integration/mail_peers.py):
+Dovecot with a generated configuration, an SMTP server that delivers the enrollment address into
+Dovecot and captures every other mail, swaks sending as a user would, and the CA: OpenSSL's CMP
+mock server or tests/cmc_responder.py. The replies are checked by OpenSSL (`openssl cmp -rspin`
+accepts the ip; the certs-only and CMC responses parse) and byte by byte where RFC 5322 and
+RFC 3834 say how they must look.
+
+Covered: CMP ir, CMC Full PKI Request (signed), PKCS#10 and an encrypted (enveloped-data)
+request, each answered by one threaded reply; two requests in one mail (two replies); mail with
+no request, a bounce, and a sender not on the allow-list (moved to the rejected mailbox, never
+answered); the SMTP server down and then up (the reply goes out once, later); a crash after the
+store committed and before the mail was moved (nothing fetched or relayed twice), also across a
+UIDVALIDITY change; and the daemon waiting in IDLE while Dovecot is restarted under it.
+"""
+
+import base64
+import email
+import email.policy
+import os
+import re
+import secrets
+import signal
+import subprocess
+import unittest
+
+from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl, run,
+                     start_cmc_responder, start_cmp_server, wait_until)
+from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
+
+MISSING = missing_mail_tools()
+ENROLL = "enroll@example.org"
+ALICE = "alice@example.org"
+
+
+def mime_part(ctype, name, data):
+    body = base64.encodebytes(data).decode().replace("\n", "\r\n")
+    return (f"Content-Type: {ctype}; name=\"{name}\"\r\n"
+            f"Content-Transfer-Encoding: base64\r\n"
+            f"Content-Disposition: attachment; filename=\"{name}\"\r\n\r\n{body}")
+
+
+def make_mail(parts, sender=ALICE, subject="certificate request", extra_headers=(),
+              message_id=None, top=None):
+    """A mail as a mail program writes it: multipart/mixed with a text and the parts; or, with
+    top, the given MIME entity (headers and body) as the whole content."""
+    message_id = message_id or f"<{secrets.token_hex(8)}@example.org>"
+    head = [f"From: Alice <{sender}>", f"To: {ENROLL}", f"Subject: {subject}",
+            "Date: Wed, 02 Dec 2026 10:00:00 +0000", f"Message-ID: {message_id}",
+            "MIME-Version: 1.0", *extra_headers]
+    if top is not None:
+        return ("\r\n".join(head) + "\r\n").encode() + top, message_id
+    boundary = "b-" + secrets.token_hex(6)
+    body = [f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nPlease enroll me.\r\n"]
+    for ctype, name, data in parts:
+        body.append(f"--{boundary}\r\n" + mime_part(ctype, name, data))
+    text = ("\r\n".join(head + [f"Content-Type: multipart/mixed; boundary=\"{boundary}\""])
+            + "\r\n\r\n" + "".join(body) + f"--{boundary}--\r\n")
+    return text.encode(), message_id
+
+
+@unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
+class MailRoundTrip(PkirelayTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dovecot = Dovecot(os.path.join(self.tmp, "dovecot"))
+        self.dovecot.start()
+        self.addCleanup(self.dovecot.stop)
+        self.smtp = SmtpCapture(os.path.join(self.tmp, "smtp"), self.dovecot)
+        self.smtp.start()
+        self.addCleanup(self.smtp.stop)
+        self.secret = os.path.join(self.tmp, "imap.password")
+        with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(Dovecot.PASSWORD + "\n")
+        self.key = os.path.join(self.tmp, "key.pem")
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-out", self.key)
+
+    # Setup pieces.
+
+    def mail_config(self, ca_url, extra_source="", extra_endpoint="", poll=1, imaps=True):
+        url = (f"imaps://127.0.0.1:{self.dovecot.imaps_port}/" if imaps
+               else f"imap://127.0.0.1:{self.dovecot.imap_port}/")
+        with open(self.config, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/store.db"\n'
+                    f'[run]\npoll_seconds = {poll}\n[retry]\ninitial_seconds = 1\n'
+                    f'[source.mail]\ntype = "imap"\nurl = "{url}"\n'
+                    f'user = "{Dovecot.USER}"\npassword_file = "{self.secret}"\n'
+                    f'ca_file = "{self.dovecot.cert}"\n'
+                    f'smtp_url = "smtp://127.0.0.1:{self.smtp.port}"\n'
+                    f'reply_from = "{ENROLL}"\n{extra_source}\n'
+                    f'[endpoint.ca]\nurl = "{ca_url}"\n{extra_endpoint}\n')
+
+    def start_cmc_ca(self):
+        self.log = os.path.join(self.tmp, "responder.log")
+        peer, port = start_cmc_responder("--log", self.log)
+        self.peers.append(peer)
+        return f"http://127.0.0.1:{port}/"
+
+    def p10(self, cn="alice"):
+        out = os.path.join(self.tmp, f"{cn}.p10")
+        openssl("req", "-new", "-key", self.key, "-subj", f"/CN={cn}", "-outform", "DER",
+                "-out", out)
+        with open(out, "rb") as f:
+            return f.read()
+
+    def send(self, raw, sender=ALICE):
+        """Submits the mail to the SMTP server as a user's mail program would (swaks)."""
+        path = os.path.join(self.tmp, f"out-{secrets.token_hex(4)}.eml")
+        with open(path, "wb") as f:
+            f.write(raw)
+        swaks(self.smtp.port, sender, ENROLL, "--data", f"@{path}")
+
+    def replies(self):
+        return self.smtp.mails()
+
+    def the_reply(self, request_id, to=ALICE):
+        """The one reply there is; checks what RFC 5322 and RFC 3834 ask of it."""
+        mails = self.replies()
+        self.assertEqual(len(mails), 1, f"expected one reply, got {len(mails)}")
+        rcpt, raw = mails[0]
+        self.assertEqual(rcpt, ["<>", to], "envelope: null reverse-path, the requester")
+        self.assertNotIn(b"\n", raw.replace(b"\r\n", b""), "a bare LF in the reply")
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        for header in ("Date", "Message-ID", "MIME-Version", "From", "To", "Subject"):
+            self.assertIsNotNone(msg[header], f"no {header}")
+        self.assertEqual(msg["Auto-Submitted"], "auto-replied")
+        self.assertEqual(msg["In-Reply-To"], request_id)
+        self.assertIn(request_id, msg["References"])
+        self.assertEqual(msg["To"], to)
+        return msg
+
+    def attachment(self, msg):
+        parts = [p for p in msg.iter_attachments()]
+        self.assertEqual(len(parts), 1, "one response attached")
+        return parts[0], parts[0].get_payload(decode=True)
+
+    def mailbox_counts(self):
+        return {box: self.dovecot.count(box) for box in ("INBOX", "processed", "rejected")}
+
+    # Round trips.
+
+    def test_pkcs10_answered_with_certs_only(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.run_once(expect=0)
+        part, der = self.attachment(self.the_reply(mid))
+        self.assertEqual(part.get_content_type(), "application/pkcs7-mime")
+        self.assertEqual(part.get_param("smime-type").lower(), "certs-only")
+        self.assertTrue(part.get_filename().endswith(".p7c"), part.get_filename())
+        path = os.path.join(self.tmp, "reply.p7c")
+        with open(path, "wb") as f:
+            f.write(der)
+        self.assertIn("CN = alice", openssl("pkcs7", "-inform", "DER", "-in", path,
+                                            "-print_certs").stdout)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 0})
+        # Nothing new: a second run sends nothing and fetches nothing.
+        proc = self.run_once(expect=0)
+        self.assertIn("0 received", proc.stderr)
+        self.assertEqual(len(self.replies()), 1)
+        self.assertEqual(self.requests_seen(), 1)
+
+    def test_cmp_ir_reply_accepted_by_openssl_cmp(self):
+        creds = CmpCredentials(self.tmp)
+        peer, port = start_cmp_server(creds, "-grant_implicitconf")
+        self.peers.append(peer)
+        self.mail_config(f"http://127.0.0.1:{port}/pkix/",
+                         extra_endpoint="max_connections = 1\nkeep_alive = false")
+        ir = os.path.join(self.tmp, "ir.der")
+        cmp_client(creds, "-server", "127.0.0.1:1/pkix/", "-msg_timeout", "2", "-certout",
+                   os.path.join(self.tmp, "unused.crt"), "-cmd", "ir", "-subject",
+                   "/CN=Mailed", "-implicit_confirm", "-reqout", ir, check=False)
+        with open(ir, "rb") as f:
+            raw, mid = make_mail([("application/pkixcmp", "ir.der", f.read())])
+        self.send(raw)
+        self.run_once(expect=0)
+        part, der = self.attachment(self.the_reply(mid))
+        self.assertEqual(part.get_content_type(), "application/pkixcmp")
+        self.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
+        ip = os.path.join(self.tmp, "ip.pki")
+        with open(ip, "wb") as f:
+            f.write(der)
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+                   "-reqin", ir, "-rspin", ip, "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+    def full_request(self):
+        """A CMC Full PKI Request signed by a throw-away key (as test_cmc_roundtrip makes it)."""
+        nonce = secrets.token_hex(16)
+        cnf = os.path.join(self.tmp, "pkidata.cnf")
+        with open(cnf, "w") as f:
+            f.write("\n".join([
+                "asn1 = SEQUENCE:pkidata", "[pkidata]", "controls = SEQUENCE:controls",
+                "reqs = SEQUENCE:empty", "cms = SEQUENCE:empty", "other = SEQUENCE:empty",
+                "[empty]", "[controls]", "c1 = SEQUENCE:txid", "c2 = SEQUENCE:snonce",
+                "[txid]", "bpid = INTEGER:1", "type = OID:1.3.6.1.5.5.7.7.5",
+                "values = SET:txidval", "[txidval]", "v = INTEGER:0x4242",
+                "[snonce]", "bpid = INTEGER:2", "type = OID:1.3.6.1.5.5.7.7.6",
+                "values = SET:snonceval", "[snonceval]", f"v = FORMAT:HEX,OCTETSTRING:{nonce}",
+                ""]))
+        pkidata = os.path.join(self.tmp, "pkidata.der")
+        openssl("asn1parse", "-genconf", cnf, "-noout", "-out", pkidata)
+        signer = os.path.join(self.tmp, "signer")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", signer + ".key", "-out", signer + ".crt", "-subj", "/CN=requester",
+                "-days", "2")
+        out = os.path.join(self.tmp, "full.crq")
+        openssl("cms", "-sign", "-binary", "-nodetach", "-in", pkidata, "-econtent_type",
+                "1.3.6.1.5.5.7.12.2", "-signer", signer + ".crt", "-inkey", signer + ".key",
+                "-outform", "DER", "-out", out)
+        with open(out, "rb") as f:
+            return f.read()
+
+    def test_cmc_full_request_answered_with_cmc_response(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs7-mime; smime-type=CMC-request", "req.p7m",
+                               self.full_request())])
+        self.send(raw)
+        self.run_once(expect=0)
+        part, der = self.attachment(self.the_reply(mid))
+        self.assertEqual(part.get_content_type(), "application/pkcs7-mime")
+        self.assertEqual(part.get_param("smime-type").lower(), "cmc-response")
+        path = os.path.join(self.tmp, "reply.p7m")
+        with open(path, "wb") as f:
+            f.write(der)
+        self.assertIn("1.3.6.1.5.5.7.12.3", openssl("cms", "-cmsout", "-print", "-inform",
+                                                    "DER", "-in", path).stdout)
+
+    def test_encrypted_request_is_decrypted_and_answered(self):
+        relay = os.path.join(self.tmp, "relay")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", relay + ".key", "-out", relay + ".crt", "-subj", "/CN=relay",
+                "-days", "2")
+        os.chmod(relay + ".key", 0o600)
+        self.mail_config(self.start_cmc_ca(), extra_source=f'smime_decrypt_key = "{relay}.key"\n'
+                         f'smime_decrypt_cert = "{relay}.crt"')
+        inner = os.path.join(self.tmp, "inner.mime")
+        with open(inner, "wb") as f:
+            f.write(mime_part("application/pkcs10", "alice.p10", self.p10()).encode())
+        enveloped = os.path.join(self.tmp, "enveloped.mime")
+        openssl("cms", "-encrypt", "-aes256", "-in", inner, "-out", enveloped, relay + ".crt")
+        with open(enveloped, "rb") as f:
+            top = f.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        # openssl cms writes a MIME-Version of its own: the mail's header block takes it.
+        top = b"\r\n".join(line for line in top.split(b"\r\n")
+                           if not line.startswith(b"MIME-Version"))
+        raw, mid = make_mail([], top=top)
+        self.send(raw)
+        self.run_once(expect=0)
+        part, der = self.attachment(self.the_reply(mid))
+        self.assertEqual(part.get_param("smime-type").lower(), "certs-only")
+
+    def test_two_requests_in_one_mail_get_one_reply_each(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "one.p10", self.p10("one")),
+                              ("application/pkcs10", "two.p10", self.p10("two"))])
+        self.send(raw)
+        self.run_once(expect=0)
+        mails = self.replies()
+        self.assertEqual(len(mails), 2)
+        for _, raw_reply in mails:
+            msg = email.message_from_bytes(raw_reply, policy=email.policy.default)
+            self.assertEqual(msg["In-Reply-To"], mid)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 0})
+
+    # What is never answered.
+
+    def assert_rejected_unanswered(self, why_pattern, proc):
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 0, "rejected": 1})
+        self.assertEqual(self.replies(), [])
+        self.assertEqual(self.requests_seen(), 0)
+        self.assertRegex(proc.stderr, why_pattern)
+
+    def test_mail_without_request_is_rejected_unanswered(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, _ = make_mail([("text/plain", "notes.txt", b"just words")])
+        self.send(raw)
+        proc = self.run_once(expect=0)
+        self.assert_rejected_unanswered(r"moved to rejected", proc)
+
+    def test_bounce_is_never_answered(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, _ = make_mail([("application/pkcs10", "alice.p10", self.p10())],
+                           sender="MAILER-DAEMON@example.org",
+                           subject="Undelivered Mail Returned to Sender",
+                           extra_headers=["Auto-Submitted: auto-replied"])
+        self.send(raw, sender="")
+        proc = self.run_once(expect=0)
+        self.assert_rejected_unanswered(r"auto-generated", proc)
+
+    def test_sender_not_on_allow_list(self):
+        self.mail_config(self.start_cmc_ca(), extra_source='allow_senders = "example.net, '
+                         'bob@example.org"')
+        raw, _ = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        proc = self.run_once(expect=0)
+        self.assert_rejected_unanswered(r"not on allow_senders", proc)
+
+    def test_rate_limit_per_sender(self):
+        self.mail_config(self.start_cmc_ca(), extra_source="rate_limit_per_hour = 1")
+        for cn in ("first", "second"):
+            raw, _ = make_mail([("application/pkcs10", f"{cn}.p10", self.p10(cn))])
+            self.send(raw)
+        proc = self.run_once(expect=0)
+        self.assertEqual(len(self.replies()), 1)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 1})
+        self.assertIn("rate_limit_per_hour", proc.stderr)
+
+    # Failures and crashes.
+
+    def test_smtp_down_then_up_reply_goes_out_once_later(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.smtp.stop()
+        self.run_once(expect=75)  # answered by the CA, the reply waits
+        self.assertEqual(self.mailbox_counts()["processed"], 1)
+        self.smtp.start()
+        self.run_once(expect=0)
+        self.the_reply(mid)
+        self.run_once(expect=0)
+        self.assertEqual(len(self.replies()), 1, "the reply went out once")
+        self.assertEqual(self.requests_seen(), 1, "the CA saw the request once")
+
+    def crash_at(self, point):
+        env = dict(os.environ, PKIRELAY_CRASH_AT=point)
+        proc = run([PKIRELAY, "run", "--once", "-c", self.config], check=False, env=env)
+        if proc.returncode != -signal.SIGKILL:
+            self.skipTest(f"not a -Dcrash_points=true build (exit {proc.returncode})")
+
+    def test_crash_after_storing_before_the_move(self):
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.crash_at("stored")
+        self.assertEqual(self.mailbox_counts()["INBOX"], 1, "not moved before the crash")
+        proc = self.run_once(expect=0)
+        self.assertIn("0 received", proc.stderr)  # known: acknowledged, not stored again
+        self.the_reply(mid)
+        self.assertEqual(len(self.items()), 1)
+        self.assertEqual(self.requests_seen(), 1)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 0})
+
+    def test_uidvalidity_change_loses_nothing_and_relays_nothing_twice(self):
+        self.mail_config(self.start_cmc_ca())
+        stored, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(stored)
+        self.crash_at("stored")
+        # The server renumbers the mailbox (a restore, a migration): UIDs mean other mails now.
+        # A second mail, without a Message-ID, arrives under the new numbering.
+        self.dovecot.set_uidvalidity(self.dovecot.uidvalidity() + 7)
+        second, _ = make_mail([("application/pkcs10", "bob.p10", self.p10("bob"))])
+        second = re.sub(rb"Message-ID: [^\r]*\r\n", b"", second)
+        self.send(second)
+        self.run_once(expect=0)
+        self.assertEqual(len(self.items()), 2)
+        self.assertEqual(self.requests_seen(), 2)
+        self.assertEqual(len(self.replies()), 2)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 2, "rejected": 0})
+
+    def test_daemon_idles_and_survives_an_imap_restart(self):
+        # poll_seconds is long: only IDLE (and the reconnect after the restart) wakes it.
+        self.mail_config(self.start_cmc_ca(), poll=3600)
+        daemon = subprocess.Popen([PKIRELAY, "run", "-c", self.config],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            raw, first = make_mail([("application/pkcs10", "a.p10", self.p10("a"))])
+            self.send(raw)
+            wait_until(lambda: len(self.replies()) == 1, "the first reply")
+            self.dovecot.restart()  # drops the IDLE connection under the daemon
+            raw, second = make_mail([("application/pkcs10", "b.p10", self.p10("b"))])
+            self.send(raw)
+            wait_until(lambda: len(self.replies()) == 2, "the second reply after the restart")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=30)
+        self.assertEqual(daemon.returncode, 0, err.decode(errors="replace"))
+        ids = sorted(email.message_from_bytes(r, policy=email.policy.default)["In-Reply-To"]
+                     for _, r in self.replies())
+        self.assertEqual(ids, sorted([first, second]))
+        self.assertEqual(self.requests_seen(), 2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
