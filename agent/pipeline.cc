@@ -185,6 +185,8 @@ bool Pipeline::finished() const {
 
 void Pipeline::sweep() {
     sweepTimer_ = 0;
+    if (storeCheck_)
+        storeCheck_(); // a store replaced while idle is noticed within run.poll_seconds
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
@@ -282,6 +284,8 @@ void Pipeline::intake() {
         }
         dispatch();            // the CA sees the new requests before the files are acknowledged
         crashPoint("claimed"); // claimed and handed to the transport, the source not acknowledged
+        if (storeCheck_)
+            storeCheck_(); // what was committed must still be reachable before a file goes
         const auto acks = source->acknowledge(tokens);
         crashPoint("acknowledged"); // acknowledged, the acknowledgement not yet recorded
         for (std::size_t i = 0; i < acks.size(); ++i) {

@@ -58,6 +58,60 @@ class Review13(test_daemon.DaemonTest):
         self.run_once(expect=0)  # nothing left over for a later run
         self.assertEqual(self.requests_seen(), 1)
 
+    def test_a_store_deleted_under_the_daemon_stops_it_before_a_request_is_lost(self):
+        """rm of the store (or a backup moved over it) while the daemon runs: SQLite goes on
+        writing into the file it has open, which no name reaches any more. The daemon must stop
+        before it acknowledges (here: deletes) another request file into that store."""
+        self.configure(closed_port(), extra_source='after = "delete"',
+                       extra="[retry]\ninitial_seconds = 3600\n")
+        daemon = self.start()
+        self.drop(["first.p10"])
+        wait_until(lambda: "first.p10" not in self.inbox_files(), "first.p10 taken and deleted")
+        store = os.path.join(self.tmp, "store.db")
+        for suffix in ("", "-wal", "-shm"):
+            os.unlink(store + suffix)
+        self.drop(["second.p10"])
+        # Either the daemon stops (it noticed) or it takes and deletes the file (the loss).
+        wait_until(lambda: not self.alive() or "second.p10" not in self.inbox_files(),
+                   "the daemon to stop or to take second.p10")
+        self.assertIn("second.p10", self.inbox_files(),
+                      "a request was deleted after its store was gone: it is lost\n"
+                      + daemon.output())
+        daemon.peer.proc.wait(timeout=30)
+        self.assertNotEqual(daemon.peer.proc.returncode, 0, daemon.output())
+        self.assertTrue(daemon.saw("no longer"), daemon.output())
+
+    def test_a_store_replaced_under_the_daemon_stops_it(self):
+        """A copy moved over the store (an operator restoring a backup while the daemon runs):
+        the daemon would go on with the old file while a second run could lock the new one, two
+        agents on the same folders."""
+        port = self.start_ca()
+        self.configure(port)
+        daemon = self.start()
+        self.drop(["one.p10"])
+        wait_until(lambda: self.responses(), "one.p7c")
+        store = os.path.join(self.tmp, "store.db")
+        copy = os.path.join(self.tmp, "copy.db")
+        src = sqlite3.connect(store)
+        dst = sqlite3.connect(copy)
+        src.backup(dst)
+        src.close()
+        dst.close()
+        os.rename(copy, store)
+        self.drop(["two.p10"])
+        wait_until(lambda: not self.alive(), "the daemon to notice its store was replaced",
+                   deadline=15)
+        self.assertNotEqual(daemon.peer.proc.returncode, 0, daemon.output())
+        self.assertTrue(daemon.saw("no longer"), daemon.output())
+
+    def drop(self, names):
+        staged = self.csrs(names)
+        for path, name in zip(staged, names):
+            os.rename(path, os.path.join(self.inbox, name))
+
+    def alive(self):
+        return self.daemon.peer.proc.poll() is None
+
 # DaemonTest's own cases run in test_daemon.py: only its helpers are wanted here.
 for _name in [n for n in dir(test_daemon.DaemonTest) if n.startswith("test_")]:
     setattr(Review13, _name, None)
