@@ -168,7 +168,8 @@ void Pipeline::start() {
     // are in the store and are delivered again.
     for (auto &r : parts_.responders)
         r->recover();
-    deliverAll(); // answers recorded by an earlier run and not yet written
+    store_.changedElsewhere(); // the baseline: what is there now is delivered right here
+    deliverAll();              // answers recorded by an earlier run and not yet written
     scheduleIntake(true);
     queueMayHaveItems_ = true;
     scheduleRelay();
@@ -190,7 +191,9 @@ void Pipeline::sweep() {
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
-    if (deliveriesWaiting_)
+    // An operator's deliver --force (or any change by another process) may have made answers
+    // deliverable that no stage of this run knows of.
+    if (store_.changedElsewhere() || deliveriesWaiting_)
         deliverAll();
     queueMayHaveItems_ = true;
     scheduleRelay();

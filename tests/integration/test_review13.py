@@ -112,6 +112,23 @@ class Review13(test_daemon.DaemonTest):
     def alive(self):
         return self.daemon.peer.proc.poll() is None
 
+    def test_deliver_force_while_the_daemon_runs_is_written_without_a_restart(self):
+        """`pkirelay deliver ID --force` while the daemon runs: the sweep wrote waiting
+        deliveries only when one of its own had failed (deliveriesWaiting_), so the forced
+        answer waited for a restart."""
+        fault = os.path.join(TESTS_DIR, "fault_endpoint.py")
+        peer = Peer([sys.executable, fault, "--mode", "200-cmp-for-cmc"], "LISTENING")
+        self.peers.append(peer)
+        self.configure(int(peer.ready_line.split()[1]))
+        daemon = self.start()
+        self.drop(["odd.p10"])
+        wait_until(lambda: self.items("review"), "the item in review")
+        item = self.items("review")[0]["id"]
+        self.pkirelay("deliver", str(item), "--force", "-c", self.config, check=True)
+        wait_until(lambda: os.path.exists(os.path.join(self.inbox, "odd.pki")),
+                   "the forced answer written by the running daemon", deadline=15)
+        self.assertTrue(self.alive(), daemon.output())
+
 # DaemonTest's own cases run in test_daemon.py: only its helpers are wanted here.
 for _name in [n for n in dir(test_daemon.DaemonTest) if n.startswith("test_")]:
     setattr(Review13, _name, None)
