@@ -58,6 +58,20 @@ class Review13(test_daemon.DaemonTest):
         self.run_once(expect=0)  # nothing left over for a later run
         self.assertEqual(self.requests_seen(), 1)
 
+    def test_a_source_watching_another_sources_move_to_is_refused(self):
+        """source b watching source a's move_to: every request a stored and moved was taken in
+        again by b as a second arrival, and answered twice (a response file in each folder)."""
+        processed = os.path.join(self.inbox, "processed")
+        os.mkdir(processed)
+        with open(self.config, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/store.db"\n'
+                    f'[source.a]\npath = "{self.inbox}"\nafter = "move"\n'
+                    f'[source.b]\npath = "{processed}"\n'
+                    f'[endpoint.ca]\nurl = "http://127.0.0.1:{closed_port()}/cmc"\n')
+        proc = self.pkirelay("check-config", "-c", self.config)
+        self.assertEqual(proc.returncode, 78, proc.stdout + proc.stderr)
+        self.assertIn("move_to", proc.stdout + proc.stderr)
+
     def test_a_store_deleted_under_the_daemon_stops_it_before_a_request_is_lost(self):
         """rm of the store (or a backup moved over it) while the daemon runs: SQLite goes on
         writing into the file it has open, which no name reaches any more. The daemon must stop
