@@ -6,8 +6,11 @@ reason where the fix is larger than the review).
   private acknowledgement name (".NAME.pkirelay-ack") is 14 bytes longer than NAME_MAX allows;
 - a store deleted (or replaced) under a running daemon: the daemon went on recording into the
   unlinked file and deleting request files, which were then lost with it;
+- a source watching another source's move_to took every moved request in again and answered it
+  twice; check-config accepted that;
+- `deliver --force` while the daemon runs: the answer waited for a restart;
 - an operator's write transaction on the store held longer than SQLite's busy timeout while an
-  answer is in flight: the daemon exited and the CA's answer was thrown away.
+  answer is in flight: the daemon exited and the CA's answer was thrown away (expected failure).
 Nothing waits by sleeping: every wait is for a condition with a deadline. (Holding the store's
 write lock for a while is the operator being simulated, not a wait.)
 """
