@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <variant>
@@ -20,8 +21,10 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include "lib/classify.h"
 #include "lib/file_io.h"
 #include "lib/owned.h"
+#include "lib/transports/tcp.h"
 
 namespace pkirelay::agent {
 namespace {
@@ -227,18 +230,29 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
     // One key per entry reads as the table it is.
     // clang-format off
     static const std::vector<Key<S>> keys = {
-        {"type", Type::Choice, &S::type, "http", 0, 0, {"http"},
-         "How messages are carried (http covers https)."},
+        {"type", Type::Choice, &S::type, "from the url", 0, 0, {"http", "cmc-tcp", "cmp-tcp"},
+         "How messages are carried: http (covers https); cmc-tcp, CMC over TCP (RFC 5273 §5); "
+         "cmp-tcp, the legacy CMP-over-TCP protocol (RFC 2510 §5.2 and its version 10)."},
         {"url", Type::String, &S::url, "(required)", 0, 0, {},
-         "Where requests are POSTed, used as given (CMP: usually .../.well-known/cmp).", true},
+         "http(s)://host[:port]/path: where requests are POSTed, used as given (CMP: usually "
+         ".../.well-known/cmp). cmc-tcp://host[:port] (port 5318) or cmp-tcp://host[:port] "
+         "(port 829); cmc-tcps:// and cmp-tcps:// for TLS.", true},
         {"connect_timeout_seconds", Type::Int, &S::connectTimeoutSeconds, "10", 1, 600, {},
          "Longest wait for a connection."},
         {"timeout_seconds", Type::Int, &S::timeoutSeconds, "60", 1, 3600, {},
          "Longest wait for a whole exchange."},
         {"ca_file", Type::Path, &S::caFile, "the system's trust store", 0, 0, {},
-         "PEM file of CA certificates that HTTPS servers are verified against."},
+         "PEM file of CA certificates that TLS servers are verified against."},
+        {"ca_path", Type::Path, &S::caPath, "none", 0, 0, {},
+         "A directory of CA certificates by hash (`openssl rehash`), beside or instead of "
+         "ca_file."},
         {"verify_tls", Type::Bool, &S::verifyTls, "true", 0, 0, {},
-         "Verify the HTTPS server's certificate and name. Turn off only for one test endpoint."},
+         "Verify the TLS server's certificate and name. Turn off only for one test endpoint."},
+        {"pinned_public_key", Type::String, &S::pinnedPublicKey, "none", 0, 0, {},
+         "Accept only a server with this public key: sha256//BASE64 (several joined by ;), or "
+         "a PEM or DER public key file. Checked even with verify_tls = false."},
+        {"tls_min_version", Type::Choice, &S::tlsMinVersion, "1.2", 0, 0, {"1.2", "1.3"},
+         "Oldest TLS version accepted (BCP 195)."},
         {"client_cert", Type::Path, &S::clientCert, "none", 0, 0, {},
          "PEM client certificate for mutual TLS (with client_key)."},
         {"client_key", Type::Path, &S::clientKey, "none", 0, 0, {},
@@ -249,6 +263,37 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
         {"keep_alive", Type::Bool, &S::keepAlive, "true", 0, 0, {},
          "Reuse connections. Set false for servers that tie a transaction to its connection, "
          "such as OpenSSL 3.0's `openssl cmp -port` (a later certConf would be refused)."},
+        {"proxy", Type::String, &S::proxy, "none", 0, 0, {},
+         "http only: the HTTP proxy to go through (http://host:port)."},
+        {"follow_redirects", Type::Bool, &S::followRedirects, "false", 0, 0, {},
+         "http only: follow 3xx redirects (POST kept, never from https to http). Off by "
+         "default: RFC 9811 §3.1 warns that a stored redirect can be abused."},
+        {"cmp_profile", Type::String, &S::cmpProfile, "none", 0, 0, {},
+         "http only: a CMP profile or CA label; the url's path becomes "
+         "/.well-known/cmp/p/<label> (RFC 9811 §3)."},
+        {"poll_max_seconds", Type::Int, &S::pollMaxSeconds, "600", 0, 86400, {},
+         "cmp-tcp only: the longest transport-level pollRep wait pkirelay sits out; a longer "
+         "one defers the item."},
+    };
+    // clang-format on
+    return keys;
+}
+
+const std::vector<Key<RouteConfig>> &routeKeys() {
+    using S = RouteConfig;
+    // clang-format off
+    static const std::vector<Key<S>> keys = {
+        {"source", Type::String, &S::source, "any", 0, 0, {},
+         "Matches messages from this source."},
+        {"kind", Type::String, &S::kind, "any", 0, 0, {},
+         "Matches these kinds, comma-separated (cmc-simple-request, cmc-full-request, "
+         "cmc-enveloped, cmp)."},
+        {"cmp_body", Type::String, &S::cmpBody, "any", 0, 0, {},
+         "Matches CMP messages with these body types, comma-separated names or numbers (ir, cr, "
+         "p10cr, kur, rr, genm, certConf, pollReq, ckuann, cann, rann, crlann, ...; \"ann\" is "
+         "the four announcements)."},
+        {"endpoint", Type::String, &S::endpoint, "(required)", 0, 0, {},
+         "Where matching messages go.", true},
     };
     // clang-format on
     return keys;
@@ -474,6 +519,231 @@ std::optional<std::string> certificateFileProblem(const std::string &file) {
     return std::nullopt;
 }
 
+std::string lowered(std::string_view text) {
+    std::string out(text);
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
+// RFC 9811 §3: a CMP server's paths are /.well-known/cmp, optionally followed by p/<label>
+// (arbitraryLabel) and an operation label. A label is one path segment of unreserved
+// characters (RFC 3986 §2.3), so that it never needs escaping.
+bool isCmpLabel(std::string_view label) {
+    return !label.empty() && std::all_of(label.begin(), label.end(), [](unsigned char c) {
+        return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+    });
+}
+
+// The url's scheme decides the type when none is given; for the TCP types it is parsed into
+// host, port and TLS. For http, the CMP well-known path forms are checked (or built from
+// cmp_profile) and everything else is used as given.
+void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
+    const std::string_view url = e.url;
+    const std::size_t sep = url.find("://");
+    const std::string scheme = sep == std::string_view::npos ? "" : lowered(url.substr(0, sep));
+    std::string type;
+    if (scheme == "http" || scheme == "https")
+        type = "http";
+    else if (scheme == "cmc-tcp" || scheme == "cmc-tcps")
+        type = "cmc-tcp";
+    else if (scheme == "cmp-tcp" || scheme == "cmp-tcps")
+        type = "cmp-tcp";
+    if (type.empty()) {
+        problems.add(fmt::format("endpoint.{}.url must start with http://, https://, "
+                                 "cmc-tcp://, cmc-tcps://, cmp-tcp:// or cmp-tcps://, not \"{}\"",
+                                 e.name, e.url));
+        return;
+    }
+    if (e.type.empty())
+        e.type = type;
+    else if (e.type != type) {
+        problems.add(fmt::format("endpoint.{}: type \"{}\" does not go with the url \"{}\" "
+                                 "(a {} url)",
+                                 e.name, e.type, e.url, type));
+        return;
+    }
+    const auto httpOnly = [&](bool set, std::string_view key) {
+        if (set && e.type != "http")
+            problems.add(fmt::format("endpoint.{}.{} is for http endpoints only", e.name, key));
+    };
+    httpOnly(!e.proxy.empty(), "proxy");
+    httpOnly(e.followRedirects, "follow_redirects");
+    httpOnly(!e.cmpProfile.empty(), "cmp_profile");
+    httpOnly(!e.keepAlive, "keep_alive");
+    if (e.pollMaxSeconds != 600 && e.type != "cmp-tcp")
+        problems.add(
+            fmt::format("endpoint.{}.poll_max_seconds is for cmp-tcp endpoints only", e.name));
+
+    const std::string_view rest = url.substr(sep + 3);
+    if (e.type == "http") {
+        const std::size_t slash = rest.find_first_of("/?#");
+        std::string path(slash == std::string_view::npos ? "" : rest.substr(slash));
+        const std::string authority(rest.substr(0, slash));
+        if (authority.empty())
+            problems.add(fmt::format("endpoint.{}.url has no host: \"{}\"", e.name, e.url));
+        if (!e.cmpProfile.empty()) {
+            if (!isCmpLabel(e.cmpProfile))
+                problems.add(fmt::format("endpoint.{}.cmp_profile \"{}\" must be one path "
+                                         "segment of letters, digits and -._~",
+                                         e.name, e.cmpProfile));
+            else if (path.empty() || path == "/" || path == "/.well-known/cmp" ||
+                     path == "/.well-known/cmp/")
+                e.url = fmt::format("{}://{}/.well-known/cmp/p/{}", url.substr(0, sep), authority,
+                                    e.cmpProfile);
+            else
+                problems.add(fmt::format("endpoint.{}: cmp_profile builds the path "
+                                         "/.well-known/cmp/p/{}; the url must then have no path "
+                                         "or /.well-known/cmp, not {}",
+                                         e.name, e.cmpProfile, path));
+        } else if (path.rfind("/.well-known/cmp", 0) == 0) {
+            // /.well-known/cmp[/p/<label>][/<operation>]: anything else under the well-known
+            // name is a typo a CMP server would answer with 404.
+            std::string_view tail = std::string_view(path).substr(16);
+            bool ok = tail.empty() || tail == "/";
+            if (!ok && tail.substr(0, 3) == "/p/") {
+                tail.remove_prefix(3);
+                const std::size_t next = tail.find('/');
+                ok = isCmpLabel(tail.substr(0, next)) &&
+                     (next == std::string_view::npos || isCmpLabel(tail.substr(next + 1)));
+            } else if (!ok && tail[0] == '/') {
+                ok = isCmpLabel(tail.substr(1));
+            }
+            if (!ok)
+                problems.add(fmt::format("endpoint.{}.url: {} is not a CMP well-known path "
+                                         "(/.well-known/cmp, /.well-known/cmp/p/<label>, "
+                                         "optionally followed by /<operation>; RFC 9811 §3)",
+                                         e.name, path));
+        }
+        return;
+    }
+    // cmc-tcp://host[:port][/], cmp-tcp://host[:port][/]; IPv6 addresses in brackets.
+    e.tls = scheme.back() == 's';
+    std::string_view hostPort = rest;
+    if (!hostPort.empty() && hostPort.back() == '/')
+        hostPort.remove_suffix(1);
+    std::string_view host = hostPort, port;
+    if (hostPort.substr(0, 1) == "[") {
+        const std::size_t close = hostPort.find(']');
+        if (close == std::string_view::npos) {
+            problems.add(fmt::format("endpoint.{}.url: unclosed [ in \"{}\"", e.name, e.url));
+            return;
+        }
+        host = hostPort.substr(1, close - 1);
+        const std::string_view after = hostPort.substr(close + 1);
+        if (!after.empty() && after[0] != ':') {
+            problems.add(
+                fmt::format("endpoint.{}.url: unexpected \"{}\" after the address", e.name, after));
+            return;
+        }
+        port = after.empty() ? after : after.substr(1);
+    } else if (const std::size_t colon = hostPort.rfind(':'); colon != std::string_view::npos) {
+        host = hostPort.substr(0, colon);
+        port = hostPort.substr(colon + 1);
+    }
+    if (host.empty() || host.find_first_of("/?#@ ") != std::string_view::npos) {
+        problems.add(fmt::format("endpoint.{}.url must be {}://host[:port] with no path or user, "
+                                 "not \"{}\"",
+                                 e.name, scheme, e.url));
+        return;
+    }
+    e.host = std::string(host);
+    e.port = e.type == "cmc-tcp" ? kCmcTcpPort : kCmpTcpPort;
+    if (!port.empty()) {
+        int value = 0;
+        const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+        if (ec != std::errc() || end != port.data() + port.size() || value < 1 || value > 65535) {
+            problems.add(
+                fmt::format("endpoint.{}.url: port \"{}\" is not 1 to 65535", e.name, port));
+            return;
+        }
+        e.port = static_cast<std::uint16_t>(value);
+    }
+    if (!e.tls)
+        for (const auto &[key, set] :
+             {std::pair{"ca_file", !e.caFile.empty()}, std::pair{"ca_path", !e.caPath.empty()},
+              std::pair{"client_cert", !e.clientCert.empty()},
+              std::pair{"pinned_public_key", !e.pinnedPublicKey.empty()}})
+            if (set)
+                problems.add(
+                    fmt::format("endpoint.{}.{} needs TLS: use {}s://", e.name, key, scheme));
+}
+
+// Comma-separated kinds or CMP body types of a [[route]] into its rule.
+void parseRoute(const RouteConfig &r, Config &config, Problems &problems) {
+    RouteRule rule;
+    rule.source = r.source;
+    rule.endpoint = r.endpoint;
+    rule.origin = r.name;
+    const auto split = [](std::string_view text) {
+        std::vector<std::string> out;
+        std::size_t start = 0;
+        while (start <= text.size()) {
+            std::size_t end = text.find(',', start);
+            if (end == std::string_view::npos)
+                end = text.size();
+            std::string_view one = text.substr(start, end - start);
+            while (!one.empty() && one.front() == ' ')
+                one.remove_prefix(1);
+            while (!one.empty() && one.back() == ' ')
+                one.remove_suffix(1);
+            out.emplace_back(one);
+            start = end + 1;
+        }
+        return out;
+    };
+    if (!r.kind.empty())
+        for (const auto &name : split(r.kind)) {
+            const auto kind = kindFromId(name);
+            if (!kind || !isRequestKind(*kind))
+                problems.add(fmt::format("{}.kind: \"{}\" is not a request kind "
+                                         "(cmc-simple-request, cmc-full-request, cmc-enveloped, "
+                                         "cmp)",
+                                         r.name, name));
+            else
+                rule.kinds.push_back(*kind);
+        }
+    if (!r.cmpBody.empty())
+        for (const auto &name : split(r.cmpBody)) {
+            if (name == "ann") { // RFC 9810 §5.3.13: the four announcements, [15] to [18]
+                for (int b = 15; b <= 18; ++b)
+                    rule.cmpBodies.push_back(b);
+                continue;
+            }
+            int found = -1;
+            for (int b = 0; b <= 26 && found < 0; ++b)
+                if (lowered(cmpBodyName(b)) == lowered(name))
+                    found = b;
+            if (found < 0) {
+                int value = -1;
+                const auto [end, ec] =
+                    std::from_chars(name.data(), name.data() + name.size(), value);
+                if (ec == std::errc() && end == name.data() + name.size() && value >= 0 &&
+                    value <= 26)
+                    found = value;
+            }
+            if (found < 0)
+                problems.add(fmt::format("{}.cmp_body: \"{}\" is not a CMP body type (a name "
+                                         "such as ir, cr, p10cr, kur, rr, genm, certConf, rann, "
+                                         "or its number 0 to 26)",
+                                         r.name, name));
+            else
+                rule.cmpBodies.push_back(found);
+        }
+    if (!rule.cmpBodies.empty() && !rule.kinds.empty() &&
+        std::find(rule.kinds.begin(), rule.kinds.end(), Kind::Cmp) == rule.kinds.end())
+        problems.add(fmt::format("{}: cmp_body matches only CMP messages, but kind does not "
+                                 "include cmp",
+                                 r.name));
+    if (!r.source.empty() && !config.source(r.source))
+        problems.add(
+            fmt::format("{}.source names \"{}\", which is not a source", r.name, r.source));
+    if (!config.endpoint(r.endpoint))
+        problems.add(
+            fmt::format("{}.endpoint names \"{}\", which is not an endpoint", r.name, r.endpoint));
+    config.rules.push_back(std::move(rule));
+}
+
 void checkConsistency(Config &config, Problems &problems) {
     if (config.sources.empty())
         problems.add("no sources: add a [source.NAME] table with a path");
@@ -481,15 +751,7 @@ void checkConsistency(Config &config, Problems &problems) {
         problems.add("no endpoints: add an [endpoint.NAME] table with a url");
 
     for (auto &endpoint : config.endpoints) {
-        const std::string_view url = endpoint.url;
-        const auto scheme = url.substr(0, url.find("://"));
-        std::string lower(scheme);
-        std::transform(lower.begin(), lower.end(), lower.begin(),
-                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        if (url.find("://") == std::string_view::npos || (lower != "http" && lower != "https"))
-            problems.add(fmt::format("endpoint.{}.url must start with http:// or https://, not "
-                                     "\"{}\"",
-                                     endpoint.name, endpoint.url));
+        checkEndpointUrl(endpoint, problems);
         if (endpoint.clientCert.empty() != endpoint.clientKey.empty())
             problems.add(
                 fmt::format("endpoint.{}: client_cert and client_key go together", endpoint.name));
@@ -524,7 +786,8 @@ void checkConsistency(Config &config, Problems &problems) {
         checkFolders(source, problems);
         if (source.endpoint.empty() && config.endpoints.size() == 1)
             source.endpoint = config.endpoints.front().name;
-        if (source.endpoint.empty() && config.endpoints.size() > 1)
+        // With [[route]] rules a source may be covered by them alone.
+        if (source.endpoint.empty() && config.endpoints.size() > 1 && config.routeTables.empty())
             problems.add(fmt::format("source.{} needs endpoint = \"...\": there are {} endpoints",
                                      source.name, config.endpoints.size()));
         if (!source.endpoint.empty() && !config.endpoint(source.endpoint))
@@ -551,6 +814,18 @@ void checkConsistency(Config &config, Problems &problems) {
                                          "it stored (move_to): each would be taken in twice and "
                                          "answered twice",
                                          watcher.name, watcher.path, mover.name));
+    // The rules in order: [[route]] first, then each source's routes, then its endpoint.
+    config.rules.clear();
+    for (const auto &r : config.routeTables)
+        parseRoute(r, config, problems);
+    for (const auto &source : config.sources) {
+        for (const auto &[kind, name] : source.routes)
+            config.rules.push_back(
+                {source.name, {kind}, {}, name, fmt::format("source.{}.routes", source.name)});
+        if (!source.endpoint.empty())
+            config.rules.push_back(
+                {source.name, {}, {}, source.endpoint, fmt::format("source.{}", source.name)});
+    }
     if (config.settings.retryMaxDelaySeconds < config.settings.retryInitialSeconds)
         problems.add("retry.max_delay_seconds is shorter than retry.initial_seconds");
 }
@@ -611,7 +886,43 @@ HttpEndpoint EndpointConfig::toHttp() const {
     http.clientKey = clientKey;
     http.maxConnections = static_cast<unsigned>(maxConnections);
     http.keepAlive = keepAlive;
+    http.caPath = caPath;
+    http.pinnedPublicKey = pinnedPublicKey;
+    http.tlsMinVersion = tlsMinVersion;
+    http.proxy = proxy;
+    http.followRedirects = followRedirects;
     return http;
+}
+
+TcpEndpoint EndpointConfig::toTcp() const {
+    TcpEndpoint tcp;
+    tcp.name = name;
+    tcp.host = host;
+    tcp.port = port;
+    tcp.connectTimeout = std::chrono::seconds(connectTimeoutSeconds);
+    tcp.timeout = std::chrono::seconds(timeoutSeconds);
+    tcp.maxConnections = static_cast<unsigned>(maxConnections);
+    tcp.maxPollWait = std::chrono::seconds(pollMaxSeconds);
+    tcp.tls.enabled = tls;
+    tcp.tls.caFile = caFile;
+    tcp.tls.caPath = caPath;
+    tcp.tls.verify = verifyTls;
+    tcp.tls.clientCert = clientCert;
+    tcp.tls.clientKey = clientKey;
+    tcp.tls.pinnedPublicKey = pinnedPublicKey;
+    tcp.tls.minVersion = tlsMinVersion;
+    return tcp;
+}
+
+bool RouteRule::matches(const std::string &fromSource, Kind kind, int cmpBody) const {
+    if (!source.empty() && source != fromSource)
+        return false;
+    if (!kinds.empty() && std::find(kinds.begin(), kinds.end(), kind) == kinds.end())
+        return false;
+    if (!cmpBodies.empty() && (kind != Kind::Cmp || std::find(cmpBodies.begin(), cmpBodies.end(),
+                                                              cmpBody) == cmpBodies.end()))
+        return false;
+    return true;
 }
 
 spool::RetryPolicy Config::retryPolicy() const {
@@ -634,13 +945,11 @@ const EndpointConfig *Config::endpoint(const std::string &name) const {
     return it == endpoints.end() ? nullptr : &*it;
 }
 
-const EndpointConfig *Config::route(const std::string &sourceName, Kind kind) const {
-    const SourceConfig *src = source(sourceName);
-    if (!src)
-        return nullptr;
-    if (auto it = src->routes.find(kind); it != src->routes.end())
-        return endpoint(it->second);
-    return src->endpoint.empty() ? nullptr : endpoint(src->endpoint);
+const EndpointConfig *Config::route(const std::string &sourceName, Kind kind, int cmpBody) const {
+    for (const auto &rule : rules)
+        if (rule.matches(sourceName, kind, cmpBody))
+            return endpoint(rule.endpoint);
+    return nullptr;
 }
 
 ConfigError::ConfigError(std::vector<std::string> problems)
@@ -688,6 +997,19 @@ Config parseConfig(std::string_view text, std::string_view name) {
             applyNamed(node, "source", sourceKeys(), config.sources, base, problems);
         } else if (section == "endpoint") {
             applyNamed(node, "endpoint", endpointKeys(), config.endpoints, base, problems);
+        } else if (section == "route") {
+            // [[route]]: an array of tables, in the order the rules are tried.
+            const auto *array = node.as_array();
+            if (!array || !array->is_array_of_tables()) {
+                problems.add(node.source(), "route must be written as [[route]] tables");
+                continue;
+            }
+            for (const auto &entry : *array) {
+                RouteConfig r;
+                r.name = fmt::format("route {}", config.routeTables.size() + 1);
+                applyTable(*entry.as_table(), "", routeKeys(), r.name, r, base, problems);
+                config.routeTables.push_back(std::move(r));
+            }
         } else if (section == "store" || section == "limits" || section == "run" ||
                    section == "retry" || section == "log" || section == "metrics") {
             if (const auto *table = node.as_table())
@@ -699,7 +1021,7 @@ Config parseConfig(std::string_view text, std::string_view name) {
             problems.add(
                 node.source(),
                 fmt::format("unknown section [{}] (known: store, limits, run, retry, log, metrics, "
-                            "source.NAME, endpoint.NAME)",
+                            "source.NAME, endpoint.NAME, [[route]])",
                             section));
         }
     }
@@ -750,6 +1072,7 @@ std::string keyReference() {
     appendReference(out, "[store], [limits], [run], [retry], [metrics], [log]", settingsKeys());
     appendReference(out, "[source.NAME]", sourceKeys());
     appendReference(out, "[endpoint.NAME]", endpointKeys());
+    appendReference(out, "[[route]]", routeKeys());
     return out;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lib/transports/http.h"
+#include "lib/transports/tcp_connection.h"
 #include "lib/kinds.h"
 #include "spool/store.h"
 
@@ -37,18 +38,53 @@ struct SourceConfig {
 
 struct EndpointConfig {
     std::string name;
-    std::string type = "http";
+    std::string type; // "http", "cmc-tcp" or "cmp-tcp"; when not given, from the url's scheme
     std::string url;
     std::int64_t connectTimeoutSeconds = 10;
     std::int64_t timeoutSeconds = 60;
     std::string caFile;
+    std::string caPath; // a hashed directory of CA certificates
     bool verifyTls = true;
     std::string clientCert;
     std::string clientKey;
+    std::string pinnedPublicKey; // "sha256//BASE64[;...]" or a public key file
+    std::string tlsMinVersion = "1.2";
     std::int64_t maxConnections = 4;
     bool keepAlive = true;
+    std::string proxy;                 // HTTP only: the proxy for this endpoint
+    bool followRedirects = false;      // HTTP only (RFC 9811 §3.1: off unless asked for)
+    std::string cmpProfile;            // HTTP only: the url becomes .../.well-known/cmp/p/<profile>
+    std::int64_t pollMaxSeconds = 600; // cmp-tcp: longest transport-level pollRep wait
+
+    // Filled in by the checks from url: for the TCP types, where to connect and whether TLS.
+    std::string host;
+    std::uint16_t port = 0;
+    bool tls = false;
 
     HttpEndpoint toHttp() const;
+    TcpEndpoint toTcp() const;
+};
+
+// One routing rule: a message goes to the endpoint of the first rule that matches it. An empty
+// condition matches anything. A source's `endpoint` and `routes` keys are rules too, after the
+// [[route]] list: routes = { KIND = "E" } is { source, kind } -> E; endpoint = "E" is
+// { source } -> E.
+struct RouteRule {
+    std::string source;         // a source name
+    std::vector<Kind> kinds;    // message kinds
+    std::vector<int> cmpBodies; // CMP PKIBody tags (a rule with them matches only CMP)
+    std::string endpoint;
+    std::string origin; // where the rule was written, for messages ("route 2", "source.x.routes")
+    bool matches(const std::string &source, Kind kind, int cmpBody) const;
+};
+
+// A [[route]] table as written (parsed into a RouteRule by the checks).
+struct RouteConfig {
+    std::string name; // "route N"
+    std::string source;
+    std::string kind;
+    std::string cmpBody;
+    std::string endpoint;
 };
 
 struct Settings {
@@ -70,12 +106,15 @@ struct Config {
     Settings settings;
     std::vector<SourceConfig> sources;
     std::vector<EndpointConfig> endpoints;
+    std::vector<RouteConfig> routeTables; // [[route]], in order
+    std::vector<RouteRule> rules;         // [[route]], then each source's routes and endpoint
 
     spool::RetryPolicy retryPolicy() const;
     const SourceConfig *source(const std::string &name) const;
     const EndpointConfig *endpoint(const std::string &name) const;
-    // The endpoint a message of this kind from this source goes to, or nullptr (no route).
-    const EndpointConfig *route(const std::string &source, Kind kind) const;
+    // The endpoint a message of this kind (and CMP body type, -1 for none) from this source
+    // goes to: the first rule that matches; nullptr when none does (no route).
+    const EndpointConfig *route(const std::string &source, Kind kind, int cmpBody = -1) const;
 };
 
 // Every problem found in a configuration file, each as "file:line:col: message".

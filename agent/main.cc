@@ -95,6 +95,17 @@ int commandCheckConfig(const std::string &cfgPath, bool keys) {
         fmt::print(stderr, "warning: {}\n", w);
     fmt::print("{}: valid; {} source(s), {} endpoint(s), store {}\n", cfgPath,
                config->sources.size(), config->endpoints.size(), config->settings.storePath);
+    // [[route]] rules are tried first, in this order, before each source's routes and endpoint.
+    for (const auto &r : config->routeTables) {
+        std::vector<std::string> when;
+        for (const auto &[key, value] : {std::pair{"source", &r.source}, std::pair{"kind", &r.kind},
+                                         std::pair{"cmp_body", &r.cmpBody}})
+            if (!value->empty())
+                when.push_back(fmt::format("{} {}", key, *value));
+        fmt::print("  {}: {} -> {}\n", r.name,
+                   when.empty() ? "anything" : fmt::format("{}", fmt::join(when, ", ")),
+                   r.endpoint);
+    }
     for (const auto &s : config->sources) {
         fmt::print("  source {}: {} -> {} (responses in {}, after storing: {})\n", s.name, s.path,
                    s.endpoint.empty() ? "(per kind)" : s.endpoint, s.responses, s.after);

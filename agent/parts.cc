@@ -4,6 +4,7 @@
 #include "lib/responders/response_file.h"
 #include "lib/sources/directory.h"
 #include "lib/transports/http.h"
+#include "lib/transports/tcp.h"
 
 namespace pkirelay::agent {
 
@@ -33,9 +34,18 @@ DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &set
     return c;
 }
 
+// One transport per endpoint, by its type (config.cc checked the type against the url).
 std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings) {
+    const auto maxMessage = static_cast<std::size_t>(settings.maxMessageSize);
+    if (e.type == "cmc-tcp" || e.type == "cmp-tcp") {
+        TcpEndpoint ep = e.toTcp();
+        ep.maxMessageSize = maxMessage;
+        if (e.type == "cmc-tcp")
+            return std::make_unique<CmcTcpTransport>(std::move(ep));
+        return std::make_unique<CmpTcpTransport>(std::move(ep));
+    }
     HttpEndpoint ep = e.toHttp();
-    ep.maxMessageSize = static_cast<std::size_t>(settings.maxMessageSize);
+    ep.maxMessageSize = maxMessage;
     return std::make_unique<HttpTransport>(std::move(ep));
 }
 

@@ -22,6 +22,12 @@ namespace {
 // Most bytes of messages a stage holds at once (on top of limits.batch_size).
 constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 
+// What happens to each item is logged at info in the daemon; a batch run logs per batch (and
+// per item at debug), so that 100,000 files are not 300,000 lines and as many writes.
+spdlog::level::level_enum perItem(bool once) {
+    return once ? spdlog::level::debug : spdlog::level::info;
+}
+
 std::string describeIngest(const spool::Submission &sub) {
     if (!sub.message)
         return fmt::format("quarantined {}/{}: {}", sub.arrival.source,
@@ -144,7 +150,9 @@ void Pipeline::build() {
     // taken back from a relay stage that has certainly given up on it.
     lease_ = 60'000;
     for (const auto &e : config_.endpoints)
-        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60) * 1000);
+        lease_ = std::max(lease_, (e.connectTimeoutSeconds + e.timeoutSeconds + 60 +
+                                   (e.type == "cmp-tcp" ? e.pollMaxSeconds * 2 : 0)) *
+                                      1000);
 
     parts_ = buildParts(config_, clock_);
 }
@@ -225,19 +233,24 @@ void Pipeline::intake() {
         // A folder that came back (a stick put back in) may be where answers wait to be written.
         cameBack = cameBack || (source->available() && !wasAvailable_[s]);
         wasAvailable_[s] = source->available();
+        // One transaction: what the source asks the store while it looks (two lookups per
+        // file, which on their own would be one read transaction each), the batch, the claims
+        // of what can be sent at once, the names of the answers that duplicates get. The
+        // source is acknowledged only after it committed.
+        std::optional<spool::Store::Unit> unit;
+        unit.emplace(store_.unit());
         Taken taken = source->take(*ledger_, batch, maxBatchBytes, full);
         report_.stillArriving += taken.stillArriving;
         report_.sourceErrors += taken.errors;
         more = more || taken.more;
-        if (taken.submissions.empty() && taken.unacknowledged.empty())
+        if (taken.submissions.empty() && taken.unacknowledged.empty()) {
+            unit->commit(); // it wrote nothing
             continue;
+        }
 
-        // One transaction: the batch, the claims of what can be sent at once, the names of the
-        // answers that duplicates get. The source is acknowledged only after it committed.
         std::vector<spool::Ingested> results;
         std::vector<DeliveryTask> answers;
         {
-            auto unit = store_.unit();
             results = store_.ingest(taken.submissions, clock_());
             std::vector<std::int64_t> answeredAgain; // duplicates of answered items
             for (const auto &res : results) {
@@ -250,20 +263,21 @@ void Pipeline::intake() {
                 answers = planDeliveries(store_.deliveriesFor(answeredAgain));
             claimReady();
             flushLazy();
-            unit.commit();
+            unit->commit();
         }
         crashPoint("stored"); // committed, the source not yet acknowledged, nothing sent
         std::vector<std::uint64_t> tokens;
         std::vector<std::int64_t> deliveries;
         std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
+        const int receivedBefore = report_.received, duplicatesBefore = report_.duplicates;
         for (std::size_t i = 0; i < results.size(); ++i) {
             const auto &sub = taken.submissions[i];
             const auto &res = results[i];
             if (res.duplicate) {
                 ++report_.duplicates;
-                spdlog::info("{}: {}/{} is another arrival of this item ({})", res.itemId,
-                             sub.arrival.source, printable(sub.arrival.origin),
-                             spool::stateName(res.state));
+                spdlog::log(perItem(once_), "{}: {}/{} is another arrival of this item ({})",
+                            res.itemId, sub.arrival.source, printable(sub.arrival.origin),
+                            spool::stateName(res.state));
             } else {
                 if (!sub.message)
                     ++report_.quarantined;
@@ -272,7 +286,7 @@ void Pipeline::intake() {
                 else
                     ++report_.received;
                 if (sub.message)
-                    spdlog::info("{}: {}", res.itemId, describeIngest(sub));
+                    spdlog::log(perItem(once_), "{}: {}", res.itemId, describeIngest(sub));
                 else
                     spdlog::warn("{}: {}", res.itemId, describeIngest(sub));
             }
@@ -280,6 +294,10 @@ void Pipeline::intake() {
             deliveries.push_back(res.deliveryId);
             recordedAck.push_back(sub.acknowledgedWhenStored);
         }
+        if (once_)
+            spdlog::info("- source {}: {} stored in one transaction ({} new, {} duplicate)",
+                         source->name(), results.size(), report_.received - receivedBefore,
+                         report_.duplicates - duplicatesBefore);
         for (const auto &[token, delivery] : taken.unacknowledged) {
             tokens.push_back(token);
             deliveries.push_back(delivery);
@@ -360,7 +378,20 @@ void Pipeline::claimReady() {
     else
         scheduleRelay(); // look again next turn, while places are free
     for (auto &claim : claims) {
-        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind);
+        const EndpointConfig *endpoint = config_.route(claim.source, claim.kind, claim.cmpBody);
+        if (!endpoint && config_.source(claim.source)) {
+            // No rule matches: the configuration says nowhere, and it would say so again.
+            outcomes_.push_back(
+                {claim.itemId, "",
+                 spool::Permanent{fmt::format(
+                     "no route: no rule matches a {}{} from source {} (add a [[route]] or the "
+                     "source's endpoint)",
+                     kindInfo(claim.kind).id,
+                     claim.kind == Kind::Cmp ? fmt::format(" {}", cmpBodyName(claim.cmpBody))
+                                             : std::string(),
+                     claim.source)}});
+            continue;
+        }
         if (!endpoint) {
             // Only a source that left the configuration has no route (check-config sees to the
             // rest): a slip that a reload can mend, so retried until retry.max_age.
@@ -371,7 +402,8 @@ void Pipeline::claimReady() {
             continue;
         }
         if (claim.attempts > 1)
-            spdlog::info("{}: attempt {} to {}", claim.itemId, claim.attempts, endpoint->name);
+            spdlog::log(perItem(once_), "{}: attempt {} to {}", claim.itemId, claim.attempts,
+                        endpoint->name);
         waiting_.push_back({std::move(claim), parts_.transports.at(endpoint->name).get()});
     }
 }
@@ -489,7 +521,8 @@ void Pipeline::recordOutcomes() {
         switch (states[i]) {
         case spool::State::Answered:
             ++report_.answered;
-            spdlog::info("{}: answered by {}: {}", outcome.itemId, outcome.endpoint, why);
+            spdlog::log(perItem(once_), "{}: answered by {}: {}", outcome.itemId, outcome.endpoint,
+                        why);
             break;
         case spool::State::Deferred:
             ++report_.deferred;
@@ -645,8 +678,8 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
-            spdlog::info("{}: response written to {}/{}", task.itemId, task.arrival.replyTo,
-                         printable(task.output));
+            spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
+                        task.arrival.replyTo, printable(task.output));
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;
@@ -753,7 +786,7 @@ void Pipeline::reconfigure(const Config &config) {
         s->attach(loop_, [this] { scheduleIntake(false); });
     // Claims waiting for a place go where the new configuration routes them.
     for (auto it = waiting_.begin(); it != waiting_.end();) {
-        if (const auto *e = config_.route(it->claim.source, it->claim.kind)) {
+        if (const auto *e = config_.route(it->claim.source, it->claim.kind, it->claim.cmpBody)) {
             it->transport = parts_.transports.at(e->name).get();
             ++it;
         } else {

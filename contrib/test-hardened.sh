@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build-hardened}
 fuzz_seconds=${FUZZ_SECONDS:-45}
-fuzzers=${FUZZERS:-classify der armor config}
+fuzzers=${FUZZERS:-classify der armor config cmc_tcp cmp_tcp}
 
 # Stop at the first report, with a stack, so that a finding is a failed test and not a line in
 # a log nobody reads. Leaks count (detect_leaks is LeakSanitizer's default on x86-64 Linux).

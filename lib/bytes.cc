@@ -5,6 +5,8 @@
 
 #include <openssl/evp.h>
 
+#include "owned.h"
+
 namespace pkirelay {
 
 std::string toHex(ByteView bytes) {
@@ -65,9 +67,16 @@ std::string printable(std::string_view text) {
 }
 
 std::string sha256Hex(ByteView bytes) {
+    // Fetched once and one context per thread, reused: EVP_sha256() makes OpenSSL 3 look the
+    // algorithm up (under locks) at every digest, and EVP_Digest allocates a context each time;
+    // several hashes per message made that a visible share of a run.
+    static const Owned<EVP_MD, ::EVP_MD_free> sha256(::EVP_MD_fetch(nullptr, "SHA256", nullptr));
+    thread_local const Owned<EVP_MD_CTX, ::EVP_MD_CTX_free> ctx(::EVP_MD_CTX_new());
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    if (::EVP_Digest(bytes.data(), bytes.size(), md, &len, ::EVP_sha256(), nullptr) != 1)
+    if (!sha256 || !ctx || ::EVP_DigestInit_ex2(ctx.get(), sha256.get(), nullptr) != 1 ||
+        ::EVP_DigestUpdate(ctx.get(), bytes.data(), bytes.size()) != 1 ||
+        ::EVP_DigestFinal_ex(ctx.get(), md, &len) != 1)
         throw std::runtime_error("SHA-256 failed in OpenSSL");
     return toHex({md, len});
 }

@@ -102,8 +102,17 @@ std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view w
         break;
     case 4: {
         Reader r = parent.enter(tlv);
-        const Tlv name = r.expect(kSeq, fmt::format("the {} directoryName", what));
-        r.expectEnd(fmt::format("the {} directoryName", what));
+        // The names of the parts are only for error text: built when an error is thrown.
+        const auto part = [what] {
+            return fmt::format("the {} directoryName", what);
+        };
+        const Tlv name = r.atEnd() ? r.next(part()) : r.next();
+        if (!name.is(kSeq)) // as Reader::expect says it
+            throw Error(fmt::format("{} at offset {} should be a {} but is a {}", part(),
+                                    name.offset, der::tagName(kSeq), der::tagName(name.tag)),
+                        name.offset);
+        if (!r.atEnd())
+            r.expectEnd(part());
         if (name.encoding.size() > static_cast<std::size_t>(std::numeric_limits<long>::max()))
             throw Error("name too large", name.offset);
         const unsigned char *p = name.encoding.data();
@@ -262,8 +271,11 @@ Found classifyCmp(Reader msg) {
                 field.offset);
         last = n;
         Reader f = h.enter(field);
-        const Tlv value = f.next(fmt::format("the value of PKIHeader field [{}]", n));
-        f.expectEnd(fmt::format("PKIHeader field [{}]", n));
+        // Error text is built only when there is an error.
+        const Tlv value =
+            f.atEnd() ? f.next(fmt::format("the value of PKIHeader field [{}]", n)) : f.next();
+        if (!f.atEnd())
+            f.expectEnd(fmt::format("PKIHeader field [{}]", n));
         switch (n) {
         case 2:
             info.senderKid = der::octetString(value, f);
@@ -361,15 +373,17 @@ void readPkiData(ByteView content, std::size_t baseOffset, const der::Limits &li
         throw Error(fmt::format("the {} at offset {} is a {}, not a SEQUENCE", what, top.offset,
                                 der::tagName(top.tag)),
                     top.offset);
-    Reader outer(content, limits, baseOffset);
-    outer.next();
+    // parseOne checked the whole value: entering it from a reader over the same bytes does not
+    // walk it again.
+    const Reader outer(content, limits, baseOffset);
     Reader p = outer.enter(top);
     const Tlv controls = p.expect(kSeq, "controlSequence");
     if (!response)
         p.expect(kSeq, "reqSequence");
     p.expect(kSeq, "cmsSequence");
     p.expect(kSeq, "otherMsgSequence");
-    p.expectEnd(fmt::format("the {}", what));
+    if (!p.atEnd())
+        p.expectEnd(fmt::format("the {}", what));
 
     bool haveV2 = false;
     Reader cs = p.enter(controls);
@@ -386,7 +400,9 @@ void readPkiData(ByteView content, std::size_t baseOffset, const der::Limits &li
         const std::string_view n = std::string_view(type).substr(kIdCmcArc.size());
         Reader v = t.enter(valuesTlv);
         auto firstValue = [&](std::string_view name) {
-            return v.next(fmt::format("the value of the {} control at offset {}", name, ta.offset));
+            return v.atEnd() ? v.next(fmt::format("the value of the {} control at offset {}", name,
+                                                  ta.offset))
+                             : v.next();
         };
         if (n == "5") {
             info.transactionId = der::integerBytes(firstValue("transactionId"));
@@ -454,8 +470,6 @@ Found fullPki(const Encap &encap, std::string_view cmsType, const der::Limits &l
                                 response ? "PKIResponse" : "PKIData", encap.offset),
                     encap.offset);
     const Tlv &os = *encap.eContent;
-    const std::string where = fmt::format("in the {} (eContent at offset {})",
-                                          response ? "PKIResponse" : "PKIData", os.offset);
     try {
         if (!os.tag.constructed) {
             readPkiData(os.content, os.contentOffset(), limits, response, info);
@@ -465,7 +479,8 @@ Found fullPki(const Encap &encap, std::string_view cmsType, const der::Limits &l
             readPkiData(joined, os.contentOffset(), limits, response, info);
         }
     } catch (const Error &e) {
-        throw nested(e, where);
+        throw nested(e, fmt::format("in the {} (eContent at offset {})",
+                                    response ? "PKIResponse" : "PKIData", os.offset));
     }
     return {response ? Kind::CmcFullResponse : Kind::CmcFullRequest, std::nullopt, std::move(info)};
 }
@@ -574,8 +589,9 @@ Found classifyDer(ByteView input, const der::Limits &limits) {
         throw Error(fmt::format("not DER: the value at offset 0 is a {}, not a SEQUENCE",
                                 der::tagName(outer.tag)),
                     0);
-    Reader top(input, limits);
-    top.next();
+    // parseOne checked the whole value: entering it from a reader over the same bytes does not
+    // walk it again.
+    const Reader top(input, limits);
     Reader r = top.enter(outer);
     // PROTOCOLS.md §8: sniff by the shape of the first elements.
     const auto first = r.peekTag();

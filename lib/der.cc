@@ -3,6 +3,8 @@
 // are at most 4 octets (4 GiB, far above any message limit), so they cannot overflow size_t.
 #include "der.h"
 
+#include <charconv>
+
 #include <fmt/format.h>
 
 namespace pkirelay::der {
@@ -70,12 +72,12 @@ std::string tagName(const Tag &tag) {
 }
 
 Reader::Reader(ByteView input, Limits limits, std::size_t baseOffset)
-    : Reader(input.data(), baseOffset, 0, input.size(), 1, limits, true) {}
+    : Reader(input.data(), baseOffset, 0, input.size(), 1, limits, true, false) {}
 
 Reader::Reader(const std::uint8_t *base, std::size_t baseOffset, std::size_t pos, std::size_t end,
-               unsigned depth, Limits limits, bool endIsInputEnd)
+               unsigned depth, Limits limits, bool endIsInputEnd, bool checked)
     : base_(base), baseOffset_(baseOffset), pos_(pos), end_(end), depth_(depth), limits_(limits),
-      endIsInputEnd_(endIsInputEnd) {}
+      endIsInputEnd_(endIsInputEnd), checked_(checked) {}
 
 std::size_t Reader::offset() const {
     return abs(pos_);
@@ -134,11 +136,15 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
                         abs(start));
         tag.number = number;
     }
-    const std::string name = tagName(tag);
+    // The tag's name is only for error text: built when an error is thrown, never on the way
+    // through a well-formed value (the classifier reads every message this way).
+    const auto name = [&tag] {
+        return tagName(tag);
+    };
 
-    if (tag.constructed && depth > limits_.maxDepth)
+    if (tag.constructed && !checked_ && depth > limits_.maxDepth)
         throw Error(fmt::format("nesting deeper than {} levels: the {} at offset {}",
-                                limits_.maxDepth, name, abs(start)),
+                                limits_.maxDepth, name(), abs(start)),
                     abs(start));
 
     // Length octets (X.690 §8.1.3).
@@ -151,25 +157,25 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
     if (l == 0x80) {
         // §8.1.3.6.1: the indefinite form is only for constructed encodings.
         if (!tag.constructed)
-            throw Error(fmt::format("the primitive {} at offset {} has an indefinite length", name,
-                                    abs(start)),
+            throw Error(fmt::format("the primitive {} at offset {} has an indefinite length",
+                                    name(), abs(start)),
                         abs(start));
         tlv.indefinite = true;
         tlv.headerLength = pos - start;
         // The contents are values up to end-of-contents (two zero octets), found by reading
         // them; they share the enclosing scope's end.
-        Reader children(base_, baseOffset_, pos, end, depth + 1, limits_, endIsInputEnd);
+        Reader children(base_, baseOffset_, pos, end, depth + 1, limits_, endIsInputEnd, checked_);
         for (;;) {
             if (children.pos_ >= end) {
                 if (endIsInputEnd)
                     throw Error(fmt::format("truncated: the {} at offset {} has an indefinite "
                                             "length and the input ends before its "
                                             "end-of-contents",
-                                            name, abs(start)),
+                                            name(), abs(start)),
                                 abs(end), true);
                 throw Error(fmt::format("the {} at offset {} has an indefinite length and no "
                                         "end-of-contents before the end of its enclosing value",
-                                        name, abs(start)),
+                                        name(), abs(start)),
                             abs(start));
             }
             if (base_[children.pos_] == 0x00) {
@@ -187,16 +193,16 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
         }
     }
     if (l == 0xff)
-        throw Error(
-            fmt::format("the {} at offset {} has the reserved length octet 0xff", name, abs(start)),
-            abs(start));
+        throw Error(fmt::format("the {} at offset {} has the reserved length octet 0xff", name(),
+                                abs(start)),
+                    abs(start));
     std::uint64_t length = l;
     if (l & 0x80) {
         const std::size_t n = l & 0x7f;
         if (n > kMaxLengthOctets)
             throw Error(fmt::format("the {} at offset {} has a length of {} octets (at most {} "
                                     "are accepted)",
-                                    name, abs(start), n, kMaxLengthOctets),
+                                    name(), abs(start), n, kMaxLengthOctets),
                         abs(start));
         length = 0;
         for (std::size_t i = 0; i < n; ++i) {
@@ -210,19 +216,19 @@ Tlv Reader::parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIs
         if (endIsInputEnd)
             throw Error(fmt::format("truncated: the {} at offset {} declares {} bytes but only {} "
                                     "remain",
-                                    name, abs(start), length, remaining),
+                                    name(), abs(start), length, remaining),
                         abs(start), true);
         throw Error(fmt::format("the {} at offset {} declares {} bytes but only {} remain in its "
                                 "enclosing value",
-                                name, abs(start), length, remaining),
+                                name(), abs(start), length, remaining),
                     abs(start));
     }
     tlv.headerLength = pos - start;
     tlv.content = {base_ + pos, static_cast<std::size_t>(length)};
     tlv.encoding = {base_ + start, tlv.headerLength + static_cast<std::size_t>(length)};
-    if (tag.constructed) {
+    if (tag.constructed && !checked_) {
         // Check the whole subtree now, so every Tlv handed out is well-formed throughout.
-        Reader children(base_, baseOffset_, pos, pos + length, depth + 1, limits_, false);
+        Reader children(base_, baseOffset_, pos, pos + length, depth + 1, limits_, false, false);
         while (!children.atEnd())
             children.next();
     }
@@ -282,7 +288,7 @@ Reader Reader::enter(const Tlv &tlv) const {
             tlv.offset);
     const auto pos = static_cast<std::size_t>(tlv.content.data() - base_);
     return Reader(base_, baseOffset_, pos, pos + tlv.content.size(), depth_ + 1, limits_,
-                  tlv.indefinite && endIsInputEnd_);
+                  tlv.indefinite && endIsInputEnd_, true);
 }
 
 void Reader::expectEnd(std::string_view what) const {
@@ -333,13 +339,18 @@ std::string oidToString(const Tlv &tlv) {
         value = (value << 7) | (b & 0x7f);
         if (b & 0x80)
             continue;
+        // std::to_chars, not fmt: every message's OIDs pass here on the way to a comparison.
+        char digits[24];
         if (firstArc) {
             // §8.19.4: the first subidentifier packs the first two arcs.
             const std::uint64_t top = value < 40 ? 0 : value < 80 ? 1 : 2;
-            out = fmt::format("{}.{}", top, value - top * 40);
+            out.push_back(static_cast<char>('0' + top));
+            out.push_back('.');
+            out.append(digits, std::to_chars(digits, digits + sizeof digits, value - top * 40).ptr);
             firstArc = false;
         } else {
-            out += fmt::format(".{}", value);
+            out.push_back('.');
+            out.append(digits, std::to_chars(digits, digits + sizeof digits, value).ptr);
         }
         value = 0;
         octets = 0;

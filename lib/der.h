@@ -93,6 +93,8 @@ public:
     std::optional<Tag> peekTag() const;
 
     // A reader over the contents of a constructed value read from this reader (one level deeper).
+    // Every Tlv a Reader hands out was checked throughout, so the new reader does not check
+    // its values' subtrees again.
     Reader enter(const Tlv &tlv) const;
     // Throws unless the scope is exhausted: "<what> has 2 unexpected extra bytes at offset N".
     void expectEnd(std::string_view what) const;
@@ -102,7 +104,7 @@ public:
 
 private:
     Reader(const std::uint8_t *base, std::size_t baseOffset, std::size_t pos, std::size_t end,
-           unsigned depth, Limits limits, bool endIsInputEnd);
+           unsigned depth, Limits limits, bool endIsInputEnd, bool checked);
     Tlv parseAt(std::size_t pos, std::size_t end, unsigned depth, bool endIsInputEnd) const;
     std::size_t abs(std::size_t pos) const { return baseOffset_ + pos; }
 
@@ -113,6 +115,10 @@ private:
     unsigned depth_; // depth of the values this reader hands out
     Limits limits_;
     bool endIsInputEnd_; // running out of this scope means the input itself ended
+    // The values of this scope were checked throughout when their enclosing value was read (a
+    // reader made by enter()): reading a constructed one does not walk its subtree again, so
+    // the classifier's descent costs one walk of the message, not one per level.
+    bool checked_;
 };
 
 // Parses `input` as exactly one value (checking its whole tree); trailing bytes are an error.

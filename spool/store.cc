@@ -196,6 +196,46 @@ struct Store::Impl {
         q->run();
     }
 
+    // A new message's row in one statement (an INSERT followed by writeMessage's UPDATE would
+    // write the row and its index entries twice).
+    std::int64_t insertMessage(std::string_view sha256, const Submission &s, const Message &m,
+                               State state, Millis now) {
+        const Keys k = keysOf(m);
+        auto q = db.query(
+            "INSERT INTO item (sha256, state, source, origin, size, created_at, updated_at, kind, "
+            "der, cmp_pvno, cmp_body, transaction_id, sender_nonce, recip_nonce, sender_kid, "
+            "cmc_status, pend_token, query_pending, sender, recipient, next_try) VALUES (?1, ?2, "
+            "?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+            "?20)");
+        q->bind(1, sha256)
+            .bind(2, stateName(state))
+            .bind(3, s.arrival.source)
+            .bind(4, s.arrival.origin)
+            .bind(5, static_cast<std::int64_t>(s.size))
+            .bind(6, now)
+            .bind(7, kindInfo(m.kind).id)
+            .bindBlob(8, m.der)
+            .bindBlobOrNull(11, k.transactionId)
+            .bindBlobOrNull(12, k.senderNonce)
+            .bindBlobOrNull(13, k.recipNonce);
+        if (m.cmp) {
+            q->bind(9, std::int64_t{m.cmp->pvno})
+                .bind(10, std::int64_t{m.cmp->bodyType})
+                .bindBlobOrNull(14, m.cmp->senderKid)
+                .bindTextOrNull(18, m.cmp->sender)
+                .bindTextOrNull(19, m.cmp->recipient);
+        }
+        if (m.cmc) {
+            if (m.cmc->status)
+                q->bind(15, std::int64_t{*m.cmc->status});
+            q->bindBlobOrNull(16, m.cmc->pendToken).bindBlobOrNull(17, m.cmc->queryPending);
+        }
+        if (state == State::Queued)
+            q->bind(20, now);
+        q->run();
+        return ::sqlite3_last_insert_rowid(db.get());
+    }
+
     std::int64_t insertItem(std::string_view sha256, const Submission &s, Millis now) {
         auto q = db.query("INSERT INTO item (sha256, state, source, origin, size, created_at, "
                           "updated_at) VALUES (?1, 'quarantined', ?2, ?3, ?4, ?5, ?5)");
@@ -243,8 +283,7 @@ struct Store::Impl {
                                    : "same transactionId and senderNonce, different bytes",
                              now);
 
-        const auto id = insertItem(sha256, s, now);
-        writeMessage(id, m, fresh, now);
+        const auto id = insertMessage(sha256, s, m, fresh, now);
         addEvent(id, now, "received",
                  fmt::format("{} from {}, {} bytes", describe(m), from, s.size));
         if (fresh == State::Unmatched)
@@ -271,8 +310,40 @@ struct Store::Impl {
         return {e.id, addDelivery(e.id, s, e.nothingToDeliver, now), true, state};
     }
 
+    // What follows an answer recorded for a relaying item.
+    void answered(const Outcome &o, const Answer &a, Millis now) {
+        if (!a.kind) {
+            // Nothing to deliver (e.g. HTTP 201 to a CMP announcement): the arrivals are done.
+            auto d = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
+                              "WHERE item_id = ?1 AND state <> 'delivered'");
+            d->bind(1, o.itemId).bind(2, now);
+            d->run();
+        }
+        addEvent(o.itemId, now, "answered",
+                 fmt::format("{} from {}: {}{}", a.kind ? kindInfo(*a.kind).id : "no response",
+                             o.endpoint, a.detail, a.kind ? "" : "; nothing to deliver"));
+    }
+
     // Returns the state the item is in afterwards.
     State recordOne(const Outcome &o, Millis now, const RetryPolicy &policy) {
+        if (const auto *a = std::get_if<Answer>(&o.result)) {
+            // The common case in one statement: the item is still relaying (else the row is
+            // left alone and the outcome is late, below).
+            auto q = db.query(
+                "UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
+                "response_detail = ?4, response_sha256 = ?5, endpoint = ?6, reason = NULL, "
+                "next_try = NULL, lease_until = NULL, outcome_unknown = 0, updated_at = ?7 "
+                "WHERE id = ?1 AND state = 'relaying'");
+            q->bind(1, o.itemId).bindBlob(2, a->body).bind(4, a->detail);
+            if (a->kind)
+                q->bind(3, kindInfo(*a->kind).id);
+            q->bind(5, sha256Hex(a->body)).bind(6, o.endpoint).bind(7, now);
+            q->run();
+            if (::sqlite3_changes(db.get()) == 1) {
+                answered(o, *a, now);
+                return State::Answered;
+            }
+        }
         std::int64_t attempts = 0, createdAt = 0;
         std::string state;
         {
@@ -295,30 +366,9 @@ struct Store::Impl {
 
         std::string newState, reason, what, detail;
         std::optional<Millis> nextTry;
-        if (const auto *a = std::get_if<Answer>(&o.result)) {
-            auto q = db.query(
-                "UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
-                "response_detail = ?4, response_sha256 = ?5, endpoint = ?6, reason = NULL, "
-                "next_try = NULL, lease_until = NULL, outcome_unknown = 0, updated_at = ?7 "
-                "WHERE id = ?1");
-            q->bind(1, o.itemId).bindBlob(2, a->body).bind(4, a->detail);
-            if (a->kind)
-                q->bind(3, kindInfo(*a->kind).id);
-            q->bind(5, sha256Hex(a->body)).bind(6, o.endpoint).bind(7, now);
-            q->run();
-            if (!a->kind) {
-                // Nothing to deliver (e.g. HTTP 201 to a CMP announcement): the arrivals are done.
-                auto d = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
-                                  "WHERE item_id = ?1 AND state <> 'delivered'");
-                d->bind(1, o.itemId).bind(2, now);
-                d->run();
-            }
-            addEvent(o.itemId, now, "answered",
-                     fmt::format("{} from {}: {}{}",
-                                 a->kind ? kindInfo(*a->kind).id : "no response", o.endpoint,
-                                 a->detail, a->kind ? "" : "; nothing to deliver"));
-            return State::Answered;
-        }
+        if (std::holds_alternative<Answer>(o.result))
+            throw StoreError(
+                fmt::format("record: item {} is relaying but was not updated", o.itemId));
         if (const auto *u = std::get_if<Unusable>(&o.result)) {
             // Kept byte for byte as the response, with no kind: deliveriesToWrite never takes
             // it, claim never resends it; a person exports it, delivers it anyway, or retries.
@@ -616,12 +666,38 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
     std::vector<Damaged> broken;
     sql::Transaction tx(db);
     {
-        auto q = db.query("SELECT id, kind, source, der, attempts, created_at, outcome_unknown, "
-                          "sha256 FROM item WHERE state = 'queued' OR (state = 'deferred' AND "
-                          "next_try <= ?1) ORDER BY id LIMIT ?2");
-        q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
+        // The oldest ready items: the queued ones in id order (item_state keeps them so, and
+        // the scan stops at the limit) merged with the deferred ones that are due (item_ready
+        // holds only deferred items). Neither scan reads a finished item.
+        std::vector<std::int64_t> ids;
+        {
+            auto q = db.query("SELECT id FROM item WHERE state = 'queued' ORDER BY id LIMIT ?1");
+            q->bind(1, static_cast<std::int64_t>(limit));
+            while (q->step())
+                ids.push_back(q->int64(0));
+        }
+        {
+            // The earliest due, in the index's order (an ORDER BY id here would sort all that
+            // are due, in a temporary b-tree, at every claim).
+            auto q = db.query("SELECT id FROM item INDEXED BY item_ready WHERE state = 'deferred' "
+                              "AND next_try <= ?1 ORDER BY next_try LIMIT ?2");
+            q->bind(1, now).bind(2, static_cast<std::int64_t>(limit));
+            const auto queued = ids.size();
+            while (q->step())
+                ids.push_back(q->int64(0));
+            std::sort(ids.begin() + static_cast<std::ptrdiff_t>(queued), ids.end());
+            std::inplace_merge(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(queued),
+                               ids.end());
+            if (ids.size() > limit)
+                ids.resize(limit);
+        }
         std::size_t bytes = 0;
-        while (bytes < maxBytes && q->step()) {
+        for (std::size_t n = 0; n < ids.size() && bytes < maxBytes; ++n) {
+            auto q = db.query("SELECT id, kind, source, der, attempts, created_at, "
+                              "outcome_unknown, sha256, cmp_body FROM item WHERE id = ?1");
+            q->bind(1, ids[n]);
+            if (!q->step())
+                continue;
             Claim c;
             c.itemId = q->int64(0);
             auto kind = kindFromDb(q->text(1));
@@ -630,6 +706,7 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.kind = *kind;
             c.source = q->text(2);
             c.der = q->blob(3);
+            c.cmpBody = static_cast<int>(q->optInt64(8).value_or(-1));
             // The bytes sent must be the bytes stored (DESIGN.md, "relayed byte for byte"): a
             // bit flipped on disk after the commit would otherwise reach the CA as a request
             // nobody made. ingest() records sha256 as the hash of exactly this DER.
@@ -688,9 +765,11 @@ std::vector<State> Store::record(std::span<const Outcome> outcomes, Millis now,
 
 namespace {
 
+// From the open deliveries to their items, never the other way: every finished item is in
+// state answered, so a scan that started from the items would read the whole history.
 constexpr std::string_view deliveryColumns =
     "SELECT d.id, d.item_id, d.source, d.origin, d.reply_to, d.output, i.response_kind, "
-    "i.response FROM delivery d JOIN item i ON i.id = d.item_id "
+    "i.response FROM delivery d INDEXED BY delivery_open CROSS JOIN item i ON i.id = d.item_id "
     "WHERE d.state IN ('pending', 'writing') AND i.state = 'answered' "
     "AND i.response IS NOT NULL AND i.response_kind IS NOT NULL ";
 
@@ -725,7 +804,9 @@ std::vector<Delivery> Store::deliveriesFor(std::span<const std::int64_t> itemIds
     // Each item once, however often it is named (several arrivals of one item in one batch).
     const std::set<std::int64_t> unique(itemIds.begin(), itemIds.end());
     for (const auto id : unique) {
-        auto q = impl_->db.query(std::string(deliveryColumns) + "AND d.item_id = ?1 ORDER BY d.id");
+        // One item's open deliveries, in id order straight from delivery_open (item_id, id).
+        auto q = impl_->db.query(std::string(deliveryColumns) +
+                                 "AND d.item_id = ?1 ORDER BY d.item_id, d.id");
         q->bind(1, id);
         while (q->step())
             out.push_back(readDelivery(*q));
@@ -740,6 +821,21 @@ std::vector<bool> Store::assignOutputs(std::span<const std::pair<std::int64_t, s
     assigned.reserve(names.size());
     sql::Transaction tx(db);
     for (const auto &[id, name] : names) {
+        {
+            // The common case in one statement: a delivery not yet delivered, without a name or
+            // with this one, takes the name unless another unfinished delivery in the folder
+            // holds it (the unique index delivery_reserved; OR IGNORE leaves the row alone).
+            auto q = db.query("UPDATE OR IGNORE delivery SET output = ?2, state = 'writing', "
+                              "updated_at = ?3 WHERE id = ?1 AND state <> 'delivered' AND "
+                              "(output IS NULL OR output = ?2)");
+            q->bind(1, id).bind(2, name).bind(3, now);
+            q->run();
+            if (::sqlite3_changes(db.get()) == 1) {
+                assigned.push_back(true);
+                continue;
+            }
+        }
+        // Not assigned: find out why, as the statements below always did.
         std::string current;
         {
             auto q = db.query("SELECT state, output FROM delivery WHERE id = ?1");
@@ -863,7 +959,8 @@ void Store::unclaim(std::span<const std::int64_t> itemIds, Millis now) {
 }
 
 std::optional<Millis> Store::nextRetry() {
-    auto q = impl_->db.query("SELECT min(next_try) FROM item WHERE state = 'deferred'");
+    auto q = impl_->db.query(
+        "SELECT min(next_try) FROM item INDEXED BY item_ready WHERE state = 'deferred'");
     if (!q->step())
         return std::nullopt;
     return q->optInt64(0);
@@ -883,15 +980,21 @@ void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now)
         std::int64_t item = 0;
         std::string replyTo, output;
         {
-            auto q = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
-                              "WHERE id = ?1 AND state <> 'delivered' "
-                              "RETURNING item_id, reply_to, output");
-            q->bind(1, id).bind(2, now);
+            // A SELECT and an UPDATE: RETURNING would collect its row in a temporary b-tree.
+            auto q = db.query("SELECT item_id, reply_to, output FROM delivery "
+                              "WHERE id = ?1 AND state <> 'delivered'");
+            q->bind(1, id);
             if (!q->step())
                 continue; // already delivered (or unknown): marking again changes nothing
             item = q->int64(0);
             replyTo = q->text(1);
             output = q->text(2);
+        }
+        {
+            auto q = db.query("UPDATE delivery SET state = 'delivered', updated_at = ?2 "
+                              "WHERE id = ?1");
+            q->bind(1, id).bind(2, now);
+            q->run();
         }
         impl_->addEvent(item, now, "delivered",
                         output.empty() ? fmt::format("delivered to {}", replyTo)

@@ -69,6 +69,7 @@ struct Claim {
     std::int64_t itemId = 0;
     Kind kind = Kind::Cmp;
     std::string source; // of the first arrival: routing is decided from source and kind
+    int cmpBody = -1;   // CMP PKIBody tag (routing rules may match it); -1 for CMC
     Bytes der;
     int attempts = 0; // sends so far, including this one
     Millis firstSeen = 0;

@@ -22,6 +22,7 @@
 #include "lib/responders/response_file.h"
 #include "lib/sources/directory.h"
 #include "lib/transports/http.h"
+#include "lib/transports/tcp.h"
 #include "peer.h"
 
 using namespace pkirelay;
@@ -302,8 +303,8 @@ struct CmcPeer {
 
 struct HttpFixture {
     TempDir dir;
-    std::unique_ptr<HttpTransport> make(const std::string &url, unsigned connections = 4,
-                                        std::chrono::milliseconds timeout = 10s) {
+    std::unique_ptr<Transport> make(const std::string &url, unsigned connections = 4,
+                                    std::chrono::milliseconds timeout = 10s) {
         httpGlobalInit();
         HttpEndpoint ep;
         ep.name = "test";
@@ -320,40 +321,114 @@ struct HttpFixture {
         return "http://127.0.0.1:" + std::to_string(peer->port) + "/cmc";
     }
     std::unique_ptr<CmcPeer> peer;
+    // Where a peer on this loopback port is, for this transport.
+    std::string at(std::uint16_t port) { return "http://127.0.0.1:" + std::to_string(port) + "/"; }
+    Bytes request(const std::string &cn) { return makeCsr(dir, cn); }
+    static constexpr Kind requestKind = Kind::CmcSimpleRequest;
+    static constexpr Kind answerKind = Kind::CmcSimpleResponse;
+};
+
+// A test peer speaking a TCP protocol, started on a free loopback port.
+std::uint16_t startListening(std::unique_ptr<Peer> &peer, std::vector<std::string> argv) {
+    peer = std::make_unique<Peer>(argv);
+    const std::string line =
+        peer->waitForLine([](std::string_view l) { return l.substr(0, 10) == "LISTENING "; }, 20s);
+    return static_cast<std::uint16_t>(std::stoi(line.substr(10)));
+}
+
+TcpEndpoint tcpEndpoint(const std::string &address, unsigned connections,
+                        std::chrono::milliseconds timeout) {
+    // address is "127.0.0.1:PORT", as at() makes it.
+    TcpEndpoint ep;
+    ep.name = "test";
+    ep.host = address.substr(0, address.rfind(':'));
+    ep.port = static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+    ep.connectTimeout = 5s;
+    ep.timeout = timeout;
+    ep.maxConnections = connections;
+    return ep;
+}
+
+// CMC over TCP against tests/cmc_tcp_responder.py (answers from the CMC responder's logic).
+struct CmcTcpFixture {
+    TempDir dir;
+    std::unique_ptr<Peer> peer;
+    std::unique_ptr<Transport> make(const std::string &address, unsigned connections = 4,
+                                    std::chrono::milliseconds timeout = 10s) {
+        return std::make_unique<CmcTcpTransport>(tcpEndpoint(address, connections, timeout));
+    }
+    std::string answering() {
+        return at(startListening(
+            peer, {"python3", std::filesystem::absolute("cmc_tcp_responder.py").string()}));
+    }
+    std::string at(std::uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
+    Bytes request(const std::string &cn) { return makeCsr(dir, cn); }
+    static constexpr Kind requestKind = Kind::CmcSimpleRequest;
+    static constexpr Kind answerKind = Kind::CmcSimpleResponse;
+};
+
+// Legacy CMP over TCP against tests/cmp_tcp_responder.py answering with a fixed PKIMessage
+// (the transport, not the CA, is under test; the integration tests forward to OpenSSL's).
+struct CmpTcpFixture {
+    TempDir dir;
+    std::unique_ptr<Peer> peer;
+    std::unique_ptr<Transport> make(const std::string &address, unsigned connections = 4,
+                                    std::chrono::milliseconds timeout = 10s) {
+        return std::make_unique<CmpTcpTransport>(tcpEndpoint(address, connections, timeout));
+    }
+    void fixtures() {
+        if (!std::filesystem::exists(dir / "fx/cmp_ip.der"))
+            runOk(
+                {"sh", std::filesystem::absolute("fixtures/make_fixtures.sh").string(), dir / "fx"},
+                60s);
+    }
+    std::string answering() {
+        fixtures();
+        return at(startListening(peer, {"python3",
+                                        std::filesystem::absolute("cmp_tcp_responder.py").string(),
+                                        "--fixed", dir / "fx/cmp_ip.der"}));
+    }
+    std::string at(std::uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
+    Bytes request(const std::string &) {
+        fixtures();
+        return readFile(dir / "fx/cmp_ir.der");
+    }
+    static constexpr Kind requestKind = Kind::Cmp;
+    static constexpr Kind answerKind = Kind::Cmp;
 };
 
 } // namespace
 
 TEMPLATE_TEST_CASE("transport: an answer comes back as a response, every byte kept",
-                   "[conformance][transport]", HttpFixture) {
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture) {
     TestType f;
     EventLoop loop;
     auto t = f.make(f.answering());
     t->attach(loop);
-    const Bytes csr = makeCsr(f.dir, "t");
+    const Bytes csr = f.request("t");
     std::optional<Reply> got;
-    t->send({42, Kind::CmcSimpleRequest, csr}, [&](Reply r) { got = std::move(r); });
+    t->send({42, TestType::requestKind, csr}, [&](Reply r) { got = std::move(r); });
     CHECK(t->inFlight() == 1);
     REQUIRE(turnUntil(
         loop, [&] { return got.has_value(); }, 20s));
     CHECK(got->id == 42);
     REQUIRE(got->type == Reply::Type::Response);
     REQUIRE(got->response);
-    CHECK(got->response->kind == Kind::CmcSimpleResponse);
+    CHECK(got->response->kind == TestType::answerKind);
     CHECK(got->body == got->response->der);
     CHECK(t->inFlight() == 0);
 }
 
 TEMPLATE_TEST_CASE("transport: a peer that cannot be reached is a transient failure",
-                   "[conformance][transport]", HttpFixture) {
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture) {
     TestType f;
     EventLoop loop;
     LoopbackSocket closed(false);
-    auto t = f.make("http://127.0.0.1:" + std::to_string(closed.port()) + "/");
+    auto t = f.make(f.at(closed.port()));
     t->attach(loop);
     std::optional<Reply> got;
-    const Bytes csr = makeCsr(f.dir, "u");
-    t->send({1, Kind::CmcSimpleRequest, csr}, [&](Reply r) { got = std::move(r); });
+    const Bytes csr = f.request("u");
+    t->send({1, TestType::requestKind, csr}, [&](Reply r) { got = std::move(r); });
     REQUIRE(turnUntil(
         loop, [&] { return got.has_value(); }, 20s));
     CHECK(got->type == Reply::Type::Transient);
@@ -361,17 +436,17 @@ TEMPLATE_TEST_CASE("transport: a peer that cannot be reached is a transient fail
 }
 
 TEMPLATE_TEST_CASE("transport: capacity bounds what is in flight; abandon drops it silently",
-                   "[conformance][transport]", HttpFixture) {
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture) {
     TestType f;
     EventLoop loop;
     LoopbackSocket silent(true); // accepts, never answers
-    auto t = f.make("http://127.0.0.1:" + std::to_string(silent.port()) + "/", 2, 60s);
+    auto t = f.make(f.at(silent.port()), 2, 60s);
     t->attach(loop);
-    const Bytes csr = makeCsr(f.dir, "v");
+    const Bytes csr = f.request("v");
     int replies = 0;
     CHECK(t->capacity() == 2);
-    t->send({1, Kind::CmcSimpleRequest, csr}, [&](Reply) { ++replies; });
-    t->send({2, Kind::CmcSimpleRequest, csr}, [&](Reply) { ++replies; });
+    t->send({1, TestType::requestKind, csr}, [&](Reply) { ++replies; });
+    t->send({2, TestType::requestKind, csr}, [&](Reply) { ++replies; });
     CHECK(t->capacity() == 0);
     CHECK(t->inFlight() == 2);
     loop.turn(100);

@@ -359,9 +359,18 @@ struct HttpTransport::Impl {
         PKIRELAY_SETOPT(e, CURLOPT_ERRORBUFFER, t.error);
         PKIRELAY_SETOPT(e, CURLOPT_URL, ep.url.c_str());
         PKIRELAY_SETOPT(e, CURLOPT_PROTOCOLS_STR, "http,https");
-        PKIRELAY_SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-        // RFC 9811 §3: redirects only after considering security; the relay never follows them.
-        PKIRELAY_SETOPT(e, CURLOPT_FOLLOWLOCATION, 0L);
+        const bool https = ep.url.size() >= 8 && ::curl_strnequal(ep.url.c_str(), "https://", 8);
+        PKIRELAY_SETOPT(e, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
+        // RFC 9811 §3.1: redirects only after considering security (a stored 301 can be
+        // abused): followed only when the endpoint says so, and then the POST stays a POST
+        // (CURL_REDIR_POST_ALL) with its body, as the CA expects a PKI message.
+        PKIRELAY_SETOPT(e, CURLOPT_FOLLOWLOCATION, ep.followRedirects ? 1L : 0L);
+        if (ep.followRedirects) {
+            PKIRELAY_SETOPT(e, CURLOPT_MAXREDIRS, 5L);
+            PKIRELAY_SETOPT(e, CURLOPT_POSTREDIR, static_cast<long>(CURL_REDIR_POST_ALL));
+        }
+        if (!ep.proxy.empty())
+            PKIRELAY_SETOPT(e, CURLOPT_PROXY, ep.proxy.c_str());
         PKIRELAY_SETOPT(e, CURLOPT_NOSIGNAL, 1L);
         PKIRELAY_SETOPT(e, CURLOPT_USERAGENT, "pkirelay/" PKIRELAY_VERSION);
 
@@ -413,6 +422,14 @@ struct HttpTransport::Impl {
         PKIRELAY_SETOPT(e, CURLOPT_SSL_VERIFYHOST, ep.verifyTls ? 2L : 0L);
         if (!ep.caFile.empty())
             PKIRELAY_SETOPT(e, CURLOPT_CAINFO, ep.caFile.c_str());
+        if (!ep.caPath.empty())
+            PKIRELAY_SETOPT(e, CURLOPT_CAPATH, ep.caPath.c_str());
+        if (!ep.pinnedPublicKey.empty())
+            PKIRELAY_SETOPT(e, CURLOPT_PINNEDPUBLICKEY, ep.pinnedPublicKey.c_str());
+        // BCP 195: TLS 1.2 at least, or 1.3 when configured.
+        PKIRELAY_SETOPT(e, CURLOPT_SSLVERSION,
+                        ep.tlsMinVersion == "1.3" ? static_cast<long>(CURL_SSLVERSION_TLSv1_3)
+                                                  : static_cast<long>(CURL_SSLVERSION_TLSv1_2));
         if (!ep.clientCert.empty()) {
             PKIRELAY_SETOPT(e, CURLOPT_SSLCERTTYPE, "PEM");
             PKIRELAY_SETOPT(e, CURLOPT_SSLCERT, ep.clientCert.c_str());

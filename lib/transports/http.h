@@ -38,7 +38,14 @@ struct HttpEndpoint {
     std::string caFile;                        // empty: the system's trust store
     bool verifyTls = true;                     // off only when the config says so for this endpoint
     std::string clientCert, clientKey;         // mutual TLS, PEM files; empty when unused
-    unsigned maxConnections = 4;               // parallel connections to this endpoint
+    std::string caPath;                        // hashed CA directory; empty when unused
+    std::string pinnedPublicKey;       // curl's CURLOPT_PINNEDPUBLICKEY: sha256//... or a key file
+    std::string tlsMinVersion = "1.2"; // "1.2" or "1.3"
+    std::string proxy;                 // empty: libcurl's default (the *_proxy variables)
+    // RFC 9811 §3.1: redirects only after considering security; off unless configured. When
+    // on, POST stays POST, and an https URL is never redirected to http.
+    bool followRedirects = false;
+    unsigned maxConnections = 4; // parallel connections to this endpoint
     // Reuse connections between exchanges. Off sends "Connection: close" and never reuses:
     // OpenSSL 3.0's `openssl cmp -port` server cancels a CMP transaction when a kept-alive
     // connection closes (apps/cmp.c, cmp_server), so a certConf relayed later on a new

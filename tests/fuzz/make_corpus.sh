@@ -24,13 +24,38 @@ seed() { # seed DRIVER FILE...: copies the files as seed-<name>, replacing older
     done
 }
 
-for d in classify der armor config; do
+for d in classify der armor config cmc_tcp cmp_tcp; do
     rm -f "$here/corpus/$d"/seed-*
 done
 seed classify "$fixtures"/*.der "$fixtures"/*.pem "$fixtures"/*.b64 "$fixtures"/*.p7c
 seed der "$fixtures"/*.der "$fixtures"/*.p7c
 seed armor "$fixtures"/*.pem "$fixtures"/*.b64 "$fixtures"/*.crt
 seed config "$root/contrib/pkirelay.toml.example"
+
+# The TCP readers: fuzz_cmc_tcp takes two control bytes (chunk size, limit) before the stream,
+# here 7-byte chunks and a 16 KiB limit, over the CMC messages and one indefinite-length BER
+# message (openssl cms -sign -stream writes BER); fuzz_cmp_tcp takes frames in both framings
+# around the CMP messages, and the polling frames.
+mkdir -p "$fixtures/tcp"
+openssl cms -sign -stream -binary -nodetach -in "$fixtures/p10.der" -signer "$fixtures/ee.crt" \
+    -inkey "$fixtures/ee.key" -outform DER -out "$fixtures/indefinite.der" 2>/dev/null
+for f in "$fixtures"/cmc_*.der "$fixtures"/certs_only.p7c "$fixtures/indefinite.der"; do
+    { printf '\007\377'; cat "$f"; } >"$fixtures/tcp/$(basename "$f")"
+done
+seed cmc_tcp "$fixtures"/tcp/*
+be32() { printf "\\$(printf %03o $(($1 >> 24 & 255)))\\$(printf %03o $(($1 >> 16 & 255)))"
+    printf "\\$(printf %03o $(($1 >> 8 & 255)))\\$(printf %03o $(($1 & 255)))"; }
+mkdir -p "$fixtures/frames"
+for f in "$fixtures"/cmp_ir.der "$fixtures"/cmp_ip.der "$fixtures"/cmp_error.der; do
+    n=$(wc -c <"$f")
+    b=$(basename "$f" .der)
+    { be32 $((n + 1)); printf '\000'; cat "$f"; } >"$fixtures/frames/rfc2510-$b"
+    { be32 $((n + 3)); printf '\012\001\000'; cat "$f"; } >"$fixtures/frames/v10-$b"
+done
+{ be32 9; printf '\001'; be32 42; be32 5; } >"$fixtures/frames/rfc2510-pollRep"
+{ be32 7; printf '\012\000\002'; be32 42; } >"$fixtures/frames/v10-pollReq"
+{ be32 13; printf '\012\000\006version 10?'; } >"$fixtures/frames/v10-errorMsgRep"
+seed cmp_tcp "$fixtures"/frames/*
 
 # Configurations that reach the consistency checks and every value type of the key table.
 cat >"$fixtures/minimal.toml" <<'TOML'

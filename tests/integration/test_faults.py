@@ -33,6 +33,9 @@ FAULT_ENDPOINT = os.path.join(TESTS_DIR, "fault_endpoint.py")
 # Short deadlines so that a hanging CA costs a second, not a minute.
 FAST_ENDPOINT = "connect_timeout_seconds = 2\ntimeout_seconds = 1\n"
 FAST_RETRY = "[retry]\ninitial_seconds = 1\n"
+# The healthy responder runs openssl per request: on a loaded machine that can take seconds, and
+# what those tests look at must not depend on the speed of the machine.
+PATIENT_ENDPOINT = "connect_timeout_seconds = 10\ntimeout_seconds = 120\n"
 
 
 class Faults(PkirelayTestCase):
@@ -133,7 +136,7 @@ class Faults(PkirelayTestCase):
         self.assertEqual(self.fault_seen(), 1, self.lines(self.fault_log))
 
         self.fault.stop()
-        self.configure(self.start_healthy())
+        self.configure(self.start_healthy(), endpoint=PATIENT_ENDPOINT)
         self.wait_until_retry_is_due()
         self.run_once(expect=0)
         item = self.only_item()
@@ -321,7 +324,8 @@ class Faults(PkirelayTestCase):
     # --- batches and the disk ----------------------------------------------------------------
 
     def test_oversize_request_does_not_block_its_batch(self):
-        self.configure(self.start_healthy(), extra="[limits]\nmax_message_size = 1024\n")
+        self.configure(self.start_healthy(), endpoint=PATIENT_ENDPOINT,
+                       extra="[limits]\nmax_message_size = 1024\n")
         for n in range(4):
             self.csr(f"r{n}.p10")
         with open(os.path.join(self.inbox, "big.der"), "wb") as f:
@@ -347,7 +351,8 @@ class Faults(PkirelayTestCase):
         filler = os.path.join(out, "filler")
         fill(filler)
 
-        self.configure(self.start_healthy(), extra_source=f'responses = "{out}"')
+        self.configure(self.start_healthy(), endpoint=PATIENT_ENDPOINT,
+                       extra_source=f'responses = "{out}"')
         self.csr("req.p10")
         proc = self.run_once(expect=75)
         item = self.only_item()
