@@ -992,6 +992,15 @@ void checkConsistency(Config &config, Problems &problems) {
                 problems.add(fmt::format("source.{} and source.{} watch the same folder {}",
                                          config.sources[i].name, config.sources[j].name,
                                          config.sources[i].path));
+    // A source watching where another moves its stored requests would take each of them in
+    // again, as a second arrival with a second response file.
+    for (const auto &mover : config.sources)
+        for (const auto &watcher : config.sources)
+            if (mover.afterStore() == AfterStore::Move && mover.moveTo == watcher.path)
+                problems.add(fmt::format("source.{} watches {}, where source.{} moves the requests "
+                                         "it stored (move_to): each would be taken in twice and "
+                                         "answered twice",
+                                         watcher.name, watcher.path, mover.name));
     // The rules in order: [[route]] first, then each source's routes, then its endpoint.
     config.rules.clear();
     for (const auto &r : config.routeTables)

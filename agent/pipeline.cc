@@ -177,7 +177,8 @@ void Pipeline::start() {
     // are in the store and are delivered again.
     for (auto &r : parts_.responders)
         r->recover();
-    deliverAll(); // answers recorded by an earlier run and not yet written
+    store_.changedElsewhere(); // the baseline: what is there now is delivered right here
+    deliverAll();              // answers recorded by an earlier run and not yet written
     scheduleIntake(true);
     queueMayHaveItems_ = true;
     scheduleRelay();
@@ -194,10 +195,14 @@ bool Pipeline::finished() const {
 
 void Pipeline::sweep() {
     sweepTimer_ = 0;
+    if (storeCheck_)
+        storeCheck_(); // a store replaced while idle is noticed within run.poll_seconds
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
-    if (deliveriesWaiting_)
+    // An operator's deliver --force (or any change by another process) may have made answers
+    // deliverable that no stage of this run knows of.
+    if (store_.changedElsewhere() || deliveriesWaiting_)
         deliverAll();
     queueMayHaveItems_ = true;
     scheduleRelay();
@@ -301,6 +306,8 @@ void Pipeline::intake() {
         }
         dispatch();            // the CA sees the new requests before the files are acknowledged
         crashPoint("claimed"); // claimed and handed to the transport, the source not acknowledged
+        if (storeCheck_)
+            storeCheck_(); // what was committed must still be reachable before a file goes
         const auto acks = source->acknowledge(tokens);
         crashPoint("acknowledged"); // acknowledged, the acknowledgement not yet recorded
         for (std::size_t i = 0; i < acks.size(); ++i) {

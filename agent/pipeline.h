@@ -95,6 +95,10 @@ public:
     const Metrics &metrics() const { return metrics_; }
     void resetReport() { report_ = {}; }
     std::size_t inFlight() const;
+    // Called before a source is acknowledged and at every sweep; throws when the store file is
+    // no longer the one this run opened (deleted or replaced under it): a file acknowledged
+    // into a store no name reaches is lost with it.
+    void setStoreCheck(std::function<void()> check) { storeCheck_ = std::move(check); }
 
 private:
     class StoreLedger;
@@ -130,6 +134,7 @@ private:
     EventLoop &loop_;
     Clock clock_;
     bool once_;
+    std::function<void()> storeCheck_;
     std::unique_ptr<StoreLedger> ledger_;
     Parts parts_;
     std::vector<std::unique_ptr<Transport>> retired_; // replaced by a reload, still in flight

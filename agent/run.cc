@@ -210,6 +210,20 @@ int commandRun(const std::string &cfgPath, bool once, bool newStore) {
 
     Systemd systemd(loop);
     Pipeline pipeline(*config, store, loop, systemClock, once);
+    // The store's name must go on naming the file this run locked and opened: an operator's rm
+    // (or a backup moved over it) leaves SQLite writing into a file nobody will read again, and
+    // lets a second run lock the new one. Stop before anything more is acknowledged into it.
+    pipeline.setStoreCheck([&lock, path = config->settings.storePath] {
+        struct stat named {
+        }, held{};
+        if (::stat(path.c_str(), &named) == 0 && ::fstat(lock->get(), &held) == 0 &&
+            named.st_dev == held.st_dev && named.st_ino == held.st_ino)
+            return;
+        throw spool::StoreMissing(
+            fmt::format("{} is no longer the store this run opened (deleted or replaced while "
+                        "it ran); stopped before acknowledging anything more into it",
+                        path));
+    });
     pipeline.start();
     systemd.notify("READY=1");
     if (!once)

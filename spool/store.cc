@@ -103,6 +103,7 @@ Millis RetryPolicy::delayAfter(int attempts) const {
 struct Store::Impl {
     sql::Database db;
     bool readOnly = false; // opened by openReadOnly: the operator's write commands refuse
+    std::optional<std::int64_t> dataVersion = std::nullopt; // changedElsewhere()'s last look
 
     void addEvent(std::int64_t item, Millis at, std::string_view what, std::string_view detail) {
         auto q = db.query("INSERT INTO event (item_id, at, what, detail) VALUES (?1, ?2, ?3, ?4)");
@@ -978,6 +979,13 @@ std::optional<Millis> Store::nextRetry() {
     if (!q->step())
         return std::nullopt;
     return q->optInt64(0);
+}
+
+bool Store::changedElsewhere() {
+    const auto now = impl_->db.queryInt("PRAGMA data_version");
+    const bool changed = impl_->dataVersion && *impl_->dataVersion != now;
+    impl_->dataVersion = now;
+    return changed;
 }
 
 void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now) {

@@ -327,6 +327,10 @@ public:
     void unclaim(std::span<const std::int64_t> itemIds, Millis now);
     // The earliest next_try of a deferred item, when there is one: when the relay stage wakes.
     std::optional<Millis> nextRetry();
+    // Whether another connection (an operator command: deliver --force, retry, release)
+    // committed since the last call; the first call only takes the baseline. PRAGMA
+    // data_version, so one cheap read.
+    bool changedElsewhere();
 
     // Records the outcomes of a batch in one transaction: Answer -> Answered (response stored);
     // Transient -> Deferred with backoff, or Failed once policy.maxAge has passed;

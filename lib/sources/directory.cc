@@ -393,10 +393,15 @@ std::vector<Source::Ack> DirectorySource::acknowledge(const std::vector<std::uin
             // under the same name would lose its new file, unread). Then only the file that
             // was read and stored is removed; one replaced before we took it is given its
             // name back and looked at again.
-            const std::string held = "." + p.name + std::string(ackSuffix);
-            const bool took = dir->moveTo(p.name, *dir, held);
+            // A name within ackSuffix's length of NAME_MAX has no private name (ENAMETOOLONG,
+            // and it would never be acknowledged): it is checked and removed under its own name,
+            // where a client replacing it in that instant could lose its new file.
+            const std::string privateName = "." + p.name + std::string(ackSuffix);
+            const bool holdable = privateName.size() <= NAME_MAX;
+            const std::string &held = holdable ? privateName : p.name;
+            const bool took = !holdable || dir->moveTo(p.name, *dir, held);
             if (!took || dir->identity(held) != p.identity) {
-                if (took && !dir->moveTo(held, *dir, p.name))
+                if (took && holdable && !dir->moveTo(held, *dir, p.name))
                     rescan_ = true; // replaced twice over: the rescan gives it its name back
                 spdlog::warn("- source {}: {} changed after it was read; looked at again",
                              config_.name, printable(p.name));
@@ -416,7 +421,7 @@ std::vector<Source::Ack> DirectorySource::acknowledge(const std::vector<std::uin
                         target = fmt::format("{}.{}", p.name, n);
                 }
             } catch (const IoError &) {
-                if (!dir->moveTo(held, *dir, p.name))
+                if (holdable && !dir->moveTo(held, *dir, p.name))
                     rescan_ = true;
                 throw;
             }
