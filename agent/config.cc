@@ -157,8 +157,11 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          "directory",
          0,
          0,
-         {"directory"},
-         "What kind of source this is."},
+         {"directory", "media", "media-return"},
+         "What kind of source this is: directory (a watched folder); media (the offline side of "
+         "an air gap: the stick's request folder, checked against its manifests, answers written "
+         "to responses with a return manifest); media-return (the online side: the stick's "
+         "return folder, each answer matched to the request it answers)."},
         {"path",
          Type::Path,
          &S::path,
@@ -217,6 +220,40 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          0,
          {},
          "Per-kind endpoints, e.g. routes = { cmc-full-request = \"cmc-ca\" }."},
+        {"require_manifest",
+         Type::Bool,
+         &S::requireManifest,
+         "true",
+         0,
+         0,
+         {},
+         "media, media-return: a file no manifest lists waits for one (false: it is taken "
+         "as it is; a manifest, when there, is still checked)."},
+        {"verify_cert",
+         Type::Path,
+         &S::verifyCert,
+         "none",
+         0,
+         0,
+         {},
+         "media, media-return: PEM certificate whose key must have signed each manifest "
+         "(NAME.manifest.p7s, detached CMS); unsigned or badly signed manifests are refused."},
+        {"sign_cert",
+         Type::Path,
+         &S::signCert,
+         "none",
+         0,
+         0,
+         {},
+         "media: PEM certificate to sign the return manifests with (with sign_key)."},
+        {"sign_key",
+         Type::Path,
+         &S::signKey,
+         "none",
+         0,
+         0,
+         {},
+         "media: PEM private key of sign_cert."},
     };
     // clang-format on
     return keys;
@@ -227,10 +264,21 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
     // One key per entry reads as the table it is.
     // clang-format off
     static const std::vector<Key<S>> keys = {
-        {"type", Type::Choice, &S::type, "http", 0, 0, {"http"},
-         "How messages are carried (http covers https)."},
-        {"url", Type::String, &S::url, "(required)", 0, 0, {},
-         "Where requests are POSTed, used as given (CMP: usually .../.well-known/cmp).", true},
+        {"type", Type::Choice, &S::type, "http", 0, 0, {"http", "directory"},
+         "How messages are carried: http (covers https), or directory (the online side of an "
+         "air gap: requests are written onto removable media with a manifest per batch, and "
+         "wait for their answers to come back on a media-return source)."},
+        {"url", Type::String, &S::url, "(required for http)", 0, 0, {},
+         "Where requests are POSTed, used as given (CMP: usually .../.well-known/cmp)."},
+        {"path", Type::Path, &S::path, "(required for directory)", 0, 0, {},
+         "directory: the media folder requests are written into."},
+        {"await_max_age_seconds", Type::Int, &S::awaitMaxAgeSeconds, "2592000 (30 days)", 60,
+         315360000, {},
+         "directory: how long a request on the media may wait for its answer; then it fails."},
+        {"sign_cert", Type::Path, &S::signCert, "none", 0, 0, {},
+         "directory: PEM certificate to sign the batch manifests with (with sign_key)."},
+        {"sign_key", Type::Path, &S::signKey, "none", 0, 0, {},
+         "directory: PEM private key of sign_cert."},
         {"connect_timeout_seconds", Type::Int, &S::connectTimeoutSeconds, "10", 1, 600, {},
          "Longest wait for a connection."},
         {"timeout_seconds", Type::Int, &S::timeoutSeconds, "60", 1, 3600, {},
@@ -481,6 +529,23 @@ void checkConsistency(Config &config, Problems &problems) {
         problems.add("no endpoints: add an [endpoint.NAME] table with a url");
 
     for (auto &endpoint : config.endpoints) {
+        if (endpoint.type == "directory") {
+            if (endpoint.path.empty())
+                problems.add(
+                    fmt::format("endpoint.{} needs path (type = \"directory\")", endpoint.name));
+            if (!endpoint.url.empty())
+                problems.add(fmt::format("endpoint.{}: url is for http endpoints; a directory "
+                                         "endpoint writes into path",
+                                         endpoint.name));
+            if (endpoint.signCert.empty() != endpoint.signKey.empty())
+                problems.add(
+                    fmt::format("endpoint.{}: sign_cert and sign_key go together", endpoint.name));
+            continue;
+        }
+        if (endpoint.url.empty()) {
+            problems.add(fmt::format("endpoint.{} needs url", endpoint.name));
+            continue;
+        }
         const std::string_view url = endpoint.url;
         const auto scheme = url.substr(0, url.find("://"));
         std::string lower(scheme);
@@ -504,6 +569,12 @@ void checkConsistency(Config &config, Problems &problems) {
     }
 
     for (auto &source : config.sources) {
+        if (source.signCert.empty() != source.signKey.empty())
+            problems.add(fmt::format("source.{}: sign_cert and sign_key go together", source.name));
+        if (!source.signCert.empty() && source.type != "media")
+            problems.add(fmt::format("source.{}: sign_cert is for type = \"media\" (the return "
+                                     "manifests)",
+                                     source.name));
         if (source.responses.empty())
             source.responses = source.path;
         if (source.afterStore() == AfterStore::Move && source.moveTo.empty())

@@ -31,8 +31,13 @@ struct SourceConfig {
     std::string responseMode = "0600";  // octal permissions of its response files
     std::string endpoint;               // default: the only endpoint, when there is exactly one
     std::map<Kind, std::string> routes; // per-kind endpoint overrides
+    // The air-gap chain (type "media" on the offline side, "media-return" on the online side).
+    bool requireManifest = true;
+    std::string verifyCert;        // manifests must be signed by this certificate
+    std::string signCert, signKey; // type "media": sign the return manifests
 
     AfterStore afterStore() const;
+    bool isMedia() const { return type == "media" || type == "media-return"; }
 };
 
 struct EndpointConfig {
@@ -47,6 +52,11 @@ struct EndpointConfig {
     std::string clientKey;
     std::int64_t maxConnections = 4;
     bool keepAlive = true;
+    // type = "directory" (the air-gap chain): the media folder, how long an answer may take,
+    // and the optional signing of its manifests.
+    std::string path;
+    std::int64_t awaitMaxAgeSeconds = 30 * 86400;
+    std::string signCert, signKey;
 
     HttpEndpoint toHttp() const;
 };

@@ -1,8 +1,13 @@
 // Builds the sources, transports and responders of a configuration (parts.h).
 #include "parts.h"
 
+#include <fmt/format.h>
+
+#include "lib/responders/media.h"
 #include "lib/responders/response_file.h"
 #include "lib/sources/directory.h"
+#include "lib/sources/media.h"
+#include "lib/transports/directory.h"
 #include "lib/transports/http.h"
 
 namespace pkirelay::agent {
@@ -33,7 +38,36 @@ DirectorySourceConfig directoryConfig(const SourceConfig &s, const Settings &set
     return c;
 }
 
-std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings) {
+// The air-gap chain's counters (batch numbers) live beside the store, one file per part.
+std::string stateFile(const Settings &settings, std::string_view what, const std::string &name) {
+    return fmt::format("{}.{}-{}.seq", settings.storePath, what, name);
+}
+
+std::unique_ptr<Source> makeSource(const SourceConfig &s, const Settings &settings, Clock clock) {
+    if (!s.isMedia())
+        return std::make_unique<DirectorySource>(directoryConfig(s, settings, std::move(clock)));
+    MediaSourceConfig m;
+    m.directory = directoryConfig(s, settings, std::move(clock));
+    m.returnLeg = s.type == "media-return";
+    m.requireManifest = s.requireManifest;
+    m.verifyCert = s.verifyCert;
+    return std::make_unique<MediaSource>(std::move(m));
+}
+
+std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings,
+                                         const Clock &clock) {
+    if (e.type == "directory") {
+        DirectoryEndpoint d;
+        d.name = e.name;
+        d.path = e.path;
+        d.stateFile = stateFile(settings, "endpoint", e.name);
+        d.awaitMs = e.awaitMaxAgeSeconds * 1000;
+        d.signCert = e.signCert;
+        d.signKey = e.signKey;
+        d.maxBatch = static_cast<std::size_t>(settings.batchSize);
+        d.wallClock = clock;
+        return std::make_unique<DirectoryTransport>(std::move(d));
+    }
     HttpEndpoint ep = e.toHttp();
     ep.maxMessageSize = static_cast<std::size_t>(settings.maxMessageSize);
     return std::make_unique<HttpTransport>(std::move(ep));
@@ -53,19 +87,40 @@ Parts buildParts(const Config &config, const Clock &clock) {
     std::map<std::string, mode_t> modes;          // responses folder -> file mode
     for (const auto &s : config.sources) {
         modes[s.responses] = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
-        parts.sources.push_back(
-            std::make_unique<DirectorySource>(directoryConfig(s, config.settings, clock)));
+        parts.sources.push_back(makeSource(s, config.settings, clock));
         if (s.responses != s.path)
             creatable.emplace(s.responses, s.path);
     }
     for (const auto &e : config.endpoints)
-        parts.transports[e.name] = makeTransport(e, config.settings);
+        parts.transports[e.name] = makeTransport(e, config.settings, clock);
 
     parts.responders.push_back(
         std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes)));
     parts.fallback = parts.responders.back().get();
     for (const auto &s : config.sources)
         parts.responderOf[s.name] = parts.fallback;
+    // The offline side of an air gap: its answers go onto the stick with a return manifest.
+    for (const auto &s : config.sources) {
+        if (s.type != "media")
+            continue;
+        std::map<std::string, std::string> anchor;
+        if (s.responses != s.path)
+            anchor.emplace(s.responses, s.path);
+        const auto mode = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
+        MediaResponderConfig m;
+        m.writer = s.name;
+        m.folder = s.responses;
+        m.stateFile = stateFile(config.settings, "source", s.name);
+        m.signCert = s.signCert;
+        m.signKey = s.signKey;
+        m.fileMode = mode;
+        m.wallClock = clock;
+        parts.responders.push_back(std::make_unique<MediaResponder>(
+            std::make_unique<ResponseFileResponder>(
+                std::move(anchor), std::map<std::string, mode_t>{{s.responses, mode}}),
+            std::move(m)));
+        parts.responderOf[s.name] = parts.responders.back().get();
+    }
     return parts;
 }
 

@@ -36,6 +36,16 @@ struct DirectorySourceConfig {
     std::int64_t settleMs = 60'000;          // a truncated file younger than this is waited for
     std::function<std::int64_t()> wallClock; // Unix ms, compared with file mtimes
     std::int64_t rearmMs = 1000;             // how often a missing folder is looked for
+    // Hooks for a source built on this one (the media source, lib/sources/media.h). ignore:
+    // names that are never read as inputs (manifests); when one is written, the folder is
+    // looked at again whole. check: called for each file read, before it is classified.
+    std::function<bool(std::string_view name)> ignore;
+    enum class Verdict {
+        Accept, // classify and store it as usual
+        Wait,   // not yet (its manifest has not come): looked at again later, not stored
+        Reject, // quarantine it with the reason
+    };
+    std::function<std::pair<Verdict, std::string>(const std::string &name, ByteView bytes)> check;
 };
 
 // Temporary-looking names (leading dot, *.tmp, *.part, *~): other tools' and pkirelay's own

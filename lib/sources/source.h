@@ -40,6 +40,10 @@ struct Submission {
                                     // empty when it was too large to read
     // The source leaves its input where it is (after = "keep"): storing it is acknowledging it.
     bool acknowledgedWhenStored = false;
+    // The return leg of removable media (a media-return source): the message claims, by its
+    // name, to answer a request written onto the media; the store matches it to that request
+    // and confirms it by the protocol, or quarantines it (spool/store.h, Ingested::matched).
+    bool returnLeg = false;
 };
 
 // What the store knows of inputs, as a source needs to ask it.
@@ -59,6 +63,13 @@ public:
     // True when `name` in folder replyTo is a response pkirelay wrote there with these bytes.
     virtual bool isOurResponse(std::string_view replyTo, std::string_view name,
                                std::string_view sha256) = 0;
+    // True when an arrival of exactly these bytes under this name was ever stored, however it
+    // was acknowledged since (the media source tells a file listed in a manifest that was
+    // processed and removed from one that never came).
+    virtual bool everStored(std::string_view /*source*/, std::string_view /*origin*/,
+                            std::string_view /*sha256*/) {
+        return false;
+    }
 };
 
 // What one take() found.
