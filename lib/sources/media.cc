@@ -129,11 +129,18 @@ Taken MediaSource::take(Ledger &ledger, std::size_t maxItems, std::size_t maxByt
         manifests_ = {}; // the folder is gone: the inner source says so
     }
     Taken taken = inner_->take(ledger, maxItems, maxBytes, full);
-    for (auto &sub : taken.submissions)
-        if (config_.returnLeg && sub.message) {
+    for (auto &sub : taken.submissions) {
+        if (!config_.returnLeg)
+            continue;
+        if (sub.message) {
             sub.returnLeg = true;
             sub.relay = false; // an answer: matched to its request, never relayed
+        } else {
+            // Refused on the way back (a manifest check, not a PKI message): `pkirelay media
+            // status` counts these with the answers the matching refused.
+            sub.rejectReason = "return leg: " + sub.rejectReason;
         }
+    }
     for (std::size_t i = 0; i < own.submissions.size(); ++i) {
         taken.submissions.push_back(std::move(own.submissions[i]));
         taken.tokens.push_back(own.tokens[i]);

@@ -186,6 +186,7 @@ class AirGap(PkirelayTestCase):
         self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
         self.assertEqual(self.item_state(1), "awaiting")
         self.assertEqual(self.items(state="quarantined")[0]["origin"], name)
+        self.assertEqual(self.media_status()["quarantined_returns"], 1)
 
     def test_response_truncated_and_file_missing_are_quarantined(self):
         self.start_cmc_ca()
