@@ -160,9 +160,12 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          "directory",
          0,
          0,
-         {"directory", "imap"},
-         "What kind of source this is: a watched folder, or an enrollment mailbox read over "
-         "IMAP(S) and answered by SMTP(S)."},
+         {"directory", "imap", "media", "media-return"},
+         "What kind of source this is: directory (a watched folder); imap (an enrollment mailbox "
+         "read over IMAP(S) and answered by SMTP(S)); media (the offline side of an air gap: the "
+         "stick's request folder, checked against its manifests, answers written to responses "
+         "with a return manifest); media-return (the online side: the stick's return folder, "
+         "each answer matched to the request it answers)."},
         {"path",
          Type::Path,
          &S::path,
@@ -296,6 +299,40 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
         {"rate_limit_per_hour", Type::Int, &S::rateLimitPerHour, "0", 0, 100000, {},
          "imap: most request mails relayed per sender per hour (0: no limit); more are "
          "rejected unanswered."},
+        {"require_manifest",
+         Type::Bool,
+         &S::requireManifest,
+         "true",
+         0,
+         0,
+         {},
+         "media, media-return: a file no manifest lists waits for one (false: it is taken "
+         "as it is; a manifest, when there, is still checked)."},
+        {"verify_cert",
+         Type::Path,
+         &S::verifyCert,
+         "none",
+         0,
+         0,
+         {},
+         "media, media-return: PEM certificate whose key must have signed each manifest "
+         "(NAME.manifest.p7s, detached CMS); unsigned or badly signed manifests are refused."},
+        {"sign_cert",
+         Type::Path,
+         &S::signCert,
+         "none",
+         0,
+         0,
+         {},
+         "media: PEM certificate to sign the return manifests with (with sign_key)."},
+        {"sign_key",
+         Type::Path,
+         &S::signKey,
+         "none",
+         0,
+         0,
+         {},
+         "media: PEM private key of sign_cert."},
     };
     // clang-format on
     return keys;
@@ -306,13 +343,26 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
     // One key per entry reads as the table it is.
     // clang-format off
     static const std::vector<Key<S>> keys = {
-        {"type", Type::Choice, &S::type, "from the url", 0, 0, {"http", "cmc-tcp", "cmp-tcp"},
+        {"type", Type::Choice, &S::type, "from the url", 0, 0,
+         {"http", "cmc-tcp", "cmp-tcp", "directory"},
          "How messages are carried: http (covers https); cmc-tcp, CMC over TCP (RFC 5273 §5); "
-         "cmp-tcp, the legacy CMP-over-TCP protocol (RFC 2510 §5.2 and its version 10)."},
-        {"url", Type::String, &S::url, "(required)", 0, 0, {},
+         "cmp-tcp, the legacy CMP-over-TCP protocol (RFC 2510 §5.2 and its version 10); "
+         "directory (the online side of an air gap: requests are written onto removable media "
+         "with a manifest per batch, and wait for their answers to come back on a media-return "
+         "source)."},
+        {"url", Type::String, &S::url, "(required, except for directory)", 0, 0, {},
          "http(s)://host[:port]/path: where requests are POSTed, used as given (CMP: usually "
          ".../.well-known/cmp). cmc-tcp://host[:port] (port 5318) or cmp-tcp://host[:port] "
-         "(port 829); cmc-tcps:// and cmp-tcps:// for TLS.", true},
+         "(port 829); cmc-tcps:// and cmp-tcps:// for TLS."},
+        {"path", Type::Path, &S::path, "(required for directory)", 0, 0, {},
+         "directory: the media folder requests are written into."},
+        {"await_max_age_seconds", Type::Int, &S::awaitMaxAgeSeconds, "2592000 (30 days)", 60,
+         315360000, {},
+         "directory: how long a request on the media may wait for its answer; then it fails."},
+        {"sign_cert", Type::Path, &S::signCert, "none", 0, 0, {},
+         "directory: PEM certificate to sign the batch manifests with (with sign_key)."},
+        {"sign_key", Type::Path, &S::signKey, "none", 0, 0, {},
+         "directory: PEM private key of sign_cert."},
         {"connect_timeout_seconds", Type::Int, &S::connectTimeoutSeconds, "10", 1, 600, {},
          "Longest wait for a connection."},
         {"timeout_seconds", Type::Int, &S::timeoutSeconds, "60", 1, 3600, {},
@@ -906,6 +956,23 @@ void checkConsistency(Config &config, Problems &problems) {
         problems.add("no endpoints: add an [endpoint.NAME] table with a url");
 
     for (auto &endpoint : config.endpoints) {
+        if (endpoint.type == "directory") {
+            if (endpoint.path.empty())
+                problems.add(
+                    fmt::format("endpoint.{} needs path (type = \"directory\")", endpoint.name));
+            if (!endpoint.url.empty())
+                problems.add(fmt::format("endpoint.{}: url is for http and tcp endpoints; a "
+                                         "directory endpoint writes into path",
+                                         endpoint.name));
+            if (endpoint.signCert.empty() != endpoint.signKey.empty())
+                problems.add(
+                    fmt::format("endpoint.{}: sign_cert and sign_key go together", endpoint.name));
+            continue;
+        }
+        if (endpoint.url.empty()) {
+            problems.add(fmt::format("endpoint.{} needs url", endpoint.name));
+            continue;
+        }
         checkEndpointUrl(endpoint, problems);
         if (endpoint.clientCert.empty() != endpoint.clientKey.empty())
             problems.add(
@@ -941,6 +1008,12 @@ void checkConsistency(Config &config, Problems &problems) {
             problems.add(fmt::format("source.{} needs path", source.name));
             continue;
         }
+        if (source.signCert.empty() != source.signKey.empty())
+            problems.add(fmt::format("source.{}: sign_cert and sign_key go together", source.name));
+        if (!source.signCert.empty() && source.type != "media")
+            problems.add(fmt::format("source.{}: sign_cert is for type = \"media\" (the return "
+                                     "manifests)",
+                                     source.name));
         if (source.responses.empty())
             source.responses = source.path;
         if (source.afterStore() == AfterStore::Move && source.moveTo.empty())

@@ -35,6 +35,10 @@ struct SourceConfig {
     // S/MIME in mail and in .eml and .p7m files (lib/mail/mime.h SmimeConfig)
     std::string smimeDecryptKey, smimeDecryptCert, smimeTrustFile;
     bool smimeRequireSigned = false;
+    // The air-gap chain (type "media" on the offline side, "media-return" on the online side).
+    bool requireManifest = true;
+    std::string verifyCert;        // manifests must be signed by this certificate
+    std::string signCert, signKey; // type "media": sign the return manifests
 
     // type = "imap": an enrollment mailbox (lib/sources/imap.h), answered by SMTP
     // (lib/responders/smtp.h).
@@ -57,6 +61,7 @@ struct SourceConfig {
     bool isMail() const { return type == "imap"; }
     std::vector<std::string> allowList() const;
     AfterStore afterStore() const;
+    bool isMedia() const { return type == "media" || type == "media-return"; }
 };
 
 struct EndpointConfig {
@@ -83,6 +88,11 @@ struct EndpointConfig {
     std::string host;
     std::uint16_t port = 0;
     bool tls = false;
+    // type = "directory" (the air-gap chain): the media folder, how long an answer may take,
+    // and the optional signing of its manifests.
+    std::string path;
+    std::int64_t awaitMaxAgeSeconds = 30 * 86400;
+    std::string signCert, signKey;
 
     HttpEndpoint toHttp() const;
     TcpEndpoint toTcp() const;

@@ -23,6 +23,7 @@
 #include "lib/describe.h"
 #include "lib/file_io.h"
 #include "lib/text.h"
+#include "media_commands.h"
 #include "operator.h"
 #include "run.h"
 
@@ -221,6 +222,18 @@ int main(int argc, char **argv) {
     deliver->add_option("ID", id, "Item id")->required();
     deliver->add_flag("--force", force, "Required: deliver an answer pkirelay did not accept");
 
+    auto *media = app.add_subcommand("media", "The air-gap chain: what is out on removable media");
+    media->require_subcommand(1);
+    auto *mediaStatus =
+        media->add_subcommand("status", "Out on the media, came back, still missing, oldest");
+    jsonFlag(mediaStatus);
+    auto *mediaReport = media->add_subcommand("report", "A printable transfer report, per batch");
+    jsonFlag(mediaReport);
+    std::string mediaEndpoint;
+    std::int64_t mediaBatch = 0; // 0: every batch
+    mediaReport->add_option("--endpoint", mediaEndpoint, "Only this directory endpoint");
+    mediaReport->add_option("--batch", mediaBatch, "Only this batch");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError &e) {
@@ -258,6 +271,12 @@ int main(int argc, char **argv) {
             return commandExport(configPath(cfg), id, dir, json);
         if (*deliver)
             return commandDeliver(configPath(cfg), id, force, json);
+        if (*mediaStatus)
+            return commandMediaStatus(configPath(cfg), json);
+        if (*mediaReport)
+            return commandMediaReport(
+                configPath(cfg), mediaEndpoint,
+                mediaBatch > 0 ? std::optional<std::int64_t>(mediaBatch) : std::nullopt, json);
     } catch (const spool::StoreCorrupt &e) {
         // Loud, and its own status: a damaged store does not heal by waiting (README, "Exit
         // status"), and cron is told to ignore only 75.

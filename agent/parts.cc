@@ -6,10 +6,13 @@
 #include <fmt/format.h>
 
 #include "lib/file_io.h"
+#include "lib/responders/media.h"
 #include "lib/responders/response_file.h"
 #include "lib/responders/smtp.h"
 #include "lib/sources/directory.h"
 #include "lib/sources/imap.h"
+#include "lib/sources/media.h"
+#include "lib/transports/directory.h"
 #include "lib/transports/http.h"
 #include "lib/transports/tcp.h"
 
@@ -91,8 +94,37 @@ SmtpResponderConfig smtpConfig(const SourceConfig &s, Clock clock) {
     return c;
 }
 
+// The air-gap chain's counters (batch numbers) live beside the store, one file per part.
+std::string stateFile(const Settings &settings, std::string_view what, const std::string &name) {
+    return fmt::format("{}.{}-{}.seq", settings.storePath, what, name);
+}
+
+std::unique_ptr<Source> makeSource(const SourceConfig &s, const Settings &settings, Clock clock) {
+    if (!s.isMedia())
+        return std::make_unique<DirectorySource>(directoryConfig(s, settings, std::move(clock)));
+    MediaSourceConfig m;
+    m.directory = directoryConfig(s, settings, std::move(clock));
+    m.returnLeg = s.type == "media-return";
+    m.requireManifest = s.requireManifest;
+    m.verifyCert = s.verifyCert;
+    return std::make_unique<MediaSource>(std::move(m));
+}
+
 // One transport per endpoint, by its type (config.cc checked the type against the url).
-std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings) {
+std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings,
+                                         const Clock &clock) {
+    if (e.type == "directory") {
+        DirectoryEndpoint d;
+        d.name = e.name;
+        d.path = e.path;
+        d.stateFile = stateFile(settings, "endpoint", e.name);
+        d.awaitMs = e.awaitMaxAgeSeconds * 1000;
+        d.signCert = e.signCert;
+        d.signKey = e.signKey;
+        d.maxBatch = static_cast<std::size_t>(settings.batchSize);
+        d.wallClock = clock;
+        return std::make_unique<DirectoryTransport>(std::move(d));
+    }
     const auto maxMessage = static_cast<std::size_t>(settings.maxMessageSize);
     if (e.type == "cmc-tcp" || e.type == "cmp-tcp") {
         TcpEndpoint ep = e.toTcp();
@@ -128,13 +160,12 @@ Parts buildParts(const Config &config, const Clock &clock) {
             continue;
         }
         modes[s.responses] = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
-        parts.sources.push_back(
-            std::make_unique<DirectorySource>(directoryConfig(s, config.settings, clock)));
+        parts.sources.push_back(makeSource(s, config.settings, clock));
         if (s.responses != s.path)
             creatable.emplace(s.responses, s.path);
     }
     for (const auto &e : config.endpoints)
-        parts.transports[e.name] = makeTransport(e, config.settings);
+        parts.transports[e.name] = makeTransport(e, config.settings, clock);
 
     parts.responders.push_back(
         std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes)));
@@ -143,6 +174,28 @@ Parts buildParts(const Config &config, const Clock &clock) {
         parts.responderOf[s.name] = parts.fallback;
     for (const auto &[name, responder] : mailResponders)
         parts.responderOf[name] = responder;
+    // The offline side of an air gap: its answers go onto the stick with a return manifest.
+    for (const auto &s : config.sources) {
+        if (s.type != "media")
+            continue;
+        std::map<std::string, std::string> anchor;
+        if (s.responses != s.path)
+            anchor.emplace(s.responses, s.path);
+        const auto mode = static_cast<mode_t>(std::stoul(s.responseMode, nullptr, 8));
+        MediaResponderConfig m;
+        m.writer = s.name;
+        m.folder = s.responses;
+        m.stateFile = stateFile(config.settings, "source", s.name);
+        m.signCert = s.signCert;
+        m.signKey = s.signKey;
+        m.fileMode = mode;
+        m.wallClock = clock;
+        parts.responders.push_back(std::make_unique<MediaResponder>(
+            std::make_unique<ResponseFileResponder>(
+                std::move(anchor), std::map<std::string, mode_t>{{s.responses, mode}}),
+            std::move(m)));
+        parts.responderOf[s.name] = parts.responders.back().get();
+    }
     return parts;
 }
 

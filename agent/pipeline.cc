@@ -63,7 +63,8 @@ std::optional<std::string> unacceptableAnswer(Kind request, const Message &answe
 std::string_view outcomeText(const spool::Outcome &outcome) {
     return std::visit(
         [](const auto &r) -> std::string_view {
-            if constexpr (std::is_same_v<std::decay_t<decltype(r)>, spool::Answer>)
+            using R = std::decay_t<decltype(r)>;
+            if constexpr (std::is_same_v<R, spool::Answer> || std::is_same_v<R, spool::Handed>)
                 return r.detail;
             else
                 return r.reason;
@@ -125,6 +126,10 @@ public:
         return store_.isOutput(replyTo, name, sha256);
     }
     std::string cursor(std::string_view source) override { return store_.sourceCursor(source); }
+    bool everStored(std::string_view source, std::string_view origin,
+                    std::string_view sha256) override {
+        return store_.arrivalKnown(source, origin, sha256);
+    }
 
 private:
     spool::Store &store_;
@@ -179,6 +184,7 @@ void Pipeline::start() {
         r->recover();
     store_.changedElsewhere(); // the baseline: what is there now is delivered right here
     deliverAll();              // answers recorded by an earlier run and not yet written
+    expireAwaiting();
     scheduleIntake(true);
     queueMayHaveItems_ = true;
     scheduleRelay();
@@ -197,6 +203,7 @@ void Pipeline::sweep() {
     sweepTimer_ = 0;
     if (storeCheck_)
         storeCheck_(); // a store replaced while idle is noticed within run.poll_seconds
+    expireAwaiting();
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
@@ -207,6 +214,14 @@ void Pipeline::sweep() {
     queueMayHaveItems_ = true;
     scheduleRelay();
     sweepTimer_ = loop_.after(config_.settings.pollSeconds * 1000, [this] { sweep(); });
+}
+
+void Pipeline::expireAwaiting() {
+    // Requests out on the media whose answer did not come back in time fail, visibly.
+    for (const auto id : store_.expireAwaiting(clock_())) {
+        ++report_.failed;
+        spdlog::error("{}: failed: no answer came back from the media in time", id);
+    }
 }
 
 void Pipeline::scheduleIntake(bool full) {
@@ -274,7 +289,17 @@ void Pipeline::intake() {
         for (std::size_t i = 0; i < results.size(); ++i) {
             const auto &sub = taken.submissions[i];
             const auto &res = results[i];
-            if (res.duplicate) {
+            if (sub.returnLeg && sub.message) {
+                // The media's return leg: matched to its request, or quarantined (not delivered).
+                if (res.matched) {
+                    spdlog::info("{}: answer matched: {}/{} ({})", res.itemId, sub.arrival.source,
+                                 printable(sub.arrival.origin), res.why);
+                } else {
+                    ++report_.quarantined;
+                    spdlog::warn("{}: quarantined {}/{}: {}", res.itemId, sub.arrival.source,
+                                 printable(sub.arrival.origin), res.why);
+                }
+            } else if (res.duplicate) {
                 ++report_.duplicates;
                 spdlog::log(perItem(once_), "{}: {}/{} is another arrival of this item ({})",
                             res.itemId, sub.arrival.source, printable(sub.arrival.origin),
@@ -465,6 +490,10 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     case Reply::Type::Transient:
         outcome.result = spool::Transient{reply.detail};
         break;
+    case Reply::Type::Handed:
+        // Onto the media (a directory endpoint): the answer comes back on the return leg.
+        outcome.result = spool::Handed{reply.detail, reply.handedAs, reply.batch, reply.awaitMs};
+        break;
     case Reply::Type::Permanent:
         if (answerLike)
             outcome.result = spool::Unusable{reply.body, reply.contentType, reply.detail};
@@ -533,6 +562,9 @@ void Pipeline::recordOutcomes() {
         case spool::State::Failed:
             ++report_.failed;
             spdlog::error("{}: failed: {}", outcome.itemId, why);
+            break;
+        case spool::State::Awaiting:
+            spdlog::info("{}: handed over to {}: {}", outcome.itemId, outcome.endpoint, why);
             break;
         case spool::State::Review:
             ++report_.failed; // needs a person, like a failure: the run says so (65)

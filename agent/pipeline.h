@@ -128,6 +128,7 @@ private:
     void problem(const DeliveryTask &task, const std::string &what);
     void scheduleFlush();
     void sweep();
+    void expireAwaiting(); // the air-gap chain: awaiting items past their deadline fail
 
     Config config_;
     spool::Store &store_;

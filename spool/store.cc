@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "lib/media/manifest.h"
 #include "spool/migrations.h"
 #include "spool/sqlite.h"
 
@@ -271,6 +272,8 @@ struct Store::Impl {
             return {id, addDelivery(id, s, false, now), false, State::Quarantined};
         }
 
+        if (s.returnLeg)
+            return matchReturn(s, from, now);
         const Message &m = *s.message;
         const std::string sha256 = sha256Hex(m.der);
         const State fresh = s.relay ? State::Queued : State::Unmatched;
@@ -297,6 +300,120 @@ struct Store::Impl {
         if (fresh == State::Unmatched)
             addEvent(id, now, "unmatched", "not a request: kept for matching to its request");
         return {id, addDelivery(id, s, false, now), false, fresh};
+    }
+
+    // The return leg (issue 17): an answer that came back on the media. It names the request it
+    // answers (lib/media/manifest.h, media names); the protocol must confirm it:
+    // - CMP (RFC 9810 §5.1.1): the same transactionID, and recipNonce equal to the request's
+    //   senderNonce ("the recipNonce ... of the response ... copies the senderNonce of the
+    //   previous message");
+    // - CMC (RFC 10002 §6.6, §6.6.1): the transactionId control, when the answer has one, equal
+    //   to the request's; the recipientNonce control, when present, equal to the request's
+    //   senderNonce. A Simple PKI Response carries neither: the name and the kind must do.
+    // Only an item waiting for its answer (awaiting) takes one: an answer to a closed item (a
+    // replay on a later trip, a copy of one already delivered) is quarantined, like one that
+    // names nothing or fails a check. Nothing quarantined here is delivered.
+    Ingested matchReturn(const Submission &s, std::string_view from, Millis now) {
+        const Message &m = *s.message;
+        const std::string sha256 = sha256Hex(m.der);
+        std::string why;
+        std::optional<std::int64_t> claimed;
+        if (m.isRequest() && !(m.cmp && m.cmp->bodyType == 23)) {
+            why = "a request, not an answer, on the return leg";
+        } else if (auto name = media::parseMediaName(s.arrival.origin); !name) {
+            why = "its name names no request written onto the media";
+        } else {
+            claimed = name->itemId;
+            auto q = db.query("SELECT state, sha256, kind, transaction_id, sender_nonce, "
+                              "response_sha256 FROM item WHERE id = ?1");
+            q->bind(1, name->itemId);
+            if (!q->step() || q->isNull(2) || !q->text(1).starts_with(name->digest)) {
+                why = fmt::format("its name claims item {}, which is no request of this agent",
+                                  name->itemId);
+            } else {
+                const State state = stateFromDb(q->text(0));
+                const Kind requestKind = kindFromDb(q->text(2)).value();
+                const Bytes tid = q->blob(3), nonce = q->blob(4);
+                const std::string answered = q->text(5);
+                const Keys k = keysOf(m);
+                if (state != State::Awaiting) {
+                    why = state == State::Answered && answered == sha256
+                              ? fmt::format("item {} has this answer already (a replay)",
+                                            name->itemId)
+                              : fmt::format("item {} is {}, not waiting for an answer",
+                                            name->itemId, stateName(state));
+                } else if ((requestKind == Kind::Cmp) != (m.kind == Kind::Cmp)) {
+                    why = fmt::format("a {} cannot answer item {}, a {}", kindInfo(m.kind).title,
+                                      name->itemId, kindInfo(requestKind).title);
+                } else if (m.cmp && !std::ranges::equal(k.transactionId, tid)) {
+                    why = fmt::format("its transactionID is not item {}'s", name->itemId);
+                } else if (m.cmp && !std::ranges::equal(k.recipNonce, nonce)) {
+                    why = fmt::format("its recipNonce is not item {}'s senderNonce (RFC 9810 "
+                                      "§5.1.1)",
+                                      name->itemId);
+                } else if (!m.cmp && !k.transactionId.empty() &&
+                           !std::ranges::equal(k.transactionId, tid)) {
+                    why = fmt::format("its transactionId control is not item {}'s", name->itemId);
+                } else if (!m.cmp && !k.recipNonce.empty() &&
+                           !std::ranges::equal(k.recipNonce, nonce)) {
+                    why = fmt::format("its recipientNonce is not item {}'s senderNonce (RFC 10002 "
+                                      "§6.6)",
+                                      name->itemId);
+                }
+            }
+        }
+        if (!why.empty()) {
+            if (auto e = findByHash(sha256)) {
+                Ingested in = duplicate(*e, s, from, "same bytes", now);
+                in.why = fmt::format("refused again: {}", why);
+                return in;
+            }
+            const auto id = insertItem(sha256, s, now);
+            auto q = db.query("UPDATE item SET der = ?2, reason = ?3, answers_item = ?4 "
+                              "WHERE id = ?1");
+            q->bind(1, id).bindBlob(2, m.der).bind(3, fmt::format("return leg: {}", why));
+            q->bind(4, claimed);
+            q->run();
+            addEvent(
+                id, now, "received",
+                fmt::format("{} on the return leg from {}, {} bytes", describe(m), from, s.size));
+            addEvent(id, now, "quarantined", fmt::format("not delivered: {}", why));
+            if (claimed)
+                if (auto e = findById(*claimed))
+                    addEvent(*claimed, now, "refused answer",
+                             fmt::format("{} from {} was quarantined as item {}: {}", describe(m),
+                                         from, id, why));
+            return {id, addDelivery(id, s, false, now), false, State::Quarantined, false, why};
+        }
+        const std::int64_t item = *claimed;
+        auto q = db.query("UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
+                          "response_detail = ?4, response_sha256 = ?5, reason = NULL, "
+                          "next_try = NULL, updated_at = ?6 WHERE id = ?1");
+        const std::string detail = fmt::format("came back on the media as {}", from);
+        q->bind(1, item)
+            .bindBlob(2, m.der)
+            .bind(3, kindInfo(m.kind).id)
+            .bind(4, detail)
+            .bind(5, sha256)
+            .bind(6, now);
+        q->run();
+        auto f = db.query("UPDATE media_file SET returned_at = ?2, returned_as = ?3 WHERE id = "
+                          "(SELECT max(id) FROM media_file WHERE item_id = ?1)");
+        f->bind(1, item).bind(2, now).bind(3, from);
+        f->run();
+        addEvent(
+            item, now, "answered",
+            fmt::format("{}: {}, {} bytes, matched by name and {}", describe(m), detail, s.size,
+                        m.cmp ? "transactionID and recipNonce" : "the CMC controls it carries"));
+        // The answer's own arrival is done (nothing goes back onto the media); the request's
+        // arrivals get the answer the way they came.
+        return {item, addDelivery(item, s, true, now), false, State::Answered, true, detail};
+    }
+
+    std::optional<Existing> findById(std::int64_t id) {
+        auto q = db.query("SELECT id, state, response_kind FROM item WHERE id = ?1");
+        q->bind(1, id);
+        return readExisting(q);
     }
 
     Ingested duplicate(const Existing &e, const Submission &s, std::string_view from,
@@ -377,6 +494,29 @@ struct Store::Impl {
         if (std::holds_alternative<Answer>(o.result))
             throw StoreError(
                 fmt::format("record: item {} is relaying but was not updated", o.itemId));
+        if (const auto *h = std::get_if<Handed>(&o.result)) {
+            // Written onto the media: the answer comes back on the return leg. next_try is the
+            // deadline after which the item fails (expireAwaiting).
+            auto q = db.query("UPDATE item SET state = 'awaiting', reason = NULL, next_try = ?2, "
+                              "endpoint = ?3, lease_until = NULL, outcome_unknown = 0, "
+                              "updated_at = ?4 WHERE id = ?1");
+            q->bind(1, o.itemId).bind(2, now + h->awaitMs).bind(3, o.endpoint).bind(4, now);
+            q->run();
+            auto f = db.query("INSERT INTO media_file (item_id, endpoint, batch, name, size, "
+                              "sha256, written_at) SELECT id, ?2, ?3, ?4, length(der), sha256, ?5 "
+                              "FROM item WHERE id = ?1");
+            f->bind(1, o.itemId)
+                .bind(2, o.endpoint)
+                .bind(3, h->batch)
+                .bind(4, h->name)
+                .bind(5, now);
+            f->run();
+            addEvent(o.itemId, now, "awaiting",
+                     fmt::format("attempt {}: {}; the answer comes back on the media (waits up "
+                                 "to {})",
+                                 attempts, h->detail, seconds(h->awaitMs)));
+            return State::Awaiting;
+        }
         if (const auto *u = std::get_if<Unusable>(&o.result)) {
             // Kept byte for byte as the response, with no kind: deliveriesToWrite never takes
             // it, claim never resends it; a person exports it, delivers it anyway, or retries.
@@ -444,6 +584,8 @@ struct Store::Impl {
         if (const auto *u = std::get_if<Unusable>(&o.result))
             return fmt::format("unusable answer from {} ({} bytes): {}", o.endpoint, u->body.size(),
                                u->reason);
+        if (const auto *h = std::get_if<Handed>(&o.result))
+            return fmt::format("handed over by {}: {}", o.endpoint, h->detail);
         return fmt::format("permanent failure at {}: {}", o.endpoint,
                            std::get<Permanent>(o.result).reason);
     }
@@ -614,6 +756,14 @@ Ledger::Seen Store::arrivalSeen(std::string_view source, std::string_view origin
     if (q->isNull(1))
         return {State::Unacknowledged, q->int64(0)};
     return {q->text(1) == "kept" ? State::Kept : State::New, q->int64(0)};
+}
+
+bool Store::arrivalKnown(std::string_view source, std::string_view origin,
+                         std::string_view arrivalSha256) {
+    auto q = impl_->db.query("SELECT 1 FROM delivery WHERE source = ?1 AND origin = ?2 AND "
+                             "arrival_sha256 = ?3 LIMIT 1");
+    q->bind(1, source).bind(2, origin).bind(3, arrivalSha256);
+    return q->step();
 }
 
 void Store::markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks,
@@ -1355,6 +1505,85 @@ Change Store::forceDeliver(std::int64_t itemId, Kind kind, std::string_view how,
     c.changed = true;
     c.state = State::Answered;
     return c;
+}
+
+std::vector<std::int64_t> Store::expireAwaiting(Millis now) {
+    auto &db = impl_->db;
+    std::vector<std::int64_t> ids;
+    sql::Transaction tx(db);
+    std::vector<std::pair<std::int64_t, std::string>> due;
+    {
+        auto q = db.query("SELECT id, coalesce(endpoint, '') FROM item WHERE state = 'awaiting' "
+                          "AND next_try IS NOT NULL AND next_try <= ?1 ORDER BY id");
+        q->bind(1, now);
+        while (q->step())
+            due.emplace_back(q->int64(0), q->text(1));
+    }
+    for (const auto &[id, endpoint] : due) {
+        const std::string reason =
+            fmt::format("no answer came back from the media ({}) within the endpoint's "
+                        "await_max_age_seconds; `pkirelay retry {}` writes the request out again",
+                        endpoint, id);
+        auto q = db.query("UPDATE item SET state = 'failed', reason = ?2, next_try = NULL, "
+                          "updated_at = ?3 WHERE id = ?1 AND state = 'awaiting'");
+        q->bind(1, id).bind(2, reason).bind(3, now);
+        q->run();
+        impl_->addEvent(id, now, "failed", reason);
+        ids.push_back(id);
+    }
+    tx.commit();
+    return ids;
+}
+
+MediaStatus Store::mediaStatus(Millis /*now*/) {
+    auto &db = impl_->db;
+    MediaStatus st;
+    sql::Transaction snapshot(db, sql::Transaction::Mode::ReadOnly);
+    st.awaiting = db.queryInt("SELECT count(*) FROM item WHERE state = 'awaiting'");
+    st.returned = db.queryInt("SELECT count(DISTINCT item_id) FROM media_file WHERE returned_at "
+                              "IS NOT NULL");
+    st.expired = db.queryInt("SELECT count(*) FROM item WHERE state = 'failed' AND id IN "
+                             "(SELECT item_id FROM media_file) AND reason LIKE 'no answer came "
+                             "back from the media%'");
+    st.quarantinedReturns = db.queryInt("SELECT count(*) FROM item WHERE state = 'quarantined' "
+                                        "AND reason LIKE 'return leg:%'");
+    {
+        auto q = db.query("SELECT i.id, max(f.written_at), i.next_try FROM item i JOIN "
+                          "media_file f ON f.item_id = i.id WHERE i.state = 'awaiting' GROUP BY "
+                          "i.id ORDER BY max(f.written_at), i.id LIMIT 1");
+        if (q->step()) {
+            st.oldestId = q->int64(0);
+            st.oldestSince = q->int64(1);
+            st.oldestDeadline = q->optInt64(2).value_or(0);
+        }
+    }
+    {
+        auto q = db.query("SELECT f.endpoint, f.batch, min(f.written_at), count(*), "
+                          "count(f.returned_at), sum(i.state = 'awaiting' AND f.id = (SELECT "
+                          "max(id) FROM media_file g WHERE g.item_id = f.item_id)) FROM media_file "
+                          "f JOIN item i ON i.id = f.item_id GROUP BY f.endpoint, f.batch ORDER "
+                          "BY min(f.written_at) DESC, f.batch DESC LIMIT 50");
+        while (q->step())
+            st.batches.push_back(
+                {q->text(0), q->int64(1), q->int64(2), q->int64(3), q->int64(4), q->int64(5)});
+    }
+    return st;
+}
+
+std::vector<MediaFileRow> Store::mediaFiles(std::string_view endpoint,
+                                            std::optional<std::int64_t> batch) {
+    std::vector<MediaFileRow> out;
+    auto q = impl_->db.query(
+        "SELECT f.endpoint, f.batch, f.name, f.item_id, f.size, f.sha256, i.state, f.written_at, "
+        "f.returned_at, coalesce(f.returned_as, '') FROM media_file f JOIN item i ON i.id = "
+        "f.item_id WHERE (?1 = '' OR f.endpoint = ?1) AND (?2 IS NULL OR f.batch = ?2) ORDER BY "
+        "f.endpoint, f.batch, f.id");
+    q->bind(1, endpoint).bind(2, batch);
+    while (q->step())
+        out.push_back({q->text(0), q->int64(1), q->text(2), q->int64(3),
+                       static_cast<std::uint64_t>(q->int64(4)), q->text(5), stateFromDb(q->text(6)),
+                       q->int64(7), q->optInt64(8), q->text(9)});
+    return out;
 }
 
 } // namespace pkirelay::spool

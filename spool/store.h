@@ -62,6 +62,11 @@ struct Ingested {
     std::int64_t deliveryId = 0;
     bool duplicate = false; // the item existed already; this is one more arrival of it
     State state = State::Queued;
+    // The return leg (Submission::returnLeg): matched says the answer was recorded for itemId
+    // (the request it answers), whose arrivals now get it; otherwise itemId is the quarantined
+    // answer. why says which, for the log.
+    bool matched = false;
+    std::string why = {};
 };
 
 // An item claimed for relaying.
@@ -94,10 +99,19 @@ struct Unusable {
     std::string contentType;
     std::string reason;
 };
+// The request went onto an asynchronous leg (a directory endpoint writing removable media):
+// the item waits (Awaiting) until its answer comes back on the return leg, or fails once
+// awaitMs has passed. The file written is recorded (media_file) for `pkirelay media status`.
+struct Handed {
+    std::string detail;
+    std::string name; // the file name on the media
+    std::int64_t batch = 0;
+    Millis awaitMs = 0;
+};
 struct Outcome {
     std::int64_t itemId = 0;
     std::string endpoint; // the endpoint that was tried, for the record
-    std::variant<Answer, Transient, Permanent, Unusable> result;
+    std::variant<Answer, Transient, Permanent, Unusable, Handed> result;
 };
 
 // Exponential backoff for transient failures, up to a maximum age (DESIGN.md, "Failures").
@@ -191,6 +205,37 @@ struct Damaged {
     std::int64_t itemId = 0;
     std::string recorded; // the sha256 column
     std::string actual;   // the hash of the bytes read now
+};
+
+// What `pkirelay media status` shows: per directory endpoint, what is out on the media (items
+// awaiting their answer), what came back, what failed waiting, and the oldest outstanding.
+struct MediaBatch {
+    std::string endpoint;
+    std::int64_t batch = 0;
+    Millis writtenAt = 0;
+    std::int64_t files = 0, returned = 0, outstanding = 0; // outstanding: item still awaiting
+};
+struct MediaFileRow {
+    std::string endpoint;
+    std::int64_t batch = 0;
+    std::string name;
+    std::int64_t itemId = 0;
+    std::uint64_t size = 0;
+    std::string sha256;
+    State state = State::Awaiting; // of the item now
+    Millis writtenAt = 0;
+    std::optional<Millis> returnedAt;
+    std::string returnedAs;
+};
+struct MediaStatus {
+    std::int64_t awaiting = 0;            // items out on the media, waiting for their answer
+    std::int64_t returned = 0;            // answers that came back and were matched
+    std::int64_t expired = 0;             // items that failed waiting (await_max_age_seconds)
+    std::int64_t quarantinedReturns = 0;  // answers on the return leg that were refused
+    std::optional<std::int64_t> oldestId; // the oldest item still awaiting
+    Millis oldestSince = 0;               // when it was written onto the media
+    Millis oldestDeadline = 0;            // when it fails if nothing comes back
+    std::vector<MediaBatch> batches;      // newest first, at most 50
 };
 
 // What `pkirelay status` shows.
@@ -290,6 +335,9 @@ public:
     // The position last recorded for a source with one of its submissions (Submission::cursor;
     // ingest() writes it in the same transaction), or empty.
     std::string sourceCursor(std::string_view source);
+    // True when any arrival of these bytes under this name from this source was stored.
+    bool arrivalKnown(std::string_view source, std::string_view origin,
+                      std::string_view arrivalSha256);
     // Records how sources acknowledged arrivals (delivery ids from ingest() or arrivalSeen()).
     void markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks, Millis now);
 
@@ -359,6 +407,15 @@ public:
     // as an event, once per distinct reason.
     void noteDeliveryProblem(std::int64_t deliveryId, std::string_view detail, Millis now);
     void markDelivered(std::span<const std::int64_t> deliveryIds, Millis now);
+
+    // --- The air-gap chain (issue 17).
+    // Awaiting items whose deadline (next_try) has passed fail, each with its reason and an
+    // event ("no answer came back"). Returns their ids. One transaction.
+    std::vector<std::int64_t> expireAwaiting(Millis now);
+    MediaStatus mediaStatus(Millis now);
+    // The media files of these batches (all when empty), for the transfer report.
+    std::vector<MediaFileRow> mediaFiles(std::string_view endpoint,
+                                         std::optional<std::int64_t> batch);
 
     // Operator views.
     std::vector<std::pair<State, std::int64_t>> countByState();

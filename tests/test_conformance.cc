@@ -29,6 +29,7 @@
 #include "lib/responders/smtp.h"
 #include "lib/sources/directory.h"
 #include "lib/sources/imap.h"
+#include "lib/sources/media.h"
 #include "lib/transports/http.h"
 #include "lib/transports/tcp.h"
 #include "peer.h"
@@ -206,11 +207,36 @@ template <class F> bool skipped(const F &f) {
     else
         return false;
 }
+// The media source (the air-gap chain) as its inputs arrive without manifests when
+// require_manifest is off: a source like any other.
+template <DirectorySourceConfig::After After> struct MediaFixture : DirectoryFixture<After> {
+    std::unique_ptr<MediaSource> media;
+    MediaFixture() {
+        MediaSourceConfig m;
+        m.directory.name = "inbox";
+        m.directory.path = this->folder;
+        m.directory.responses = this->folder;
+        m.directory.after = After;
+        m.directory.moveTo = this->dir / "processed";
+        m.directory.settleMs = 0;
+        m.directory.wallClock = [] {
+            return std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        };
+        m.requireManifest = false;
+        media = std::make_unique<MediaSource>(m);
+    }
+    Source &get() { return *media; }
+};
+using MediaKeep = MediaFixture<DirectorySourceConfig::After::Keep>;
+using MediaDelete = MediaFixture<DirectorySourceConfig::After::Delete>;
 
 } // namespace
 
 TEMPLATE_TEST_CASE("source: each input is handed over once, acknowledged only when told",
-                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove) {
+                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove,
+                   MediaKeep, MediaDelete) {
     TestType f;
     EventLoop loop;
     int wakes = 0;
@@ -248,7 +274,8 @@ TEMPLATE_TEST_CASE("source: each input is handed over once, acknowledged only wh
 
 TEMPLATE_TEST_CASE("source: an input stored but never acknowledged is acknowledged, not stored "
                    "again",
-                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove) {
+                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove,
+                   MediaKeep, MediaDelete) {
     TestType f;
     EventLoop loop;
     f.get().attach(loop, [] {});
@@ -317,7 +344,8 @@ TEST_CASE("directory source: a file a killed run held under its private name get
 }
 
 TEMPLATE_TEST_CASE("source: hostile input is handed over rejected with its reason, never dropped",
-                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove) {
+                   "[conformance][source]", DirectoryKeep, DirectoryDelete, DirectoryMove,
+                   MediaKeep, MediaDelete) {
     TestType f;
     EventLoop loop;
     f.get().attach(loop, [] {});
@@ -333,7 +361,8 @@ TEMPLATE_TEST_CASE("source: hostile input is handed over rejected with its reaso
 }
 
 TEMPLATE_TEST_CASE("source: a take keeps to its bounds and says there is more",
-                   "[conformance][source]", DirectoryKeep, DirectoryDelete, ImapFixture) {
+                   "[conformance][source]", DirectoryKeep, DirectoryDelete, ImapFixture, MediaKeep,
+                   MediaDelete) {
     TestType f;
     if (skipped(f))
         return;
@@ -357,7 +386,7 @@ TEMPLATE_TEST_CASE("source: a take keeps to its bounds and says there is more",
 }
 
 TEMPLATE_TEST_CASE("source: new input wakes the pipeline", "[conformance][source]", DirectoryKeep,
-                   DirectoryDelete, ImapFixture) {
+                   DirectoryDelete, ImapFixture, MediaKeep, MediaDelete) {
     TestType f;
     if (skipped(f))
         return;

@@ -181,6 +181,8 @@ std::string typeName(Type t) {
         return "Transient";
     case Type::Permanent:
         return "Permanent";
+    case Type::Handed:
+        return "Handed";
     }
     return "?";
 }

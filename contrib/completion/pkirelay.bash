@@ -6,7 +6,7 @@ _pkirelay() {
     local cur prev words cword
     _init_completion || return
 
-    local commands="run inspect check-config status list show retry hold release purge export deliver"
+    local commands="run inspect check-config status list show retry hold release purge export deliver media"
     local global="-v --verbose -q --quiet --version -h --help"
     local states="queued relaying deferred answered failed quarantined held awaiting unmatched review"
     local kinds="cmc-simple-request cmc-full-request cmc-simple-response cmc-full-response cmc-enveloped cmp"
@@ -43,7 +43,7 @@ _pkirelay() {
         COMPREPLY=($(compgen -W "30s 15m 12h 1d 7d 30d" -- "$cur"))
         return
         ;;
-    --source | -n | --limit)
+    --source | -n | --limit | --endpoint | --batch)
         return
         ;;
     esac
@@ -70,6 +70,14 @@ _pkirelay() {
     purge) opts+=" --json --older-than" ;;
     export) opts+=" --json --dir" ;;
     deliver) opts+=" --json --force" ;;
+    media)
+        # media status | media report [--endpoint NAME] [--batch N]
+        if [[ " ${words[*]:1:cword-1} " != *" status "* && " ${words[*]:1:cword-1} " != *" report "* ]]; then
+            opts="status report $opts"
+        else
+            opts+=" --json --endpoint --batch"
+        fi
+        ;;
     esac
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))
 } && complete -F _pkirelay pkirelay

@@ -150,6 +150,14 @@ void DirectorySource::readEvents() {
             const std::string name(ev->name);
             if (looksTemporary(name))
                 continue;
+            if (config_.ignore && config_.ignore(name)) {
+                // A manifest came: files that waited for it are looked at again.
+                if (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) {
+                    rescan_ = true;
+                    any = true;
+                }
+                continue;
+            }
             if (ev->mask & (IN_DELETE | IN_MOVED_FROM)) {
                 writing_.erase(name);
                 dirty_.erase(name);
@@ -208,6 +216,8 @@ Taken DirectorySource::take(Ledger &ledger, std::size_t maxItems, std::size_t ma
                 }
                 if (entry.type == DirEntry::Type::Directory || looksTemporary(entry.name))
                     continue; // processed/, quarantine folders, files still being written
+                if (config_.ignore && config_.ignore(entry.name))
+                    continue;
                 if (entry.type != DirEntry::Type::Regular) {
                     if (warned_.insert(entry.name).second)
                         spdlog::warn("- source {}: {} is {}; not read", config_.name,
@@ -342,7 +352,21 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
         taken.unacknowledged.emplace_back(token, seen.deliveryId);
         return true;
     }
-    if (!file.tooLarge) {
+    bool refused = false; // by the check hook: stored as a rejection, not classified
+    if (!file.tooLarge && config_.check) {
+        auto [verdict, why] = config_.check(name, file.bytes);
+        if (verdict == DirectorySourceConfig::Verdict::Wait) {
+            pending_.erase(token);
+            ++taken.stillArriving;
+            return false;
+        }
+        if (verdict == DirectorySourceConfig::Verdict::Reject) {
+            sub.rejectReason = std::move(why);
+            sub.rejectedBytes = std::move(file.bytes);
+            refused = true;
+        }
+    }
+    if (!file.tooLarge && !refused) {
         ClassifyLimits limits;
         limits.maxSize = static_cast<std::size_t>(config_.maxMessageSize);
         auto classified =

@@ -40,6 +40,16 @@ struct DirectorySourceConfig {
     // S/MIME on disk: a whole mail (.eml) or an S/MIME entity (.p7m) is read with lib/mail
     // (layers decrypted and verified as configured) and must hold exactly one request.
     mail::SmimeConfig smime;
+    // Hooks for a source built on this one (the media source, lib/sources/media.h). ignore:
+    // names that are never read as inputs (manifests); when one is written, the folder is
+    // looked at again whole. check: called for each file read, before it is classified.
+    std::function<bool(std::string_view name)> ignore;
+    enum class Verdict {
+        Accept, // classify and store it as usual
+        Wait,   // not yet (its manifest has not come): looked at again later, not stored
+        Reject, // quarantine it with the reason
+    };
+    std::function<std::pair<Verdict, std::string>(const std::string &name, ByteView bytes)> check;
 };
 
 // Temporary-looking names (leading dot, *.tmp, *.part, *~): other tools' and pkirelay's own

@@ -46,6 +46,10 @@ struct Submission {
     // The source's position once this input is stored (an IMAP mailbox's "UIDVALIDITY/UID"),
     // recorded in the same transaction as the input; empty: nothing to record.
     std::string cursor = {};
+    // The return leg of removable media (a media-return source): the message claims, by its
+    // name, to answer a request written onto the media; the store matches it to that request
+    // and confirms it by the protocol, or quarantines it (spool/store.h, Ingested::matched).
+    bool returnLeg = false;
 };
 
 // What the store knows of inputs, as a source needs to ask it.
@@ -70,6 +74,13 @@ public:
     virtual std::string cursor(std::string_view source) {
         (void)source;
         return {};
+    }
+    // True when an arrival of exactly these bytes under this name was ever stored, however it
+    // was acknowledged since (the media source tells a file listed in a manifest that was
+    // processed and removed from one that never came).
+    virtual bool everStored(std::string_view /*source*/, std::string_view /*origin*/,
+                            std::string_view /*sha256*/) {
+        return false;
     }
 };
 

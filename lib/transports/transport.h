@@ -33,6 +33,9 @@ struct Reply {
         Done,      // the peer accepted the message and has nothing to return (HTTP 201)
         Transient, // try again later
         Permanent, // the same request would get the same answer
+        // Handed over to an asynchronous leg (written onto removable media): the answer comes
+        // back later by another route, and the item waits for it (state awaiting).
+        Handed,
     } type = Type::Transient;
     std::optional<Message> response; // for Response
     Bytes body;                      // everything the peer returned, as it came
@@ -43,6 +46,11 @@ struct Reply {
     // it more than once, and the history must say so.
     int resends = 0;
     std::string detail; // one line for the event log
+    // For Handed: where the request went (a file name on the media), in which batch, and how
+    // long the answer may take before the item fails (0: the store's default).
+    std::string handedAs;
+    std::int64_t batch = 0;
+    std::int64_t awaitMs = 0;
 };
 
 class Transport {

@@ -1,0 +1,100 @@
+// The media responder (media.h): response files, then the return manifest of the batch.
+#include "lib/responders/media.h"
+
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "lib/crash_point.h"
+#include "lib/file_io.h"
+#include "lib/media/manifest.h"
+
+namespace pkirelay {
+
+namespace {
+
+bool looksTemporaryName(std::string_view name) {
+    return name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") ||
+           name.ends_with('~');
+}
+
+} // namespace
+
+std::vector<DeliveryResult> MediaResponder::deliver(std::span<const DeliveryTask> tasks) {
+    auto results = files_->deliver(tasks);
+    std::map<std::string, std::vector<std::string>> written; // folder -> names
+    for (std::size_t i = 0; i < tasks.size(); ++i)
+        if (results[i].type == DeliveryResult::Type::Delivered)
+            written[tasks[i].arrival.replyTo].push_back(tasks[i].output);
+    crashPoint("media-responses"); // the responses are durable, their manifest is not written
+    for (const auto &[folder, names] : written) {
+        // The answers are delivered whatever happens to the manifest: a manifest not written
+        // now is written at the next start (recover), covering them.
+        writeManifest(folder, names);
+    }
+    return results;
+}
+
+bool MediaResponder::writeManifest(const std::string &folder,
+                                   const std::vector<std::string> &names) {
+    try {
+        const Directory dir = Directory::open(folder);
+        media::Manifest m;
+        m.direction = "responses";
+        m.createdMs = config_.wallClock();
+        m.writer = config_.writer;
+        for (const auto &name : names) {
+            const auto read = dir.read(name, media::maxManifestSize);
+            m.files.push_back({name, read.size, sha256Hex(read.bytes)});
+        }
+        std::int64_t highest = 0;
+        for (const auto &[file, old] : media::readManifests(dir).good)
+            if (old.direction == "responses")
+                highest = std::max(highest, old.sequence);
+        m.sequence = media::nextSequence(config_.stateFile, highest);
+        const std::string manifest = media::manifestName("responses", m.sequence);
+        const std::string text = media::renderManifest(m);
+        Bytes sig;
+        if (!config_.signCert.empty()) {
+            sig = media::signManifest(asBytes(text), config_.signCert, config_.signKey);
+            const FileToWrite s{&dir, manifest + std::string(media::signatureSuffix), sig, ""};
+            for (const auto &e : writeFilesDurably(std::span(&s, 1), config_.fileMode))
+                if (!e.empty())
+                    throw std::runtime_error(e);
+        }
+        const FileToWrite f{&dir, manifest, asBytes(text), ""};
+        for (const auto &e : writeFilesDurably(std::span(&f, 1), config_.fileMode))
+            if (!e.empty())
+                throw std::runtime_error(e);
+        spdlog::info("- source {}: return manifest {} written to {}: {} response file(s)",
+                     config_.writer, manifest, folder, names.size());
+        return true;
+    } catch (const std::exception &e) {
+        spdlog::error("- source {}: the return manifest for {} response file(s) in {} was not "
+                      "written: {} (written at the next start)",
+                      config_.writer, names.size(), folder, e.what());
+        return false;
+    }
+}
+
+void MediaResponder::recover() {
+    files_->recover();
+    // Response files no manifest lists: a run that stopped between writing the files and
+    // their manifest. They are ours (nothing else writes into the return folder).
+    try {
+        const Directory dir = Directory::open(config_.folder);
+        const auto manifests = media::readManifests(dir);
+        std::vector<std::string> uncovered;
+        for (const auto &e : dir.list())
+            if (e.type == DirEntry::Type::Regular && !looksTemporaryName(e.name) &&
+                !media::isManifestName(e.name) && !manifests.find(e.name))
+                uncovered.push_back(e.name);
+        if (!uncovered.empty())
+            writeManifest(config_.folder, uncovered);
+    } catch (const IoError &) {
+        // Not there (the stick is out): nothing to cover now.
+    }
+}
+
+} // namespace pkirelay

@@ -1,0 +1,419 @@
+"""The air-gap chain (issue 17), file leg, on one machine: two agents with their own state
+folders and configurations, and one folder standing in for the stick that the test "moves"
+between them by running one agent, then the other.
+
+  requester (openssl cmp, openssl req) -> online/inbox -> online pkirelay (directory endpoint)
+  -> stick/requests (files + manifest) -> offline pkirelay (media source) -> CA (OpenSSL's CMP
+  mock server, tests/cmc_responder.py) -> stick/responses (files + return manifest)
+  -> online pkirelay (media-return source: matched by name and protocol) -> online/inbox
+
+What is checked: a CMP enrollment and a CMC request end to end, with OpenSSL accepting the
+answer; the stick pulled mid-write on each side (crash points, and files cut short); a response
+altered in transit; a response replayed on a later trip; a manifest missing; the online agent
+restarted while requests are out; the poll flow (ip "waiting", then pollReq) across two trips;
+signed manifests; the wait's maximum age; `pkirelay media status` and the transfer report.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import unittest
+
+from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl,
+                     read_responder_log, run, start_cmc_responder, start_cmp_server)
+
+UNREACHABLE = "127.0.0.1:1/pkix/"  # nothing listens on port 1: the client only writes files
+
+
+class AirGap(PkirelayTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.stick = os.path.join(self.tmp, "stick")
+        self.requests = os.path.join(self.stick, "requests")
+        self.responses = os.path.join(self.stick, "responses")
+        for d in (self.stick, self.requests, self.responses, os.path.join(self.tmp, "online"),
+                  os.path.join(self.tmp, "offline")):
+            os.makedirs(d, exist_ok=True)
+        self.online = os.path.join(self.tmp, "online", "pkirelay.toml")
+        self.offline = os.path.join(self.tmp, "offline", "pkirelay.toml")
+        self.config = self.online  # the harness's items()/show() read the online store
+        self.write_online()
+
+    # --- the two agents -----------------------------------------------------------------------
+
+    def write_online(self, endpoint_extra="", return_extra=""):
+        with open(self.online, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/online/store.db"\n'
+                    f'[source.inbox]\npath = "{self.inbox}"\nendpoint = "stick"\n'
+                    f'[source.return]\ntype = "media-return"\npath = "{self.responses}"\n'
+                    f'endpoint = "stick"\n{return_extra}\n'
+                    f'[endpoint.stick]\ntype = "directory"\npath = "{self.requests}"\n'
+                    f'{endpoint_extra}\n')
+
+    def write_offline(self, url, source_extra="", endpoint_extra=""):
+        with open(self.offline, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/offline/store.db"\n'
+                    f'[source.stick]\ntype = "media"\npath = "{self.requests}"\n'
+                    f'responses = "{self.responses}"\n{source_extra}\n'
+                    f'[endpoint.ca]\nurl = "{url}"\n{endpoint_extra}\n')
+
+    def agent(self, config, expect=None, env=None):
+        proc = run([PKIRELAY, "run", "--once", "-c", config], check=False, env=env)
+        if expect is not None:
+            self.assertEqual(proc.returncode, expect,
+                             f"run --once -c {config} exited {proc.returncode}\n{proc.stderr}")
+        return proc
+
+    def crash(self, config, point):
+        env = dict(os.environ, PKIRELAY_CRASH_AT=point)
+        proc = run([PKIRELAY, "run", "--once", "-c", config], check=False, env=env)
+        self.assertEqual(proc.returncode, -signal.SIGKILL,
+                         f"the run did not die at {point!r} (a -Dcrash_points=true build?)\n"
+                         f"{proc.stderr}")
+
+    def start_cmp_ca(self, *extra):
+        self.creds = CmpCredentials(self.tmp)
+        peer, port = start_cmp_server(self.creds, *extra)
+        self.peers.append(peer)
+        self.write_offline(f"http://127.0.0.1:{port}/pkix/",
+                           endpoint_extra="max_connections = 1\nkeep_alive = false")
+
+    def start_cmc_ca(self):
+        self.log = os.path.join(self.tmp, "ca.log")
+        peer, port = start_cmc_responder("--log", self.log)
+        self.peers.append(peer)
+        self.write_offline(f"http://127.0.0.1:{port}/cmc")
+
+    def offline_client(self, *args):
+        return cmp_client(self.creds, "-server", UNREACHABLE, "-msg_timeout", "2",
+                          "-certout", os.path.join(self.tmp, "unused.crt"), *args, check=False)
+
+    def media_status(self):
+        return json.loads(run([PKIRELAY, "media", "status", "--json", "-c", self.online]).stdout)
+
+    def on_stick(self, folder):
+        return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+    def data_files(self, folder):
+        return [n for n in self.on_stick(folder) if not n.endswith((".manifest", ".p7s"))]
+
+    def item_state(self, item_id):
+        return self.show(item_id)["state"]
+
+    # --- the whole chain ----------------------------------------------------------------------
+
+    def test_cmp_enrollment_through_the_stick(self):
+        self.start_cmp_ca("-grant_implicitconf")
+        ir = os.path.join(self.inbox, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                            "-reqout", ir)
+
+        self.agent(self.online, expect=0)
+        files = self.data_files(self.requests)
+        self.assertEqual(len(files), 1, self.on_stick(self.requests))
+        self.assertRegex(files[0], r"^b000001-1-[0-9a-f]{8}\.pki$")
+        self.assertIn("b000001.manifest", self.on_stick(self.requests))
+        with open(os.path.join(self.requests, "b000001.manifest")) as f:
+            manifest = f.read()
+        self.assertIn(f"file {files[0]} {os.path.getsize(ir)} ", manifest)
+        self.assertIn("count 1\n", manifest)
+        self.assertEqual(self.items()[0]["state"], "awaiting")
+        status = self.media_status()
+        self.assertEqual(status["awaiting"], 1)
+        self.assertEqual(status["oldest"]["id"], 1)
+
+        # The stick goes to the offline CA host.
+        self.agent(self.offline, expect=0)
+        self.assertEqual(self.data_files(self.responses), [files[0]])
+        self.assertIn("r000001.manifest", self.on_stick(self.responses))
+
+        # And back: matched, delivered the way the request came (a response file beside it).
+        proc = self.agent(self.online, expect=0)
+        self.assertIn("answer matched", proc.stderr)
+        response = os.path.join(self.inbox, "ir.pki")
+        self.assertTrue(os.path.exists(response), os.listdir(self.inbox))
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                   "-reqin", ir, "-rspin", response, "-certout", cert)
+        subject = openssl("x509", "-in", cert, "-noout", "-subject").stdout
+        self.assertIn("CN = enrolled-leaf", subject)
+        self.assertEqual(self.item_state(1), "answered")
+        status = self.media_status()
+        self.assertEqual((status["awaiting"], status["returned"]), (0, 1))
+
+        # The transfer report names the batch, its file and its hash.
+        report = run([PKIRELAY, "media", "report", "-c", self.online]).stdout
+        self.assertIn("batch 1", report)
+        self.assertIn(files[0], report)
+
+        # Another pass: nothing new, nothing delivered twice.
+        self.agent(self.online, expect=0)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["ir.der", "ir.pki"])
+
+    def test_cmc_simple_request_through_the_stick(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.csr("bob.p10")
+        self.agent(self.online, expect=0)
+        self.assertEqual(len(self.data_files(self.requests)), 2)
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(read_responder_log(self.log)), 2)
+        self.agent(self.online, expect=0)
+        self.assertEqual(sorted(os.listdir(self.inbox)),
+                         ["alice.p10", "alice.p7c", "bob.p10", "bob.p7c"])
+        for name in ("alice", "bob"):
+            openssl("pkcs7", "-inform", "DER", "-in", os.path.join(self.inbox, name + ".p7c"),
+                    "-print_certs", "-noout")
+
+    # --- in transit ---------------------------------------------------------------------------
+
+    def test_response_altered_in_transit_is_quarantined(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        [name] = self.data_files(self.responses)
+        path = os.path.join(self.responses, name)
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            data[-5] ^= 0x01
+            f.seek(0)
+            f.write(data)
+        proc = self.agent(self.online, expect=65)
+        self.assertIn("altered in transit", proc.stderr)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.assertEqual(self.items(state="quarantined")[0]["origin"], name)
+        self.assertEqual(self.media_status()["quarantined_returns"], 1)
+
+    def test_response_truncated_and_file_missing_are_quarantined(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.csr("bob.p10")
+        self.agent(self.online, expect=0)
+        # The stick pulled while the requests were copied off it: one file cut short on the
+        # offline side, one gone.
+        first, second = self.data_files(self.requests)
+        with open(os.path.join(self.requests, first), "r+b") as f:
+            f.truncate(50)
+        os.unlink(os.path.join(self.requests, second))
+        proc = self.agent(self.offline, expect=65)
+        self.assertIn("truncated", proc.stderr)
+        self.assertIn("missing: listed in manifest b000001.manifest", proc.stderr)
+        self.assertEqual(read_responder_log(self.log), [])
+
+    def test_response_replayed_on_a_later_trip_is_quarantined(self):
+        self.start_cmc_ca()
+        self.write_online(return_extra='after = "move"')
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        [name] = self.data_files(self.responses)
+        with open(os.path.join(self.responses, name), "rb") as f:
+            answer = f.read()
+        self.agent(self.online, expect=0)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10", "alice.p7c"])
+        self.assertFalse(os.path.exists(os.path.join(self.responses, name)))
+        # A later trip brings the same answer again.
+        with open(os.path.join(self.responses, name), "wb") as f:
+            f.write(answer)
+        proc = self.agent(self.online, expect=65)
+        self.assertIn("a replay", proc.stderr)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10", "alice.p7c"])
+
+    def test_response_for_another_request_is_quarantined(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.csr("bob.p10")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        # Swap the names: each answer now claims the other request, whose hash it does not
+        # carry in its name.
+        a, b = self.data_files(self.responses)
+        pa, pb = (os.path.join(self.responses, n) for n in (a, b))
+        os.rename(pa, pa + ".x")
+        os.rename(pb, pa)
+        os.rename(pa + ".x", pb)
+        self.agent(self.online, expect=65)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10", "bob.p10"])
+
+    def test_manifest_missing(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        os.unlink(os.path.join(self.requests, "b000001.manifest"))
+        proc = self.agent(self.offline, expect=75)
+        self.assertIn("in no manifest yet", proc.stderr)
+        self.assertEqual(read_responder_log(self.log), [])
+        # Taken as it is once the operator says so (require_manifest = false).
+        with open(self.offline) as f:
+            text = f.read()
+        with open(self.offline, "w") as f:
+            f.write(text.replace('type = "media"\n', 'type = "media"\nrequire_manifest = false\n'))
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+    # --- the stick pulled, the agent restarted ------------------------------------------------
+
+    def test_stick_pulled_while_the_online_agent_writes(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        # Killed after the batch's files are durable and before its manifest is written.
+        self.crash(self.online, "media-files")
+        self.assertEqual(len(self.data_files(self.requests)), 1)
+        self.assertNotIn("b000001.manifest", self.on_stick(self.requests))
+        # The offline side does not take a batch without its manifest.
+        self.agent(self.offline, expect=75)
+        self.assertEqual(read_responder_log(self.log), [])
+        # The online agent again: the cut batch is removed, the request written anew.
+        proc = self.agent(self.online, expect=0)
+        self.assertIn("has no manifest", proc.stderr)
+        [name] = self.data_files(self.requests)
+        self.assertTrue(name.startswith("b000002-1-"), name)
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+    def test_stick_pulled_while_the_offline_agent_writes(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        # Killed after the responses are durable and before their return manifest.
+        self.crash(self.offline, "media-responses")
+        self.assertEqual(len(self.data_files(self.responses)), 1)
+        self.assertEqual([n for n in self.on_stick(self.responses) if n.endswith(".manifest")],
+                         [])
+        # Online, the answer waits for its manifest; it is not taken as it is.
+        self.agent(self.online, expect=75)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
+        # The offline agent's next start covers the answers with a manifest; no second answer.
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
+        self.assertEqual(len(self.data_files(self.responses)), 1)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+    def test_online_agent_restarted_while_requests_are_out(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        # Runs of the online agent while the stick is away: nothing is written again.
+        os.rename(self.stick, self.stick + ".away")
+        self.agent(self.online)
+        self.agent(self.online)
+        os.rename(self.stick + ".away", self.stick)
+        self.assertEqual(len(self.data_files(self.requests)), 1)
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+    def test_await_max_age_fails_the_item_visibly(self):
+        self.start_cmc_ca()
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        # The deadline is in the store (next_try of an awaiting item): move it into the past
+        # instead of waiting for it.
+        db = sqlite3.connect(os.path.join(self.tmp, "online", "store.db"))
+        db.execute("UPDATE item SET next_try = 0 WHERE state = 'awaiting'")
+        db.commit()
+        db.close()
+        proc = self.agent(self.online, expect=65)
+        self.assertIn("no answer came back", proc.stderr)
+        self.assertEqual(self.item_state(1), "failed")
+        # Its answer coming back late is not delivered.
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=65)
+        self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
+
+    # --- signed manifests ---------------------------------------------------------------------
+
+    def make_signer(self, name):
+        key, cert = (os.path.join(self.tmp, f"{name}.{ext}") for ext in ("key", "crt"))
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", cert, "-subj", f"/CN={name}", "-days", "2")
+        os.chmod(key, 0o600)
+        return cert, key
+
+    def test_signed_manifests(self):
+        self.start_cmc_ca()
+        on_cert, on_key = self.make_signer("online")
+        off_cert, off_key = self.make_signer("offline")
+        self.write_online(endpoint_extra=f'sign_cert = "{on_cert}"\nsign_key = "{on_key}"',
+                          return_extra=f'verify_cert = "{off_cert}"')
+        url = f"http://127.0.0.1:{self.peers[0].ready_line.split()[1]}/cmc"
+        self.write_offline(url, source_extra=f'verify_cert = "{on_cert}"\n'
+                                             f'sign_cert = "{off_cert}"\nsign_key = "{off_key}"')
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        self.assertIn("b000001.manifest.p7s", self.on_stick(self.requests))
+        # A manifest changed in transit (its signature no longer fits) is refused.
+        path = os.path.join(self.requests, "b000001.manifest")
+        with open(path) as f:
+            good = f.read()
+        with open(path, "w") as f:
+            f.write(good.replace("writer stick", "writer stack"))
+        proc = self.agent(self.offline, expect=75)
+        self.assertIn("refused: bad signature", proc.stderr)
+        self.assertEqual(read_responder_log(self.log), [])
+        with open(path, "w") as f:
+            f.write(good)
+        self.agent(self.offline, expect=0)
+        self.assertIn("r000001.manifest.p7s", self.on_stick(self.responses))
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+    def test_unsigned_manifest_is_refused_when_signing_is_configured(self):
+        self.start_cmc_ca()
+        on_cert, _ = self.make_signer("online")
+        url = f"http://127.0.0.1:{self.peers[0].ready_line.split()[1]}/cmc"
+        self.write_offline(url, source_extra=f'verify_cert = "{on_cert}"')
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        proc = self.agent(self.offline, expect=75)
+        self.assertIn("unsigned", proc.stderr)
+        self.assertEqual(read_responder_log(self.log), [])
+
+    # --- delayed answers across trips ---------------------------------------------------------
+
+    def test_cmp_polling_across_two_trips(self):
+        # The CA answers the ir with "waiting"; the requester's pollReq travels on the next
+        # trip and is matched like any request.
+        self.start_cmp_ca("-grant_implicitconf", "-poll_count", "1", "-check_after", "0")
+        ir = os.path.join(self.inbox, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                            "-reqout", ir)
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        waiting = os.path.join(self.inbox, "ir.pki")
+        self.assertTrue(os.path.exists(waiting), os.listdir(self.inbox))
+        inspected = run([PKIRELAY, "inspect", "--json", waiting]).stdout
+        self.assertIn('"ip"', inspected)
+
+        # The client reads the waiting ip and writes its pollReq (it cannot send it).
+        poll = os.path.join(self.inbox, "poll.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                            "-reqin", ir, "-rspin", waiting,
+                            "-reqout", f"{os.path.join(self.tmp, 'ir2.der')},{poll}")
+        self.assertTrue(os.path.exists(poll), "the client wrote no pollReq")
+        self.agent(self.online, expect=0)
+        self.assertTrue(any(n.startswith("b000002-") for n in self.on_stick(self.requests)))
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        final = os.path.join(self.inbox, "poll.pki")
+        self.assertTrue(os.path.exists(final), os.listdir(self.inbox))
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                   "-reqin", f"{ir},{poll}", "-rspin", f"{waiting},{final}", "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
