@@ -120,9 +120,9 @@ constexpr std::string_view temporarySuffix = ".pkirelay-tmp";
 // The error text writeFilesDurably gives for a name that is already taken.
 constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";
 
-// Writes a batch durably: each file to ".<name>.<tempTag>.pkirelay-tmp", then syncs them (fsync
-// for a single file, one syncfs per folder for several), renames each over its name, then
-// fsyncs each distinct folder once. A crash leaves either the old state or the
+// Writes a batch durably: each file to ".<name>.<tempTag>.pkirelay-tmp", fsync each (the syncs
+// issued together, after every file is written), rename each over its name, then fsync each
+// distinct folder once. A crash leaves either the old state or the
 // new file, never a partial one under the final name. Temporary names start with '.', which every
 // scan skips. A file never replaces one that is there already (RENAME_NOREPLACE): what is there
 // may be someone's request. Files succeed or fail one by one: the result has, per file, an empty
