@@ -145,7 +145,7 @@ Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, C
 Pipeline::~Pipeline() {
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto id : {retryTimer_, sweepTimer_})
+    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_})
         if (id != 0)
             loop_.cancel(id);
 }
@@ -203,14 +203,20 @@ void Pipeline::sweep() {
     sweepTimer_ = 0;
     if (storeCheck_)
         storeCheck_(); // a store replaced while idle is noticed within run.poll_seconds
-    expireAwaiting();
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
-    // An operator's deliver --force (or any change by another process) may have made answers
-    // deliverable that no stage of this run knows of.
-    if (store_.changedElsewhere() || deliveriesWaiting_)
-        deliverAll();
+    try {
+        expireAwaiting();
+        // An operator's deliver --force (or any change by another process) may have made
+        // answers deliverable that no stage of this run knows of.
+        if (store_.changedElsewhere() || deliveriesWaiting_)
+            deliverAll();
+    } catch (const spool::StoreBusy &e) {
+        // Nothing of it happened; the next sweep does it.
+        spdlog::warn("- the store cannot be written now ({}); looked at again in {} s", e.what(),
+                     config_.settings.pollSeconds);
+    }
     queueMayHaveItems_ = true;
     scheduleRelay();
     sweepTimer_ = loop_.after(config_.settings.pollSeconds * 1000, [this] { sweep(); });
@@ -523,7 +529,12 @@ void Pipeline::recordOutcomes() {
     std::vector<spool::State> states;
     std::vector<DeliveryTask> answers;
     std::vector<std::int64_t> answered;
-    {
+    // What the transaction consumes, to be put back if it cannot commit.
+    const auto resent = resent_;
+    const auto delivered = pendingDelivered_;
+    const auto acks = pendingAcks_;
+    const std::size_t waitingBefore = waiting_.size();
+    try {
         auto unit = store_.unit();
         for (const auto &[id, times] : resent_)
             store_.noteResent(id, times, "a kept-alive connection died after the request was sent",
@@ -538,7 +549,43 @@ void Pipeline::recordOutcomes() {
         claimReady();
         flushLazy();
         unit.commit();
+    } catch (const spool::StoreBusy &e) {
+        // Another writer held the store past the busy timeout, or its disk is full: the
+        // transaction rolled back, so nothing of it happened. The answers in hand are the only
+        // copy of what the CA said: they are kept, first in line, and recorded again shortly
+        // (DESIGN: no CA answer thrown away); the claims made inside it are void.
+        // (The loop runs one thing at a time: what outcomes_ holds now was put there by
+        // claimReady() inside the transaction, for claims that are void.)
+        outcomes_ = std::move(outcomes);
+        waiting_.resize(waitingBefore);
+        for (const auto &task : answers)
+            responses_.erase(task.deliveryId);
+        resent_ = resent;
+        pendingDelivered_ = delivered;
+        pendingAcks_ = acks;
+        if (once_ && recordBackoffMs_ >= 16'000) {
+            // A batch run does not wait for ever (cron starts the next one): it says what is
+            // lost and defers. The requests stay queued and are sent again (a resend in their
+            // history), so nothing is lost but the CA sees them twice.
+            spdlog::critical("- {} answer(s) from the CA could not be recorded (the store stayed "
+                             "unwritable for about half a minute): their requests will be sent "
+                             "again",
+                             outcomes_.size());
+            throw;
+        }
+        recordBackoffMs_ =
+            std::min<EventLoop::Millis>(recordBackoffMs_ == 0 ? 500 : recordBackoffMs_ * 2, 30'000);
+        spdlog::error("- the store cannot be written now ({}): {} outcome(s) kept in memory, "
+                      "recorded again in {} ms",
+                      e.what(), outcomes_.size(), recordBackoffMs_);
+        if (recordRetryTimer_ == 0 && !stopped_)
+            recordRetryTimer_ = loop_.after(recordBackoffMs_, [this] {
+                recordRetryTimer_ = 0;
+                recordOutcomes();
+            });
+        return;
     }
+    recordBackoffMs_ = 0;
     crashPoint("recorded"); // outcomes and response names committed, no file written
     bool deferred = false;
     for (std::size_t i = 0; i < outcomes.size(); ++i) {
@@ -759,9 +806,21 @@ void Pipeline::scheduleFlush() {
         flushScheduled_ = false;
         if (pendingDelivered_.empty() && pendingAcks_.empty())
             return;
-        auto unit = store_.unit();
-        flushLazy();
-        unit.commit();
+        try {
+            auto unit = store_.unit();
+            flushLazy();
+            unit.commit();
+        } catch (const spool::StoreBusy &e) {
+            // The marks are kept (flushLazy clears them only once written) and tried again;
+            // the next transaction that succeeds takes them along anyway.
+            spdlog::warn("- the store cannot be written now ({}); tried again in a second",
+                         e.what());
+            flushScheduled_ = true;
+            loop_.after(1000, [this] {
+                flushScheduled_ = false;
+                scheduleFlush();
+            });
+        }
     });
 }
 
@@ -800,7 +859,7 @@ void Pipeline::stop(std::string_view why) {
     waiting_.clear();
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto *id : {&retryTimer_, &sweepTimer_})
+    for (auto *id : {&retryTimer_, &sweepTimer_, &recordRetryTimer_})
         if (*id != 0) {
             loop_.cancel(*id);
             *id = 0;

@@ -160,6 +160,8 @@ private:
     bool flushScheduled_ = false;
     std::map<std::int64_t, std::string> lastProblem_; // by delivery: what was last reported
     EventLoop::TimerId retryTimer_ = 0;
+    EventLoop::TimerId recordRetryTimer_ = 0; // outcomes the store could not take yet
+    EventLoop::Millis recordBackoffMs_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;
     Metrics metrics_;

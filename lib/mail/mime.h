@@ -78,6 +78,12 @@ std::optional<Bytes> singlePartBody(ByteView entity, const Limits &limits);
 // with its MIME headers (.p7m), case-insensitive.
 bool isMailFileName(std::string_view name);
 
+// Arrival::context of a file that was read as a MIME entity (an .eml, or a .p7m that holds MIME
+// headers): its answer is written as an entity too. A .p7m that holds the bare DER of a CMC
+// Full PKI Request (RFC 5273 §3 and RFC 10003 name .p7m for it) is an ordinary request file,
+// answered with the bare DER response.
+inline constexpr std::string_view entityFormContext = "Form: MIME entity";
+
 // The bare address of a From / Reply-To / Return-Path value ("Ann <ann@example.org>" ->
 // "ann@example.org"), for an SMTP envelope; the first address when there are several.
 std::string addressOf(std::string_view headerValue);

@@ -27,10 +27,10 @@ std::string stemOf(const std::string &name) {
 
 } // namespace
 
-std::string responseFileName(const std::string &origin, Kind kind, int attempt) {
+std::string responseFileName(const std::string &origin, Kind kind, int attempt, bool entity) {
     std::string stem = stemOf(origin);
     std::string ext(kindInfo(kind).fileExt);
-    if (mail::isMailFileName(origin)) {
+    if (entity) {
         // S/MIME on disk: answered in the request's own form (x.eml -> x.response.eml), never
         // under the request's name, which the request may still hold.
         ext = origin.substr(origin.size() - 4);
@@ -104,9 +104,10 @@ void ResponseFileResponder::plan(std::span<DeliveryTask> tasks, const Reserved &
                    reserved(task.arrival.replyTo, name);
         };
         int attempt = 0;
-        std::string name = responseFileName(task.arrival.origin, task.kind, attempt);
+        const bool entity = task.arrival.context == mail::entityFormContext;
+        std::string name = responseFileName(task.arrival.origin, task.kind, attempt, entity);
         while (taken(name))
-            name = responseFileName(task.arrival.origin, task.kind, ++attempt);
+            name = responseFileName(task.arrival.origin, task.kind, ++attempt, entity);
         chosen.insert({task.arrival.replyTo, name});
         task.output = name;
     }
@@ -132,7 +133,7 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
     std::vector<std::string> entities(tasks.size());
     auto content = [&](std::size_t i) -> ByteView {
         const auto &task = tasks[i];
-        if (!mail::isMailFileName(task.arrival.origin))
+        if (task.arrival.context != mail::entityFormContext)
             return task.response;
         if (entities[i].empty())
             entities[i] =

@@ -19,7 +19,10 @@ namespace pkirelay {
 // The response file's name for a request file: its stem with the extension of the answer's
 // kind; attempt > 0 adds ".response" or ".response-N" for a name that is taken. Kept within
 // maxOutputName, a long stem is cut and made unique with a hash of the whole name.
-std::string responseFileName(const std::string &origin, Kind kind, int attempt);
+// entity: the request was read as a MIME entity (mail::entityFormContext), and so is answered:
+// x.eml -> x.response.eml.
+std::string responseFileName(const std::string &origin, Kind kind, int attempt,
+                             bool entity = false);
 
 // Removes the temporary files writeFilesDurably leaves when a run is killed mid-write (".NAME.ID"
 // + temporarySuffix): nothing else names them, and their answers are in the store.

@@ -369,8 +369,15 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
     if (!file.tooLarge && !refused) {
         ClassifyLimits limits;
         limits.maxSize = static_cast<std::size_t>(config_.maxMessageSize);
-        auto classified =
-            mail::isMailFileName(name) ? fromMail(file.bytes) : classify(file.bytes, limits);
+        // An .eml is always a mail; a .p7m is an S/MIME entity only when it is not a bare
+        // request already (mail::entityFormContext).
+        auto classified = classify(file.bytes, limits);
+        const bool p7m = name.size() >= 4 && (name.compare(name.size() - 4, 4, ".p7m") == 0 ||
+                                              name.compare(name.size() - 4, 4, ".P7M") == 0);
+        if (mail::isMailFileName(name) && (std::holds_alternative<Rejection>(classified) || !p7m)) {
+            classified = fromMail(file.bytes);
+            sub.arrival.context = std::string(mail::entityFormContext);
+        }
         if (auto *rejection = std::get_if<Rejection>(&classified)) {
             const std::int64_t age = now - file.mtimeMs;
             if (rejection->truncated && age < config_.settleMs) {

@@ -10,7 +10,8 @@ reason where the fix is larger than the review).
   twice; check-config accepted that;
 - `deliver --force` while the daemon runs: the answer waited for a restart;
 - an operator's write transaction on the store held longer than SQLite's busy timeout while an
-  answer is in flight: the daemon exited and the CA's answer was thrown away (expected failure).
+  answer is in flight: the daemon exited and the CA's answer was thrown away (now kept in memory
+  and recorded once the store can be written).
 Nothing waits by sleeping: every wait is for a condition with a deadline. (Holding the store's
 write lock for a while is the operator being simulated, not a wait.)
 """
@@ -146,7 +147,6 @@ class Review13(test_daemon.DaemonTest):
                    "the forced answer written by the running daemon", deadline=15)
         self.assertTrue(self.alive(), daemon.output())
 
-    @unittest.expectedFailure  # Pipeline keeps outcomes only in memory; see the review's report
     def test_an_answer_survives_a_store_locked_longer_than_the_busy_timeout(self):
         """An operator's `sqlite3 store.db` holding a write transaction (or a long purge) for
         longer than the busy timeout (5 s) while an answer arrives: recordOutcomes() throws

@@ -14,8 +14,8 @@ import email.policy
 import os
 import unittest
 
-from harness import (CmpCredentials, PkirelayTestCase, cmp_client, openssl, start_cmc_responder,
-                     start_cmp_server)
+from harness import (TESTS_DIR, CmpCredentials, PkirelayTestCase, cmp_client, openssl, run,
+                     start_cmc_responder, start_cmp_server)
 
 UNREACHABLE = "127.0.0.1:9"
 
@@ -133,6 +133,19 @@ class SmimeFiles(PkirelayTestCase):
         self.assertEqual(msg.get_param("smime-type"), "certs-only")
         self.assertEqual(msg.get_filename(), "response.p7c")
         self.assertIn("CN = p7m-user", self.certs_in(der))
+        self.assertEqual(self.requests_seen(), 1)
+
+    def test_bare_der_p7m_is_a_request_file_answered_with_bare_der(self):
+        # RFC 5273 §3 and RFC 10003 name .p7m for a CMC Full PKI Request: a file holding its bare
+        # DER is an ordinary request file, answered with the bare DER response (NAME.crp), not
+        # with a MIME entity.
+        self.start_cmc()
+        fx = os.path.join(self.tmp, "fx")
+        run(["sh", os.path.join(TESTS_DIR, "fixtures", "make_fixtures.sh"), fx])
+        self.drop("full.p7m", self.read(os.path.join(fx, "cmc_request.der")))
+        self.run_once(expect=0)
+        self.assertEqual(self.inbox_files(), ["full.crp", "full.p7m"])
+        self.assertEqual(self.read(os.path.join(self.inbox, "full.crp"))[:1], b"\x30")
         self.assertEqual(self.requests_seen(), 1)
 
     def test_encrypted_eml_is_decrypted_with_the_relays_key(self):
