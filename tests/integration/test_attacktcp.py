@@ -10,6 +10,9 @@
 - CMC over TCP: pkirelay killed with SIGKILL while the request is out, then restarted against
   a server that answers: the request goes out again, the item is answered once, and its
   history says it may have been sent twice.
+- CMC over TLS (cmc-tcps://): a server certificate that has expired, or one from a CA the
+  endpoint does not trust, defers the item with the verification error; verify_tls = false is
+  the explicit way past a name the certificate does not carry.
 Nothing sleeps to wait: every wait is for a condition with a deadline.
 """
 import os
@@ -17,6 +20,7 @@ import unittest
 
 from harness import CmpCredentials, run, TESTS_DIR, wait_until
 from test_tcp import TcpTestCase, UNREACHABLE, cmp_client, read_log
+import test_tls_endpoints as tls
 
 
 class CmpAttacks(TcpTestCase):
@@ -112,6 +116,49 @@ class CmcKilledMidExchange(TcpTestCase):
         history = " ".join(e["what"] + " " + e["detail"] for e in item["events"])
         # DESIGN: a resend after a crash is recorded and visible.
         self.assertIn("resen", history, item["events"])
+
+
+class CmcTlsAttacks(tls.CmcOverTls):
+    # CmcOverTls's own tests are run by test_tls_endpoints; only the new ones here.
+    test_verified_answered_and_wrong_name_refused = None
+    test_pin_mismatch_refused = None
+    test_mutual_tls = None
+
+    def expired_server(self):
+        # X.509 validity (RFC 5280 §4.1.2.5): notAfter a day before notBefore, so expired now.
+        key = self.server[1]
+        expired = self.pki.path("expired.crt")
+        ext = self.pki.path("expired.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n")
+        tls.openssl("x509", "-req", "-in", self.pki.path("server.csr"), "-CA", self.pki.ca, "-CAkey",
+                self.pki.path("ca.key"), "-CAcreateserial", "-days", "-1", "-extfile", ext,
+                "-out", expired)
+        return expired, key
+
+    def test_expired_server_certificate_refused(self):
+        self.server = self.expired_server()
+        self.configure(self.start(), ca_file=f'"{self.pki.ca}"')
+        self.csr("a.p10")
+        proc = self.run_once(expect=75)
+        self.assertIn("certificate has expired", proc.stderr)
+        self.assertNotIn("a.p7c", self.inbox_files())
+
+    def test_untrusted_ca_refused(self):
+        other = tls.Pki(self.tmp, name="other")
+        self.configure(self.start(), ca_file=f'"{other.ca}"')
+        self.csr("a.p10")
+        proc = self.run_once(expect=75)
+        self.assertIn("certificate verify failed", proc.stderr)
+        self.assertNotIn("a.p7c", self.inbox_files())
+
+    def test_wrong_name_accepted_only_with_verify_off(self):
+        port = self.start()
+        self.write_config(f"cmc-tcps://localhost:{port}",
+                          extra_endpoint=f'ca_file = "{self.pki.ca}"\nverify_tls = false')
+        self.csr("a.p10")
+        self.run_once(expect=0)
+        self.assertIn("a.p7c", self.inbox_files())
 
 
 if __name__ == "__main__":
