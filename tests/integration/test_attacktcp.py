@@ -7,6 +7,8 @@
   transactionID, a recipNonce that is not the request's senderNonce) must not be delivered as
   the request's answer (expected failure: the TCP and HTTP paths do not match answers to
   requests).
+- A message routed to a TCP endpoint of the other protocol (CMP to cmc-tcp, CMC to cmp-tcp)
+  fails at once, unsent, with a reason that says so (it used to go out and be deferred).
 - CMC over TCP: pkirelay killed with SIGKILL while the request is out, then restarted against
   a server that answers: the request goes out again, the item is answered once, and its
   history says it may have been sent twice.
@@ -87,6 +89,38 @@ class CmpAttacks(TcpTestCase):
         item = self.only_item()
         self.assertNotEqual(item["state"], "answered", item)
         self.assertFalse(os.path.exists(os.path.join(self.inbox, "ir.pki")))
+
+
+class WrongProtocolRoutes(TcpTestCase):
+    """A route that sends a message to an endpoint of the other protocol."""
+
+    def setUp(self):
+        super().setUp()
+        self.creds = CmpCredentials(self.tmp)
+
+    offline_ir = CmpAttacks.offline_ir
+    fixture = CmpAttacks.fixture
+    configure = CmpAttacks.configure
+
+    def test_cmp_routed_to_a_cmc_tcp_endpoint_fails_clearly(self):
+        port = self.start("cmc_tcp_responder.py")
+        self.write_config(f"cmc-tcp://127.0.0.1:{port}",
+                          extra_endpoint="max_connections = 1\ntimeout_seconds = 5")
+        self.offline_ir()
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "failed", item)
+        self.assertIn("cannot carry a cmp", str(item))
+        self.assertEqual(self.events("request"), [], read_log(self.log))
+
+    def test_cmc_routed_to_a_cmp_tcp_endpoint_fails_clearly(self):
+        self.configure()
+        self.csr("a.p10")
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "failed", item)
+        self.assertIn("which cannot carry a", str(item))
+        self.assertEqual(self.events("frame"), [], read_log(self.log))
 
 
 class CmcKilledMidExchange(TcpTestCase):
