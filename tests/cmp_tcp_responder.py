@@ -19,7 +19,9 @@ Options:
   --error TEXT      answer every request with errorMsgRep TEXT
   --misbehave MODE  reset | drip | oversize | silent (as tests/cmc_tcp_responder.py);
                     maxlength: a frame header declaring 2^32-1 bytes, then nothing;
-                    truncate: the first half of the answer's frame, then the connection closed
+                    truncate: the first half of the answer's frame, then the connection closed;
+                    crawl: the answer one byte every 50 ms (a slowloris), until the client
+                    gives up
 """
 import argparse
 import http.client
@@ -162,6 +164,11 @@ class Server:
                     sock.sendall(out[:len(out) // 2])
                     why = "truncated"
                     return
+                if mode == "crawl":
+                    for i in range(len(out)):
+                        sock.sendall(out[i:i + 1])
+                        time.sleep(0.05)
+                    continue
                 if mode == "drip":
                     for i in range(0, len(out), 7):
                         sock.sendall(out[i:i + 7])
@@ -202,7 +209,7 @@ def main():
     ap.add_argument("--check-after", type=int, default=0)
     ap.add_argument("--error")
     ap.add_argument("--misbehave", choices=["reset", "drip", "oversize", "silent",
-                                                    "maxlength", "truncate"])
+                                                    "maxlength", "truncate", "crawl"])
     args = ap.parse_args()
     if not args.forward and not args.fixed:
         ap.error("--forward URL or --fixed FILE")

@@ -2,7 +2,8 @@
 `pkirelay run` against tests/cmp_tcp_responder.py and tests/cmc_tcp_responder.py on loopback.
 
 - CMP over TCP: a frame declaring 2^32-1 bytes is refused as too large; an answer that stops
-  in the middle of its length defers the item; a pollRep loop that never ends is given up after
+  in the middle of its length defers the item; so does an answer sent a byte at a time
+  (slowloris), once timeout_seconds is over; a pollRep loop that never ends is given up after
   pkirelay's poll bound and the item deferred; an answer for another transaction (another
   transactionID, a recipNonce that is not the request's senderNonce) must not be delivered as
   the request's answer (expected failure: the TCP and HTTP paths do not match answers to
@@ -76,6 +77,16 @@ class CmpAttacks(TcpTestCase):
         frames = [e[3] for e in self.events("frame")]
         self.assertEqual(frames[0], "0")
         self.assertLessEqual(len(frames), 101, frames)  # one pkiReq, at most 100 pollReq
+
+    def test_slowloris_answer_bounded_by_the_timeout(self):
+        # One byte every 50 ms: each read makes progress, but the round as a whole has
+        # timeout_seconds, so the exchange ends and the item waits for a retry.
+        self.configure("--misbehave", "crawl", timeout=1)
+        self.offline_ir()
+        self.run_once(expect=75)
+        item = self.only_item()
+        self.assertEqual(item["state"], "deferred", item)
+        self.assertIn("no complete answer within 1000 ms", str(item))
 
     @unittest.expectedFailure
     def test_answer_for_another_transaction_is_not_delivered(self):
