@@ -433,6 +433,19 @@ void Pipeline::claimReady() {
                                               claim.source)}});
             continue;
         }
+        // A TCP endpoint carries one protocol (RFC 5273 §5: CMC; RFC 2510 §5.2: CMP), with no
+        // content type to tell the server otherwise: a message of the other protocol would
+        // reach a server that cannot read it, every time it is retried.
+        if ((endpoint->type == "cmc-tcp" && claim.kind == Kind::Cmp) ||
+            (endpoint->type == "cmp-tcp" && claim.kind != Kind::Cmp)) {
+            outcomes_.push_back(
+                {claim.itemId, endpoint->name,
+                 spool::Permanent{fmt::format(
+                     "not sent: endpoint {} is {}, which cannot carry a {} (route it to an "
+                     "endpoint of its protocol)",
+                     endpoint->name, endpoint->type, kindInfo(claim.kind).id)}});
+            continue;
+        }
         if (claim.attempts > 1)
             spdlog::log(perItem(once_), "{}: attempt {} to {}", claim.itemId, claim.attempts,
                         endpoint->name);

@@ -17,7 +17,11 @@ Options:
                     --check-after S, default 0) N times before the real answer, which comes
                     as finalMsgRep (RFC 2510) or pkiRep (version 10) to the last pollReq
   --error TEXT      answer every request with errorMsgRep TEXT
-  --misbehave MODE  reset | drip | oversize | silent (as tests/cmc_tcp_responder.py)
+  --misbehave MODE  reset | drip | oversize | silent (as tests/cmc_tcp_responder.py);
+                    maxlength: a frame header declaring 2^32-1 bytes, then nothing;
+                    truncate: the first half of the answer's frame, then the connection closed;
+                    crawl: the answer one byte every 50 ms (a slowloris), until the client
+                    gives up
 """
 import argparse
 import http.client
@@ -123,6 +127,9 @@ class Server:
                 if mode == "oversize":
                     sock.sendall(struct.pack(">IBBB", 0x7FFFFFF0, V10, 0, PKI_REP) + b"\x30\x80")
                     threading.Event().wait()
+                if mode == "maxlength":
+                    sock.sendall(struct.pack(">IBBB", 0xFFFFFFFF, V10, 0, PKI_REP) + b"\x30\x80")
+                    threading.Event().wait()
                 if self.args.error:
                     sock.sendall(frame(framing, ERROR, self.args.error.encode()))
                     continue
@@ -153,6 +160,15 @@ class Server:
                                        struct.pack(">II", ref, self.args.check_after)))
                     continue
                 out = frame(framing, PKI_REP if framing == V10 else PKI_REQ, answer)
+                if mode == "truncate":
+                    sock.sendall(out[:len(out) // 2])
+                    why = "truncated"
+                    return
+                if mode == "crawl":
+                    for i in range(len(out)):
+                        sock.sendall(out[i:i + 1])
+                        time.sleep(0.05)
+                    continue
                 if mode == "drip":
                     for i in range(0, len(out), 7):
                         sock.sendall(out[i:i + 7])
@@ -192,7 +208,8 @@ def main():
     ap.add_argument("--poll", type=int, default=0)
     ap.add_argument("--check-after", type=int, default=0)
     ap.add_argument("--error")
-    ap.add_argument("--misbehave", choices=["reset", "drip", "oversize", "silent"])
+    ap.add_argument("--misbehave", choices=["reset", "drip", "oversize", "silent",
+                                                    "maxlength", "truncate", "crawl"])
     args = ap.parse_args()
     if not args.forward and not args.fixed:
         ap.error("--forward URL or --fixed FILE")
