@@ -386,5 +386,50 @@ class MailRoundTrip(PkirelayTestCase):
         self.assertEqual(self.requests_seen(), 2)
 
 
+    # Found attacking issue 15 (branch attackmail).
+
+    @unittest.expectedFailure
+    def test_crash_after_smtp_250_before_recording_replies_once(self):
+        # Known: the SMTP server took the reply (250), then the run died before the delivery
+        # was recorded (lazily, at the end of the turn). The next run sends the same reply
+        # again, under the same Message-ID: SMTP has no way to ask "did you take it?".
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.crash_at("written")
+        self.assertEqual(len(self.replies()), 1, "the reply went out before the crash")
+        self.run_once(expect=0)
+        ids = {email.message_from_bytes(r, policy=email.policy.default)["Message-ID"]
+               for _, r in self.replies()}
+        self.assertEqual(len(ids), 1, "a resent reply keeps its Message-ID")
+        self.assertEqual(len(self.replies()), 1, "the reply went out once")
+
+    def test_reply_mailed_back_in_is_not_answered(self):
+        # A mail loop: the relay's own reply arrives in the enrollment mailbox (a forward, an
+        # alias, a user bouncing it back). It must be moved aside, never answered.
+        self.mail_config(self.start_cmc_ca())
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.run_once(expect=0)
+        self.the_reply(mid)
+        _, reply = self.replies()[0]
+        self.send(reply, sender=ENROLL)
+        self.pkirelay("run", "--once", "-c", self.config)
+        self.assertEqual(len(self.replies()), 1, "the looped reply was answered")
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 1})
+        self.assertEqual(self.requests_seen(), 1)
+
+    def test_sender_without_domain_is_not_answered(self):
+        # "From: root" holds no address (RFC 5322 §3.4.1 addr-spec is local-part "@" domain):
+        # a reply to "<root>" goes to a local user of the SMTP server, not to the requester.
+        self.mail_config(self.start_cmc_ca())
+        raw, _ = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        raw = raw.replace(f"From: Alice <{ALICE}>".encode(), b"From: root")
+        self.send(raw)
+        self.pkirelay("run", "--once", "-c", self.config)
+        self.assertEqual(self.replies(), [], "a reply went to a local user")
+        self.assertEqual(self.mailbox_counts()["rejected"], 1)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
