@@ -18,6 +18,7 @@ UIDVALIDITY change; and the daemon waiting in IDLE while Dovecot is restarted un
 import base64
 import email
 import email.policy
+import json
 import os
 import re
 import secrets
@@ -429,6 +430,31 @@ class MailRoundTrip(PkirelayTestCase):
         self.pkirelay("run", "--once", "-c", self.config)
         self.assertEqual(self.replies(), [], "a reply went to a local user")
         self.assertEqual(self.mailbox_counts()["rejected"], 1)
+
+
+    def test_credentials_in_a_url_never_reach_logs_or_show(self):
+        # An operator writes the SMTP login into the URL, as curl allows. The server is down:
+        # every message that names the URL must not carry the password.
+        self.mail_config(self.start_cmc_ca())
+        with open(self.config) as f:
+            text = f.read()
+        text = text.replace("smtp://127.0.0.1:", "smtp://relay:hunter2secret@127.0.0.1:")
+        text = text.replace("imaps://127.0.0.1:", "imaps://user:imapsecret9@127.0.0.1:")
+        with open(self.config, "w") as f:
+            f.write(text)
+        raw, _ = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        self.smtp.stop()
+        proc = self.pkirelay("run", "--once", "-c", self.config)
+        self.assertEqual(proc.returncode, 78, "a login in a URL is a configuration error")
+        self.assertIn("holds a login", proc.stderr)
+        shown = ("" if proc.returncode == 78 else
+                 "".join(json.dumps(self.show(i["id"])) for i in self.items()))
+        checked = self.pkirelay("check-config", "-c", self.config)
+        for where, out in (("run", proc.stderr + proc.stdout), ("show", shown),
+                           ("check-config", checked.stdout + checked.stderr)):
+            self.assertNotIn("hunter2secret", out, f"the SMTP password in {where}")
+            self.assertNotIn("imapsecret9", out, f"the IMAP password in {where}")
 
 
 if __name__ == "__main__":
