@@ -457,5 +457,18 @@ class MailRoundTrip(PkirelayTestCase):
             self.assertNotIn("imapsecret9", out, f"the IMAP password in {where}")
 
 
+    @unittest.expectedFailure
+    def test_rate_limit_holds_across_runs(self):
+        # Known: the per-sender counts live in the process only, so under `run --once` from
+        # cron (or after any restart) every run starts at zero and the limit never bites.
+        self.mail_config(self.start_cmc_ca(), extra_source="rate_limit_per_hour = 1")
+        for cn in ("first", "second"):
+            raw, _ = make_mail([("application/pkcs10", f"{cn}.p10", self.p10(cn))])
+            self.send(raw)
+            self.pkirelay("run", "--once", "-c", self.config)
+        self.assertEqual(len(self.replies()), 1, "the second mail within the hour was answered")
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 1})
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
