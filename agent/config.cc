@@ -892,6 +892,22 @@ void checkMailSource(SourceConfig &source, Problems &problems) {
                        [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
         return url.find("://") == std::string_view::npos ? std::string() : scheme;
     };
+    // A login in a URL (RFC 3986 §3.2.1 userinfo, "user:password@host") would be logged with
+    // every message that names the URL: refused, without echoing it.
+    const auto hasUserinfo = [](std::string_view url) {
+        const auto start = url.find("://");
+        if (start == std::string_view::npos)
+            return false;
+        const std::string_view rest = url.substr(start + 3);
+        return rest.substr(0, rest.find_first_of("/?#")).find('@') != std::string_view::npos;
+    };
+    for (const auto &[key, url] : {std::pair{"url", &source.url}, {"smtp_url", &source.smtpUrl}})
+        if (hasUserinfo(*url)) {
+            problems.add(fmt::format("source.{}.{} holds a login (user@ or user:password@): give "
+                                     "it as user and password_file instead",
+                                     source.name, key));
+            url->clear(); // not echoed by the checks below
+        }
     if (!source.url.empty() && schemeOf(source.url) != "imaps" && schemeOf(source.url) != "imap")
         problems.add(fmt::format("source.{}.url must start with imaps:// or imap://, not \"{}\"",
                                  source.name, source.url));

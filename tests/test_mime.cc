@@ -312,6 +312,21 @@ TEST_CASE("hostile: a depth bomb and a part bomb are bounded") {
     CHECK(problems(e).find("more than 64 MIME parts") != std::string::npos);
 }
 
+TEST_CASE("hostile: a header block too long to parse is refused, not parsed") {
+    // A 1 MiB header field took mimetic seconds (quadratic); the header block is bounded.
+    std::string huge = "X-Junk: " + std::string(200000, 'x') + "\n" + mailFile("mail_p10.eml");
+    auto e = run(huge);
+    CHECK(e.requests.empty());
+    CHECK(e.noRequestReason.find("header block") != std::string::npos);
+    std::string folded = "X-Junk: x";
+    for (int i = 0; i < 200; ++i)
+        folded += "\r\n " + std::string(990, 'y');
+    CHECK(run(folded + "\r\n" + mailFile("mail_p10.eml")).requests.empty());
+    // A real header block of some kilobytes is still read.
+    std::string fine = "X-Junk: " + std::string(900, 'x') + "\n" + mailFile("mail_p10.eml");
+    CHECK(run(fine).requests.size() == 1);
+}
+
 TEST_CASE("hostile: oversized and truncated mail") {
     Limits small;
     small.maxSize = 100;

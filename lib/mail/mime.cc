@@ -264,6 +264,8 @@ bool isSignedData(ByteView der) {
 }
 
 // Splits at the first empty line (CRLF CRLF, or LF LF for mail saved on Unix).
+constexpr std::size_t kMaxHeaderBytes = 102400;
+
 Entity parseEntity(std::string_view s) {
     std::size_t headerEnd = s.size(), bodyStart = s.size();
     for (std::size_t i = 0; i < s.size(); ++i) {
@@ -282,6 +284,11 @@ Entity parseEntity(std::string_view s) {
         headerEnd = 0;
         bodyStart = s[0] == '\n' ? 1 : 2;
     }
+    // mimetic's header parser costs the square of a field's length (a 4 MiB header line is
+    // almost a minute of CPU with the event loop blocked): the header block is bounded first,
+    // at Postfix's header_size_limit (102400 bytes), far above any real mail's.
+    if (headerEnd > kMaxHeaderBytes)
+        throw ParseError(fmt::format("a header block of more than {} bytes", kMaxHeaderBytes), 0);
     std::string header(s.substr(0, headerEnd));
     header += "\r\n";
     Entity e;

@@ -628,6 +628,10 @@ std::string ImapSource::rejectWhy(const mail::Extracted &extracted, const std::s
                                                  : extracted.noRequestReason;
     if (sender.empty())
         return "no address to answer (no From or Reply-To)";
+    // RFC 5322 §3.4.1: an addr-spec is local-part "@" domain. A bare word ("From: root") is
+    // no address: the SMTP server would deliver the reply to one of its local users.
+    if (sender.find('@') == std::string::npos)
+        return fmt::format("no address to answer ({} has no domain)", sender);
     if (!config_.allowSenders.empty()) {
         const std::string who = lower(sender);
         const auto at = who.rfind('@');
