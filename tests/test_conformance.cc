@@ -155,7 +155,7 @@ struct ImapFixture {
     TempDir dir;
     std::unique_ptr<MailPeers> peers;
     std::unique_ptr<ImapSource> source;
-    static constexpr bool removes = true;
+    [[maybe_unused]] static constexpr bool removes = true;
     ImapFixture() {
         if (mailPeersMissing())
             return;
