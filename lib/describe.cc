@@ -227,7 +227,7 @@ nlohmann::json toJson(const Message &message) {
             {"pki_status", cmp->pkiStatus ? nlohmann::json(*cmp->pkiStatus) : nullptr},
             {"pki_status_name",
              cmp->pkiStatus ? nlohmann::json(pkiStatusName(*cmp->pkiStatus)) : nullptr},
-            {"status_text", cmp->statusText},
+            {"status_text", printable(cmp->statusText)},
             {"fail_info", failInfoNames(cmp->failInfo)},
         };
     }
@@ -239,7 +239,7 @@ nlohmann::json toJson(const Message &message) {
             {"recipient_nonce", toHex(cmc->recipientNonce)},
             {"status", cmc->status ? nlohmann::json(*cmc->status) : nullptr},
             {"status_name", cmc->status ? nlohmann::json(cmcStatusName(*cmc->status)) : nullptr},
-            {"status_text", cmc->statusText},
+            {"status_text", printable(cmc->statusText)},
             {"pend_token", toHex(cmc->pendToken)},
             {"query_pending", toHex(cmc->queryPending)},
             {"certificates", cmc->certificates},
