@@ -21,6 +21,7 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include "lib/text.h"
 #include "lib/classify.h"
 #include "lib/file_io.h"
 #include "lib/owned.h"
@@ -645,13 +646,6 @@ std::optional<std::string> certificateFileProblem(const std::string &file) {
     return std::nullopt;
 }
 
-std::string lowered(std::string_view text) {
-    std::string out(text);
-    std::transform(out.begin(), out.end(), out.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return out;
-}
-
 // RFC 9811 §3: a CMP server's paths are /.well-known/cmp, optionally followed by p/<label>
 // (arbitraryLabel) and an operation label. A label is one path segment of unreserved
 // characters (RFC 3986 §2.3), so that it never needs escaping.
@@ -667,7 +661,7 @@ bool isCmpLabel(std::string_view label) {
 void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
     const std::string_view url = e.url;
     const std::size_t sep = url.find("://");
-    const std::string scheme = sep == std::string_view::npos ? "" : lowered(url.substr(0, sep));
+    const std::string scheme = sep == std::string_view::npos ? "" : asciiLower(url.substr(0, sep));
     std::string type;
     if (scheme == "http" || scheme == "https")
         type = "http";
@@ -838,7 +832,7 @@ void parseRoute(const RouteConfig &r, Config &config, Problems &problems) {
             }
             int found = -1;
             for (int b = 0; b <= 26 && found < 0; ++b)
-                if (lowered(cmpBodyName(b)) == lowered(name))
+                if (asciiLower(cmpBodyName(b)) == asciiLower(name))
                     found = b;
             if (found < 0) {
                 int value = -1;
@@ -887,10 +881,9 @@ void checkMailSource(SourceConfig &source, Problems &problems) {
     need(source.smtpUrl, "smtp_url");
     need(source.replyFrom, "reply_from");
     const auto schemeOf = [](std::string_view url) {
-        std::string scheme(url.substr(0, url.find("://")));
-        std::transform(scheme.begin(), scheme.end(), scheme.begin(),
-                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        return url.find("://") == std::string_view::npos ? std::string() : scheme;
+        return url.find("://") == std::string_view::npos
+                   ? std::string()
+                   : asciiLower(url.substr(0, url.find("://")));
     };
     // A login in a URL (RFC 3986 §3.2.1 userinfo, "user:password@host") would be logged with
     // every message that names the URL: refused, without echoing it.

@@ -3,6 +3,8 @@
 // terminal unescaped except the already-escaped GeneralName renderings.
 #include "describe.h"
 
+#include "text.h"
+
 #include <algorithm>
 #include <cctype>
 #include <utility>
@@ -43,10 +45,7 @@ std::string_view encodingName(Encoding e) {
 
 // The JSON form: the name in lower case ("der", "pem", "base64").
 std::string encodingId(Encoding e) {
-    std::string id(encodingName(e));
-    std::transform(id.begin(), id.end(), id.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    return id;
+    return asciiLower(encodingName(e));
 }
 
 // RFC 9810 §5.2.3 PKIStatus.

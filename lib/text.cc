@@ -83,4 +83,12 @@ bool isUtf8(std::string_view text) {
     return true;
 }
 
+std::string asciiLower(std::string_view text) {
+    std::string out(text);
+    for (auto &c : out)
+        if (c >= 'A' && c <= 'Z')
+            c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
 } // namespace pkirelay

@@ -23,4 +23,7 @@ std::optional<std::int64_t> parseDuration(std::string_view text);
 // above U+10FFFF).
 bool isUtf8(std::string_view text);
 
+// ASCII lower case (names, schemes, MIME types, file extensions: all case-insensitive ASCII).
+std::string asciiLower(std::string_view text);
+
 } // namespace pkirelay

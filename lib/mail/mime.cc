@@ -33,6 +33,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "lib/text.h"
 #include "lib/armor.h"
 #include "lib/owned.h"
 #include "lib/parse_error.h"
@@ -50,13 +51,6 @@ void freeCertStack(STACK_OF(X509) * s) {
     sk_X509_free(s);
 }
 using CertStack = Owned<STACK_OF(X509), freeCertStack>;
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char &c : out)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-}
 
 bool iequals(std::string_view a, std::string_view b) {
     return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -137,7 +131,7 @@ std::optional<std::string> decodeWord(std::string_view w) {
     auto q1 = inner.find('?');
     if (q1 == std::string_view::npos || q1 + 2 >= inner.size() || inner[q1 + 2] != '?')
         return std::nullopt;
-    std::string charset = lower(inner.substr(0, q1));
+    std::string charset = asciiLower(inner.substr(0, q1));
     if (auto star = charset.find('*'); star != std::string::npos) // RFC 2231 §5 language
         charset.erase(star);
     char enc = static_cast<char>(std::toupper(static_cast<unsigned char>(inner[q1 + 1])));
@@ -298,7 +292,8 @@ Entity parseEntity(std::string_view s) {
                                                      mimetic::imPreamble | mimetic::imEpilogue);
     e.body = s.substr(std::min(bodyStart, s.size()));
     const auto &ct = e.me->header().contentType();
-    std::string type = lower(std::string(ct.type())), sub = lower(std::string(ct.subtype()));
+    std::string type = asciiLower(std::string(ct.type())),
+                sub = asciiLower(std::string(ct.subtype()));
     e.type = type.empty() ? "text/plain" : type + "/" + sub;
     return e;
 }
@@ -494,21 +489,21 @@ private:
 
         // RFC 3834 §5: auto-generated mail is never answered (no backscatter, no mail loops).
         std::string why;
-        std::string autoSubmitted = lower(e.field("Auto-Submitted"));
+        std::string autoSubmitted = asciiLower(e.field("Auto-Submitted"));
         if (auto semi = autoSubmitted.find(';'); semi != std::string::npos)
             autoSubmitted.erase(semi);
         autoSubmitted = std::string(trim(autoSubmitted));
-        std::string precedence = lower(std::string(trim(e.field("Precedence"))));
+        std::string precedence = asciiLower(std::string(trim(e.field("Precedence"))));
         std::string rp = std::string(trim(h.returnPath));
         auto isDaemon = [](const std::string &from) {
-            std::string a = lower(addressOf(from));
+            std::string a = asciiLower(addressOf(from));
             auto at = a.find('@');
             std::string local = a.substr(0, at);
             return local == "mailer-daemon" || local == "postmaster";
         };
         bool listField = false;
         for (const auto &f : e.me->header())
-            if (lower(std::string(f.name())).starts_with("list-"))
+            if (asciiLower(std::string(f.name())).starts_with("list-"))
                 listField = true;
         if (!autoSubmitted.empty() && autoSubmitted != "no")
             why = "Auto-Submitted: " + autoSubmitted;
@@ -527,7 +522,7 @@ private:
     }
 
     std::optional<std::string> decodeBody(const Entity &e, const std::string &where) {
-        std::string cte = lower(std::string(trim(e.field("Content-Transfer-Encoding"))));
+        std::string cte = asciiLower(std::string(trim(e.field("Content-Transfer-Encoding"))));
         if (cte.empty() || cte == "7bit" || cte == "8bit" || cte == "binary")
             return std::string(e.body);
         if (cte == "base64") {
@@ -562,7 +557,7 @@ private:
     }
 
     static bool namedLikeRequest(const std::string &name) {
-        std::string n = lower(name);
+        std::string n = asciiLower(name);
         for (const char *ext : {".p10", ".crq", ".pki", ".der", ".csr", ".p7m"})
             if (n.ends_with(ext))
                 return true;
@@ -960,7 +955,7 @@ std::optional<Bytes> singlePartBody(ByteView entity, const Limits &limits) {
         Entity e = parseEntity(s);
         if (e.type.starts_with("multipart/") || e.type.starts_with("message/"))
             return std::nullopt;
-        std::string cte = lower(std::string(trim(e.field("Content-Transfer-Encoding"))));
+        std::string cte = asciiLower(std::string(trim(e.field("Content-Transfer-Encoding"))));
         if (cte == "base64")
             return decodeBase64Strict(e.body);
         if (cte.empty() || cte == "binary" || cte == "8bit" || cte == "7bit")
@@ -971,7 +966,7 @@ std::optional<Bytes> singlePartBody(ByteView entity, const Limits &limits) {
 }
 
 bool isMailFileName(std::string_view name) {
-    std::string n = lower(name);
+    std::string n = asciiLower(name);
     return n.ends_with(".eml") || n.ends_with(".p7m");
 }
 

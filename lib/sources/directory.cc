@@ -1,5 +1,6 @@
 // The directory source (directory.h): inotify events, rescans, bounded reads, classification,
 // and acknowledgement only of the file that was stored.
+#include "lib/text.h"
 #include "lib/sources/directory.h"
 
 #include "lib/crash_point.h"
@@ -372,8 +373,7 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
         // An .eml is always a mail; a .p7m is an S/MIME entity only when it is not a bare
         // request already (mail::entityFormContext).
         auto classified = classify(file.bytes, limits);
-        const bool p7m = name.size() >= 4 && (name.compare(name.size() - 4, 4, ".p7m") == 0 ||
-                                              name.compare(name.size() - 4, 4, ".P7M") == 0);
+        const bool p7m = asciiLower(name).ends_with(".p7m");
         if (mail::isMailFileName(name) && (std::holds_alternative<Rejection>(classified) || !p7m)) {
             classified = fromMail(file.bytes);
             sub.arrival.context = std::string(mail::entityFormContext);

@@ -2,6 +2,7 @@
 // mailbox is hostile: it is bounded in size before it is fetched (RFC822.SIZE) and while it is
 // read, and only lib/mail looks inside it. Responses from the server are parsed with bounds too
 // (a literal larger than the mail limit ends the connection).
+#include "lib/text.h"
 #include "lib/sources/imap.h"
 
 #include <algorithm>
@@ -41,13 +42,6 @@ std::string upper(std::string_view text) {
     std::string out(text);
     for (auto &c : out)
         c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    return out;
-}
-
-std::string lower(std::string_view text) {
-    std::string out(text);
-    for (auto &c : out)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return out;
 }
 
@@ -633,13 +627,13 @@ std::string ImapSource::rejectWhy(const mail::Extracted &extracted, const std::s
     if (sender.find('@') == std::string::npos)
         return fmt::format("no address to answer ({} has no domain)", sender);
     if (!config_.allowSenders.empty()) {
-        const std::string who = lower(sender);
+        const std::string who = asciiLower(sender);
         const auto at = who.rfind('@');
         const std::string domain = at == std::string::npos ? std::string() : who.substr(at + 1);
         const bool allowed =
             std::any_of(config_.allowSenders.begin(), config_.allowSenders.end(),
                         [&](const std::string &entry) {
-                            const std::string e = lower(entry);
+                            const std::string e = asciiLower(entry);
                             if (e.find('@') != std::string::npos && !e.starts_with("@"))
                                 return e == who;
                             return (e.starts_with("@") ? e.substr(1) : e) == domain;
@@ -648,7 +642,7 @@ std::string ImapSource::rejectWhy(const mail::Extracted &extracted, const std::s
             return fmt::format("{} is not on allow_senders", sender);
     }
     if (config_.ratePerHour > 0 && config_.wallClock) {
-        auto &times = recent_[lower(sender)];
+        auto &times = recent_[asciiLower(sender)];
         const std::int64_t t = config_.wallClock();
         while (!times.empty() && times.front() <= t - 3'600'000)
             times.pop_front();
@@ -830,7 +824,7 @@ Taken ImapSource::take(Ledger &ledger, std::size_t maxItems, std::size_t maxByte
             continue;
         }
         if (config_.ratePerHour > 0 && config_.wallClock)
-            recent_[lower(sender)].push_back(config_.wallClock());
+            recent_[asciiLower(sender)].push_back(config_.wallClock());
         cursorUid = std::max(cursorUid, uid);
         for (std::size_t i = 0; i < requests.size(); ++i) {
             Submission sub;
