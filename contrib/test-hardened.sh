@@ -10,12 +10,12 @@
 #
 # One clang build serves both parts (the fuzzers need clang; building twice would double the
 # time CI spends compiling). Environment: BUILDDIR (default build-hardened), FUZZ_SECONDS per
-# driver (default 45), FUZZERS (default: every driver), FUZZ_JOBS (drivers run side by side;
+# driver (default 30), FUZZERS (default: every driver), FUZZ_JOBS (drivers run side by side;
 # default: one per core).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 builddir=${BUILDDIR:-build-hardened}
-fuzz_seconds=${FUZZ_SECONDS:-45}
+fuzz_seconds=${FUZZ_SECONDS:-30}
 fuzzers=${FUZZERS:-classify der armor config mime cmc_tcp cmp_tcp}
 
 # Stop at the first report, with a stack, so that a finding is a failed test and not a line in

@@ -474,50 +474,95 @@ TEST_CASE("Requests in flight are capped per endpoint and overall", "[transport]
     CHECK(timed(1) >= 1600ms); // one at a time
 }
 
-TEST_CASE("A response over the size cap is refused, not buffered", "[transport]") {
-    // A one-shot server on a thread: reads the request head, announces 17 MiB and streams zeros
-    // until the client hangs up. Every wait has a deadline, so a failing test cannot hang.
-    LoopbackSocket big(true);
-    std::thread server([&] {
-        pollfd p{big.fd(), POLLIN, 0};
-        if (::poll(&p, 1, 10'000) != 1)
+namespace {
+
+// A one-shot server on a thread for the size-cap tests: reads the whole request (head and
+// Content-Length body, so that closing never resets the connection under unread bytes), sends
+// `head`, then streams zeros (17 MiB, as chunks when `chunked`) until the client hangs up. Every
+// wait has a deadline, so a failing test cannot hang.
+void serveOversized(int listener, const std::string &head, bool chunked) {
+    auto waitFor = [](int fd, short events) {
+        pollfd p{fd, events, 0};
+        return ::poll(&p, 1, 10'000) == 1;
+    };
+    if (!waitFor(listener, POLLIN))
+        return;
+    test::Fd conn(::accept(listener, nullptr, nullptr));
+    std::string request;
+    char buf[65536] = {};
+    std::size_t headEnd = std::string::npos, want = 0;
+    while (headEnd == std::string::npos || request.size() < headEnd + 4 + want) {
+        if (!waitFor(conn.get(), POLLIN))
             return;
-        test::Fd conn(::accept(big.fd(), nullptr, nullptr));
-        std::string head;
-        char buf[65536] = {};
-        while (head.find("\r\n\r\n") == std::string::npos) {
-            pollfd c{conn.get(), POLLIN, 0};
-            if (::poll(&c, 1, 10'000) != 1)
-                return;
-            ssize_t n = ::read(conn.get(), buf, sizeof buf);
-            if (n <= 0)
-                return;
-            head.append(buf, static_cast<std::size_t>(n));
-        }
-        std::size_t size = 17 * 1024 * 1024;
-        std::string answer = "HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\n"
-                             "Content-Length: " +
-                             std::to_string(size) + "\r\n\r\n";
-        ::send(conn.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
-        std::fill(std::begin(buf), std::end(buf), '\0');
+        ssize_t n = ::read(conn.get(), buf, sizeof buf);
+        if (n <= 0)
+            return;
+        request.append(buf, static_cast<std::size_t>(n));
+        if (headEnd == std::string::npos &&
+            (headEnd = request.find("\r\n\r\n")) != std::string::npos)
+            if (auto at = request.find("Content-Length: "); at != std::string::npos && at < headEnd)
+                want = std::stoul(request.substr(at + 16));
+    }
+    auto sendAll = [&](const char *data, std::size_t size) {
         for (std::size_t sent = 0; sent < size;) {
-            pollfd c{conn.get(), POLLOUT, 0};
-            if (::poll(&c, 1, 10'000) != 1)
-                return;
-            ssize_t n = ::send(conn.get(), buf, std::min(sizeof buf, size - sent), MSG_NOSIGNAL);
+            if (!waitFor(conn.get(), POLLOUT))
+                return false;
+            ssize_t n = ::send(conn.get(), data + sent, size - sent, MSG_NOSIGNAL);
             if (n <= 0)
-                return; // the client stopped reading and closed: expected
+                return false; // the client stopped reading and closed: expected
             sent += static_cast<std::size_t>(n);
         }
-    });
+        return true;
+    };
+    if (!sendAll(head.data(), head.size()))
+        return;
+    std::fill(std::begin(buf), std::end(buf), '\0');
+    std::ostringstream hex;
+    hex << std::hex << sizeof buf << "\r\n";
+    const std::string chunkHead = hex.str();
+    for (std::size_t sent = 0; sent < 17 * 1024 * 1024; sent += sizeof buf)
+        if ((chunked && !sendAll(chunkHead.data(), chunkHead.size())) ||
+            !sendAll(buf, sizeof buf) || (chunked && !sendAll("\r\n", 2)))
+            return;
+    // Everything went out before the client gave up: end politely and wait for its close.
+    ::shutdown(conn.get(), SHUT_WR);
+    while (waitFor(conn.get(), POLLIN) && ::read(conn.get(), buf, sizeof buf) > 0) {
+    }
+}
+
+HttpResult askOversized(const std::string &head, bool chunked) {
+    LoopbackSocket big(true);
+    std::thread server([&] { serveOversized(big.fd(), head, chunked); });
     HttpRelay relay;
     HttpEndpoint ep = endpoint("http://127.0.0.1:" + std::to_string(big.port()) + "/", 10s);
     HttpResult r = one(relay, ep, Kind::Cmp, fixtures().ir);
     server.join();
+    return r;
+}
+
+} // namespace
+
+TEST_CASE("A response announcing a length over the cap is refused at once", "[transport]") {
+    HttpResult r = askOversized("HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\n"
+                                "Content-Length: " +
+                                    std::to_string(17 * 1024 * 1024) + "\r\n\r\n",
+                                false);
     INFO(r.detail);
     CHECK(r.status == 200);
     CHECK(r.type == Type::Permanent);
     CHECK(r.detail.find("response too large") != std::string::npos);
+    CHECK(r.body.empty()); // refused before any of it was read
+}
+
+TEST_CASE("A response over the size cap without a length is refused, not buffered", "[transport]") {
+    HttpResult r = askOversized("HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n",
+                                true);
+    INFO(r.detail);
+    CHECK(r.status == 200);
+    CHECK(r.type == Type::Permanent);
+    CHECK(r.detail.find("response too large") != std::string::npos);
+    CHECK(r.body.size() <= 16 * 1024 * 1024); // kept up to the cap, for a person
 }
 
 TEST_CASE("perform() rejects impossible arguments and accepts an empty batch", "[transport]") {

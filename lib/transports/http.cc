@@ -9,6 +9,7 @@
 #include <sys/epoll.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -75,6 +76,17 @@ std::size_t writeBody(char *data, std::size_t size, std::size_t count, void *use
     // short count makes libcurl fail it with CURLE_WRITE_ERROR).
     auto *t = static_cast<Transfer *>(user);
     std::size_t n = size * count;
+    if (t->body.empty()) {
+        // An announced length over the cap is refused at the first byte instead of after
+        // reading up to the cap: nothing of such an answer could be kept whole anyway.
+        curl_off_t announced = -1;
+        if (::curl_easy_getinfo(t->easy.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced) ==
+                CURLE_OK &&
+            announced > 0 && static_cast<std::uint64_t>(announced) > t->cap) {
+            t->tooLarge = true;
+            return 0;
+        }
+    }
     if (t->body.size() + n > t->cap) {
         t->tooLarge = true;
         return 0;
