@@ -266,4 +266,21 @@ LoopbackSocket::LoopbackSocket(bool listen)
     port_ = ntohs(addr.sin_port);
 }
 
+const std::filesystem::path &madeFixtures() {
+    static const TempDir dir;
+    static const bool made = [] {
+        std::filesystem::path script = std::filesystem::path("fixtures") / "make_fixtures.sh";
+        if (!std::filesystem::exists(script))
+            script = std::filesystem::path("tests") / script; // run from the source root
+        if (!std::filesystem::exists(script))
+            throw std::runtime_error("tests/fixtures/make_fixtures.sh not found from " +
+                                     std::filesystem::current_path().string());
+        runOk({"sh", std::filesystem::absolute(script).string(), dir.path().string()},
+              std::chrono::seconds(300));
+        return true;
+    }();
+    (void)made;
+    return dir.path();
+}
+
 } // namespace pkirelay::test

@@ -99,6 +99,10 @@ std::string runOk(const std::vector<std::string> &argv,
                   std::chrono::milliseconds timeout = std::chrono::seconds(30),
                   const PeerOptions &options = {});
 
+// The folder tests/fixtures/make_fixtures.sh filled (run once per process, with the openssl
+// command line, from tests/ or the source root); removed when the process exits.
+const std::filesystem::path &madeFixtures();
+
 // Whole-file helpers for fixtures.
 std::vector<std::uint8_t> readFile(const std::filesystem::path &path);
 void writeFile(const std::filesystem::path &path, std::string_view content);

@@ -14,6 +14,7 @@
 #include "lib/classify.h"
 #include "lib/der.h"
 #include "lib/describe.h"
+#include "peer.h"
 
 using namespace pkirelay;
 namespace fs = std::filesystem;
@@ -34,30 +35,9 @@ Bytes hex(std::string_view h) {
     return out;
 }
 
-// Runs make_fixtures.sh once per test run into a fresh temporary directory.
 const fs::path &fixtures() {
-    static const fs::path dir = [] {
-        fs::path script = fs::path("fixtures") / "make_fixtures.sh";
-        if (!fs::exists(script))
-            script = fs::path("tests") / script; // run from the source root
-        REQUIRE(fs::exists(script));
-        std::string tmpl = (fs::temp_directory_path() / "pkirelay-fixtures.XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        const std::string cmd =
-            "sh '" + fs::absolute(script).string() + "' '" + tmpl + "' >/dev/null";
-        REQUIRE(std::system(cmd.c_str()) == 0);
-        return fs::path(tmpl);
-    }();
-    return dir;
+    return test::madeFixtures();
 }
-
-struct FixtureCleanup {
-    ~FixtureCleanup() {
-        std::error_code ec;
-        if (!fixtures().empty())
-            fs::remove_all(fixtures(), ec);
-    }
-};
 
 Message asMessage(const Classification &c) {
     if (const auto *r = std::get_if<Rejection>(&c))
@@ -273,8 +253,6 @@ TEST_CASE("armor: strict PEM", "[armor]") {
 // ---- classifier: our own fixtures ----------------------------------------------------------
 
 TEST_CASE("classify: fixtures made by the openssl command line", "[classify][fixtures]") {
-    static FixtureCleanup cleanup;
-
     SECTION("PKCS#10") {
         const auto m = classifyFixture("p10.der");
         CHECK(m.kind == Kind::CmcSimpleRequest);

@@ -13,6 +13,7 @@
 #include "lib/classify.h"
 #include "lib/mail/compose.h"
 #include "lib/mail/mime.h"
+#include "peer.h"
 
 using namespace pkirelay;
 using namespace pkirelay::mail;
@@ -27,27 +28,8 @@ std::string readText(const fs::path &path) {
 }
 
 const fs::path &fixtures() {
-    static const fs::path dir = [] {
-        fs::path script = fs::path("fixtures") / "make_fixtures.sh";
-        if (!fs::exists(script))
-            script = fs::path("tests") / script;
-        REQUIRE(fs::exists(script));
-        std::string tmpl = (fs::temp_directory_path() / "pkirelay-mails.XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        const std::string cmd =
-            "sh '" + fs::absolute(script).string() + "' '" + tmpl + "' >/dev/null 2>&1";
-        REQUIRE(std::system(cmd.c_str()) == 0);
-        return fs::path(tmpl);
-    }();
-    return dir;
+    return test::madeFixtures();
 }
-
-struct FixtureCleanup {
-    ~FixtureCleanup() {
-        std::error_code ec;
-        fs::remove_all(fixtures(), ec);
-    }
-} cleanup;
 
 std::string mailFile(const std::string &name) {
     return readText(fixtures() / name);
