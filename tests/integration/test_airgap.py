@@ -20,8 +20,8 @@ import signal
 import sqlite3
 import unittest
 
-from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl,
-                     read_responder_log, run, start_cmc_responder, start_cmp_server)
+from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmc_full_request, cmp_client,
+                     openssl, read_responder_log, run, start_cmc_responder, start_cmp_server)
 
 UNREACHABLE = "127.0.0.1:1/pkix/"  # nothing listens on port 1: the client only writes files
 
@@ -80,9 +80,9 @@ class AirGap(PkirelayTestCase):
         self.write_offline(f"http://127.0.0.1:{port}/pkix/",
                            endpoint_extra="max_connections = 1\nkeep_alive = false")
 
-    def start_cmc_ca(self):
+    def start_cmc_ca(self, *extra):
         self.log = os.path.join(self.tmp, "ca.log")
-        peer, port = start_cmc_responder("--log", self.log)
+        peer, port = start_cmc_responder("--log", self.log, *extra)
         self.peers.append(peer)
         self.write_offline(f"http://127.0.0.1:{port}/cmc")
 
@@ -331,6 +331,53 @@ class AirGap(PkirelayTestCase):
         self.agent(self.online, expect=65)
         self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
 
+    def age_items(self, seconds):
+        """Makes every item seconds older (its arrival, which retry.max_age counts from) and due
+        now, instead of waiting."""
+        db = sqlite3.connect(os.path.join(self.tmp, "online", "store.db"))
+        db.execute("UPDATE item SET created_at = created_at - ?1, next_try = CASE WHEN state = "
+                   "'deferred' THEN 0 ELSE next_try END", (seconds * 1000,))
+        db.commit()
+        db.close()
+
+    def test_waiting_for_the_stick_counts_against_await_max_age_not_retry_max_age(self):
+        # A stick trip takes longer than retry.max_age (one day by default): a request waiting
+        # for the stick, or out on it, must not fail by that clock, only by the directory
+        # endpoint's own await_max_age_seconds.
+        self.start_cmc_ca()
+        self.write_online(endpoint_extra="await_max_age_seconds = 3600")
+        with open(self.online, "a") as f:
+            f.write("[retry]\nmax_age_seconds = 60\ninitial_seconds = 1\n")
+        self.csr("alice.p10")
+        os.rename(self.stick, self.stick + ".away")
+        self.agent(self.online, expect=75)
+        self.assertEqual(self.item_state(1), "deferred")
+        # Two minutes later (past retry.max_age, within await_max_age), the stick still away.
+        self.age_items(120)
+        proc = self.agent(self.online, expect=75)
+        self.assertEqual(self.item_state(1), "deferred", proc.stderr)
+        # The stick is back: written, and out on it longer than retry.max_age.
+        os.rename(self.stick + ".away", self.stick)
+        self.age_items(1)
+        self.agent(self.online, expect=0)
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.age_items(120)
+        self.agent(self.online, expect=0)
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+        # A request that waits for the stick past await_max_age fails, and says which limit.
+        self.csr("bob.p10")
+        os.rename(self.stick, self.stick + ".away")
+        self.agent(self.online, expect=75)
+        self.age_items(7200)
+        proc = self.agent(self.online, expect=65)
+        bob = [i for i in self.items() if i["origin"] == "bob.p10"][0]
+        self.assertEqual(bob["state"], "failed")
+        self.assertIn("await_max_age_seconds", self.show(bob["id"])["reason"])
+
     # --- signed manifests ---------------------------------------------------------------------
 
     def make_signer(self, name):
@@ -413,6 +460,59 @@ class AirGap(PkirelayTestCase):
                    "-reqin", f"{ir},{poll}", "-rspin", f"{waiting},{final}", "-certout", cert)
         self.assertIn("CN = enrolled-leaf",
                       openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+
+    def inspect(self, path):
+        return json.loads(run([PKIRELAY, "inspect", "--json", path]).stdout)
+
+    def drop(self, path, name):
+        """Puts a finished request into the online inbox (written whole, then renamed)."""
+        with open(path, "rb") as f:
+            data = f.read()
+        part = os.path.join(self.inbox, "." + name + ".part")
+        with open(part, "wb") as f:
+            f.write(data)
+        os.rename(part, os.path.join(self.inbox, name))
+
+    def test_cmc_pending_then_query_pending_across_two_trips(self):
+        # The CA answers the Full PKI Request "pending" with a pendToken (RFC 5272 §6.1.1); the
+        # requester's queryPending (§6.13) travels on the next trip, is matched like any
+        # request, and gets the final answer.
+        self.start_cmc_ca("--pending", "1")
+        request, nonce = cmc_full_request(self.tmp, "req.der")
+        self.drop(request, "req.crq")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        first = os.path.join(self.inbox, "req.crp")
+        self.assertTrue(os.path.exists(first), os.listdir(self.inbox))
+        pending = self.inspect(first)["cmc"]
+        self.assertEqual(pending["status_name"], "pending")
+        self.assertEqual(pending["recipient_nonce"], nonce)
+        self.assertTrue(pending["pend_token"])
+        self.assertEqual(self.item_state(1), "answered")
+
+        query, query_nonce = cmc_full_request(self.tmp, "query.der",
+                                              query_pending=bytes.fromhex(pending["pend_token"]))
+        self.drop(query, "query.crq")
+        self.agent(self.online, expect=0)
+        self.assertTrue(any(n.startswith("b000002-") for n in self.on_stick(self.requests)))
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        final = os.path.join(self.inbox, "query.crp")
+        self.assertTrue(os.path.exists(final), os.listdir(self.inbox))
+        # OpenSSL checks the signature and the content type; the status is the CA's decision.
+        openssl("cms", "-verify", "-noverify", "-inform", "DER", "-in", final,
+                "-out", os.path.join(self.tmp, "pkiresponse.der"))
+        printed = openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", final).stdout
+        self.assertRegex(printed, r"eContentType: (id-cct-PKIResponse|1\.3\.6\.1\.5\.5\.7\.12\.3)")
+        answer = self.inspect(final)["cmc"]
+        self.assertEqual(answer["status_name"], "success")
+        self.assertEqual(answer["recipient_nonce"], query_nonce)
+        self.assertEqual(answer["transaction_id"], pending["transaction_id"])
+        self.assertEqual(len(read_responder_log(self.log)), 2)
+        self.assertEqual([i["state"] for i in self.items()], ["answered", "answered"])
+        self.assertEqual(self.media_status()["awaiting"], 0)
 
 
 if __name__ == "__main__":
