@@ -16,6 +16,7 @@ signed manifests; the wait's maximum age; `pkirelay media status` and the transf
 
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import unittest
@@ -23,10 +24,15 @@ import unittest
 from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmc_full_request, cmp_client,
                      openssl, read_responder_log, run, start_cmc_responder, start_cmp_server)
 
+from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
+from test_mail import ALICE, ENROLL, attachment, make_mail, the_reply
+
+MISSING_MAIL = missing_mail_tools()
 UNREACHABLE = "127.0.0.1:1/pkix/"  # nothing listens on port 1: the client only writes files
 
 
-class AirGap(PkirelayTestCase):
+class AirGapBase(PkirelayTestCase):
+    """The two agents, the stick and the CAs; the cases are in the classes below."""
 
     def setUp(self):
         super().setUp()
@@ -101,6 +107,10 @@ class AirGap(PkirelayTestCase):
 
     def item_state(self, item_id):
         return self.show(item_id)["state"]
+
+
+
+class AirGap(AirGapBase):
 
     # --- the whole chain ----------------------------------------------------------------------
 
@@ -513,6 +523,120 @@ class AirGap(PkirelayTestCase):
         self.assertEqual(len(read_responder_log(self.log)), 2)
         self.assertEqual([i["state"] for i in self.items()], ["answered", "answered"])
         self.assertEqual(self.media_status()["awaiting"], 0)
+
+
+
+@unittest.skipIf(MISSING_MAIL, f"mail tests skipped: {MISSING_MAIL}")
+class AirGapMail(AirGapBase):
+    """The mail leg: Dovecot and the SMTP server of the mail tests (mail_peers) in front of the
+    online agent; OpenSSL's CMP server and tests/cmc_responder.py behind the offline one.
+
+      swaks -> SMTP -> Dovecot -> online pkirelay (IMAPS) -> stick -> offline pkirelay -> CA
+      -> stick -> online pkirelay -> reply mail (SMTP) -> captured, checked by OpenSSL
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.dovecot = Dovecot(os.path.join(self.tmp, "dovecot"))
+        self.dovecot.start()
+        self.addCleanup(self.dovecot.stop)
+        self.smtp = SmtpCapture(os.path.join(self.tmp, "smtp"), self.dovecot)
+        self.smtp.start()
+        self.addCleanup(self.smtp.stop)
+        secret = os.path.join(self.tmp, "imap.password")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(Dovecot.PASSWORD + "\n")
+        with open(self.online, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/online/store.db"\n'
+                    f'[source.mail]\ntype = "imap"\n'
+                    f'url = "imaps://127.0.0.1:{self.dovecot.imaps_port}/"\n'
+                    f'user = "{Dovecot.USER}"\npassword_file = "{secret}"\n'
+                    f'ca_file = "{self.dovecot.cert}"\n'
+                    f'smtp_url = "smtp://127.0.0.1:{self.smtp.port}"\n'
+                    f'reply_from = "{ENROLL}"\nendpoint = "stick"\n'
+                    f'[source.return]\ntype = "media-return"\npath = "{self.responses}"\n'
+                    f'endpoint = "stick"\n'
+                    f'[endpoint.stick]\ntype = "directory"\npath = "{self.requests}"\n')
+        # Both CAs behind the offline agent: CMP to OpenSSL's server, CMC to the responder.
+        self.creds = CmpCredentials(self.tmp)
+        peer, cmp_port = start_cmp_server(self.creds, "-grant_implicitconf")
+        self.peers.append(peer)
+        self.log = os.path.join(self.tmp, "ca.log")
+        peer, cmc_port = start_cmc_responder("--log", self.log)
+        self.peers.append(peer)
+        with open(self.offline, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/offline/store.db"\n'
+                    f'[source.stick]\ntype = "media"\npath = "{self.requests}"\n'
+                    f'responses = "{self.responses}"\n'
+                    f'[endpoint.cmp]\nurl = "http://127.0.0.1:{cmp_port}/pkix/"\n'
+                    f'max_connections = 1\nkeep_alive = false\n'
+                    f'[endpoint.cmc]\nurl = "http://127.0.0.1:{cmc_port}/cmc"\n'
+                    f'[[route]]\nkind = "cmp"\nendpoint = "cmp"\n'
+                    f'[[route]]\nendpoint = "cmc"\n')
+
+    def mail_in(self, parts):
+        """Mails the request to the enrollment address as a user would (swaks)."""
+        raw, message_id = make_mail(parts)
+        path = os.path.join(self.tmp, f"out-{secrets.token_hex(4)}.eml")
+        with open(path, "wb") as f:
+            f.write(raw)
+        swaks(self.smtp.port, ALICE, ENROLL, "--data", f"@{path}")
+        return message_id
+
+    def trip(self):
+        """Online (the mail is fetched, its request written onto the stick), offline (relayed
+        to the CA, the answer written back), online again (matched, the reply mailed)."""
+        self.agent(self.online, expect=0)
+        self.assertEqual(len(self.data_files(self.requests)), 1, self.on_stick(self.requests))
+        self.assertEqual(self.items()[0]["state"], "awaiting")
+        self.assertEqual(self.smtp.mails(), [], "a reply before the answer came back")
+        self.assertEqual(self.dovecot.count("processed"), 1)
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(self.data_files(self.responses)), 1, self.on_stick(self.responses))
+        proc = self.agent(self.online, expect=0)
+        self.assertIn("answer matched", proc.stderr)
+        self.assertEqual(self.item_state(1), "answered")
+
+    def test_cmp_ir_by_mail_answered_by_reply_mail_through_the_stick(self):
+        ir = os.path.join(self.tmp, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+                            "-reqout", ir)
+        with open(ir, "rb") as f:
+            mid = self.mail_in([("application/pkixcmp", "ir.der", f.read())])
+        self.trip()
+        part, der = attachment(self, the_reply(self, self.smtp, mid))
+        self.assertEqual(part.get_content_type(), "application/pkixcmp")
+        self.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
+        ip = os.path.join(self.tmp, "ip.pki")
+        with open(ip, "wb") as f:
+            f.write(der)
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+                   "-reqin", ir, "-rspin", ip, "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        self.assertEqual(read_responder_log(self.log), [], "CMP went to the CMC responder")
+        # Nothing more: another pass mails nothing again.
+        self.agent(self.online, expect=0)
+        self.assertEqual(len(self.smtp.mails()), 1)
+
+    def test_pkcs10_by_mail_answered_by_reply_mail_through_the_stick(self):
+        key = os.path.join(self.tmp, "alice.key")
+        csr = os.path.join(self.tmp, "alice.p10")
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-subj", "/CN=alice", "-outform", "DER", "-out", csr)
+        with open(csr, "rb") as f:
+            mid = self.mail_in([("application/pkcs10", "alice.p10", f.read())])
+        self.trip()
+        part, der = attachment(self, the_reply(self, self.smtp, mid))
+        self.assertEqual(part.get_content_type(), "application/pkcs7-mime")
+        self.assertEqual(part.get_param("smime-type").lower(), "certs-only")
+        p7c = os.path.join(self.tmp, "reply.p7c")
+        with open(p7c, "wb") as f:
+            f.write(der)
+        self.assertIn("CN = alice", openssl("pkcs7", "-inform", "DER", "-in", p7c,
+                                            "-print_certs").stdout)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
 
 
 if __name__ == "__main__":
