@@ -21,8 +21,9 @@ import signal
 import sqlite3
 import unittest
 
-from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmc_full_request, cmp_client,
-                     openssl, read_responder_log, run, start_cmc_responder, start_cmp_server)
+from harness import (PKIRELAY, TESTS_DIR, CmpCredentials, PkirelayTestCase, cmc_full_request,
+                     cmp_client, openssl, read_responder_log, run, start_cmc_responder,
+                     start_cmp_server)
 
 from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
 from test_mail import ALICE, ENROLL, attachment, make_mail, the_reply
@@ -176,6 +177,52 @@ class AirGap(AirGapBase):
         for name in ("alice", "bob"):
             openssl("pkcs7", "-inform", "DER", "-in", os.path.join(self.inbox, name + ".p7c"),
                     "-print_certs", "-noout")
+
+    def readme_block(self, heading):
+        """The first TOML block after heading in the README's air-gap walkthrough."""
+        with open(os.path.join(os.path.dirname(TESTS_DIR), "README.md")) as f:
+            text = f.read()
+        start = text.index("```toml\n", text.index(heading)) + len("```toml\n")
+        return text[start:text.index("```", start)]
+
+    def test_readme_walkthrough_configurations_run_the_chain(self):
+        # The README's two configurations, with this test's folders for the machine's and the
+        # CA's address, carry a request there and back: the walkthrough is what runs.
+        peer, port = start_cmc_responder()
+        self.peers.append(peer)
+        places = {"/var/lib/pkirelay/online.db": f"{self.tmp}/online/store.db",
+                  "/var/lib/pkirelay/offline.db": f"{self.tmp}/offline/store.db",
+                  "/srv/pkirelay/inbox": self.inbox, "/media/stick": self.stick,
+                  "http://127.0.0.1:8080/.well-known/cmp": f"http://127.0.0.1:{port}/cmc"}
+        for config, heading in ((self.online, "Online side (`/etc/pkirelay/online.toml`)"),
+                                (self.offline, "Offline side (`/etc/pkirelay/offline.toml`")):
+            text = self.readme_block(heading)
+            for old, new in places.items():
+                text = text.replace(old, new)
+            with open(config, "w") as f:
+                f.write(text)
+            run([PKIRELAY, "check-config", "-c", config])
+        # The mail variant is a source added to the online side (checked, not run: the mail leg
+        # runs in AirGapMail with the same keys).
+        secret = os.path.join(self.tmp, "imap.password")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("secret\n")
+        mail = self.readme_block("Requests by mail as well").replace(
+            "/etc/pkirelay/imap.password", secret)
+        with_mail = os.path.join(self.tmp, "online", "with-mail.toml")
+        with open(self.online) as f, open(with_mail, "w") as out:
+            out.write(f.read() + "\n" + mail)
+        run([PKIRELAY, "check-config", "-c", with_mail])
+        # So is the second CA with its routes, added to the offline side.
+        two_cas = os.path.join(self.tmp, "offline", "two-cas.toml")
+        with open(self.offline) as f, open(two_cas, "w") as out:
+            out.write(f.read() + "\n" + self.readme_block("A CMP CA and a CMC CA"))
+        run([PKIRELAY, "check-config", "-c", two_cas])
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
 
     # --- in transit ---------------------------------------------------------------------------
 
