@@ -519,6 +519,44 @@ class AirGap(AirGapBase):
                       openssl("x509", "-in", cert, "-noout", "-subject").stdout)
 
 
+    def test_cmp_polling_with_a_pollrep_on_the_middle_trip(self):
+        # -poll_count 2: the ip "waiting", then a pollRep (check again later) to the first
+        # pollReq, and the ip with the certificate to the second; three trips, each answer
+        # matched to the request that went out on it.
+        self.start_cmp_ca("-grant_implicitconf", "-poll_count", "2", "-check_after", "0")
+        ir = os.path.join(self.inbox, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                            "-reqout", ir)
+        requests, answers = [ir], []
+        for trip, (name, body) in enumerate((("ir", "ip"), ("poll1", "pollRep"),
+                                             ("poll2", "ip")), start=1):
+            self.agent(self.online, expect=0)
+            self.assertTrue(any(n.startswith(f"b{trip:06d}-") for n in
+                                self.on_stick(self.requests)), self.on_stick(self.requests))
+            self.agent(self.offline, expect=0)
+            self.agent(self.online, expect=0)
+            answer = os.path.join(self.inbox, name + ".pki")
+            self.assertTrue(os.path.exists(answer), os.listdir(self.inbox))
+            self.assertEqual(self.inspect(answer)["cmp"]["body"], body)
+            answers.append(answer)
+            if trip == 3:
+                break
+            # The client reads the answers so far and writes its next pollReq (the files
+            # before it hold the requests it already sent, written again).
+            nxt = os.path.join(self.inbox, f"poll{trip}.der")
+            again = [os.path.join(self.tmp, f"again{trip}-{i}.der") for i in range(trip)]
+            self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                                "-reqin", ",".join(requests), "-rspin", ",".join(answers),
+                                "-reqout", ",".join(again + [nxt]))
+            self.assertTrue(os.path.exists(nxt), "the client wrote no pollReq")
+            requests.append(nxt)
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                   "-reqin", ",".join(requests), "-rspin", ",".join(answers), "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        self.assertEqual([i["state"] for i in self.items()], ["answered"] * 3)
+
     def inspect(self, path):
         return json.loads(run([PKIRELAY, "inspect", "--json", path]).stdout)
 
