@@ -125,7 +125,8 @@ const std::vector<Key<Settings>> &settingsKeys() {
          60,
          31536000,
          {},
-         "After this long since it arrived, an item that still fails transiently is failed."},
+         "After this long since it arrived, an item that still fails transiently is failed "
+         "(at a directory endpoint: its await_max_age_seconds instead)."},
         {"metrics.file",
          Type::Path,
          &S::metricsFile,
@@ -359,7 +360,9 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
          "directory: the media folder requests are written into."},
         {"await_max_age_seconds", Type::Int, &S::awaitMaxAgeSeconds, "2592000 (30 days)", 60,
          315360000, {},
-         "directory: how long a request on the media may wait for its answer; then it fails."},
+         "directory: how long a request may wait: for the media folder to be there (since it "
+         "arrived; retry.max_age_seconds does not apply), then on the media for its answer "
+         "(since it was written); then it fails."},
         {"sign_cert", Type::Path, &S::signCert, "none", 0, 0, {},
          "directory: PEM certificate to sign the batch manifests with (with sign_key)."},
         {"sign_key", Type::Path, &S::signKey, "none", 0, 0, {},

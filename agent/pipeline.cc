@@ -507,7 +507,7 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
             spool::Permanent{fmt::format("{}: no PKI message for a request", reply.detail)};
         break;
     case Reply::Type::Transient:
-        outcome.result = spool::Transient{reply.detail};
+        outcome.result = spool::Transient{reply.detail, reply.maxAgeMs, reply.maxAgeKey};
         break;
     case Reply::Type::Handed:
         // Onto the media (a directory endpoint): the answer comes back on the return leg.

@@ -541,9 +541,14 @@ struct Store::Impl {
             return State::Review;
         }
         if (const auto *t = std::get_if<Transient>(&o.result)) {
-            if (now - createdAt >= policy.maxAge) {
+            const bool ownLimit = t->maxAge > 0;
+            if (now - createdAt >= (ownLimit ? t->maxAge : policy.maxAge)) {
                 newState = "failed";
-                reason = fmt::format("gave up after {} attempts: {}", attempts, t->reason);
+                reason = fmt::format(
+                    "gave up after {} attempts{}: {}", attempts,
+                    ownLimit ? fmt::format(" ({} of endpoint {} passed)", t->maxAgeKey, o.endpoint)
+                             : "",
+                    t->reason);
                 what = "failed";
                 detail = fmt::format("{} (first seen {} ago)", reason, seconds(now - createdAt));
             } else {

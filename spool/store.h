@@ -87,6 +87,11 @@ struct Answer {
 };
 struct Transient {
     std::string reason;
+    // The endpoint's own limit on the item's age (Reply::maxAgeMs), used instead of
+    // RetryPolicy::maxAge when set: a directory endpoint's failures (the stick not plugged in)
+    // count against its await_max_age, not retry.max_age.
+    Millis maxAge = 0;
+    std::string maxAgeKey = {}; // the setting that says so, for the reason
 };
 struct Permanent {
     std::string reason;

@@ -23,7 +23,13 @@ Options: --fail-status N answers every request with HTTP N and an empty body;
            answered (a CA that hangs), until the responder is stopped;
          --delay-ms N waits N ms before answering each request (a slow CA);
          --fixed FILE answers every PKCS#10 with the certs-only response in FILE instead of
-           issuing a certificate (a fast CA for many requests; still logged one by one).
+           issuing a certificate (a fast CA for many requests; still logged one by one);
+         --pending N: a CA that decides later (RFC 5272 §6.1.1 pending, §6.13 queryPending).
+           A Full PKI Request without a queryPending control is answered with status pending
+           and a PendInfo (a new random pendToken, pendTime now); a request whose queryPending
+           control carries that token is answered pending again until it is the N-th such
+           query, which gets success (and the token is spent); an unknown or spent token gets
+           status failed with failInfo badRequest. The tokens live in memory only.
 TLS handshakes run in the connection's thread, so a client that stalls or fails its handshake
 never blocks the listener; a failed handshake is reported on stderr in one line.
 """
@@ -37,10 +43,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 ID_CMC = "1.3.6.1.5.5.7.7."
 OID_TRANSACTION_ID = bytes.fromhex("2b06010505070705")  # id-cmc-transactionId (.7.5)
 OID_SENDER_NONCE = bytes.fromhex("2b06010505070706")  # id-cmc-senderNonce (.7.6)
+OID_QUERY_PENDING = bytes.fromhex("2b06010505070715")  # id-cmc-queryPending (.7.21)
+CMC_SUCCESS, CMC_FAILED, CMC_PENDING = 0, 2, 3  # CMCStatus (RFC 5272 §6.1.1)
+FAIL_BAD_REQUEST = 2  # CMCFailInfo badRequest (RFC 5272 §6.1.4)
 MAX_BODY = 1 << 20
 
 
@@ -64,7 +74,8 @@ def der_items(data):
 
 
 def request_controls(pki_data):
-    """transactionId (INTEGER content octets) and senderNonce from a PKIData (RFC 5272 §3.2.1)."""
+    """transactionId (INTEGER content octets), senderNonce and queryPending (the pendToken)
+    from a PKIData (RFC 5272 §3.2.1, §6.13)."""
     found = {}
     (tag, body), = der_items(pki_data)[:1]
     controls = der_items(body)[0][1]
@@ -75,6 +86,8 @@ def request_controls(pki_data):
             found["tid"] = first
         elif oid == OID_SENDER_NONCE:
             found["nonce"] = first
+        elif oid == OID_QUERY_PENDING:
+            found["query"] = first
     return found
 
 
@@ -90,8 +103,11 @@ def media_type(value):
 
 
 class Responder:
-    def __init__(self, workdir):
+    def __init__(self, workdir, pending=0):
         self.dir = workdir
+        self.pending = pending  # queries until success; 0: answer at once
+        self.tokens = {}  # pendToken -> queries still answered pending
+        self.lock = threading.Lock()
         self.key = os.path.join(workdir, "ca.key")
         self.crt = os.path.join(workdir, "ca.crt")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -111,6 +127,12 @@ class Responder:
         pki_data = openssl("cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-out", "-",
                            data=request)
         found = request_controls(pki_data)
+        status, token = self.decide(found)
+        other = []  # the status's otherInfo (RFC 5272 §6.1.1 OtherStatusInfo)
+        if status == CMC_PENDING:
+            other = ["other=SEQUENCE:pend"]
+        elif status == CMC_FAILED:
+            other = ["other=INTEGER:%d" % FAIL_BAD_REQUEST]
         # RFC 5272 §6.6: recipientNonce echoes the request's senderNonce; §6.6 also wants the
         # transactionId copied when present.
         controls, extra = ["c1=SEQUENCE:status", "c2=SEQUENCE:snonce"], []
@@ -123,13 +145,17 @@ class Responder:
             value = int.from_bytes(found["tid"], "big", signed=True)
             extra += ["[tid]", "id=INTEGER:4", "type=OID:" + ID_CMC + "5", "vals=SET:tidv",
                       "[tidv]", "v=INTEGER:%d" % value]
+        if status == CMC_PENDING:
+            # PendInfo ::= SEQUENCE { pendToken OCTET STRING, pendTime GeneralizedTime }
+            extra += ["[pend]", "token=FORMAT:HEX,OCTETSTRING:" + token.hex(),
+                      "time=GENTIME:" + time.strftime("%Y%m%d%H%M%SZ", time.gmtime())]
         conf = "\n".join([
             "asn1=SEQUENCE:resp", "[resp]", "controls=SEQUENCE:controls", "cms=SEQUENCE:empty",
             "other=SEQUENCE:empty", "[empty]", "[controls]", *controls,
-            # CMCStatusInfoV2 (RFC 5272 §6.1.1): success, for body part 1.
+            # CMCStatusInfoV2 (RFC 5272 §6.1.1) for body part 1, with its otherInfo.
             "[status]", "id=INTEGER:1", "type=OID:" + ID_CMC + "25", "vals=SET:sv",
-            "[sv]", "v=SEQUENCE:si", "[si]", "status=INTEGER:0", "list=SEQUENCE:bl",
-            "[bl]", "b=INTEGER:1",
+            "[sv]", "v=SEQUENCE:si", "[si]", "status=INTEGER:%d" % status, "list=SEQUENCE:bl",
+            *other, "[bl]", "b=INTEGER:1",
             "[snonce]", "id=INTEGER:2", "type=OID:" + ID_CMC + "6", "vals=SET:snv",
             "[snv]", "v=FORMAT:HEX,OCTETSTRING:" + secrets.token_hex(16), *extra, ""])
         cnf, der = os.path.join(tmp, "resp.cnf"), os.path.join(tmp, "resp.der")
@@ -139,6 +165,26 @@ class Responder:
         return openssl("cms", "-sign", "-binary", "-in", der, "-econtent_type",
                        "1.3.6.1.5.5.7.12.3", "-nodetach", "-outform", "DER", "-signer", self.crt,
                        "-inkey", self.key)
+
+    def decide(self, found):
+        """(CMCStatus, pendToken or None) for a Full PKI Request's controls: success unless
+        --pending is given (see the options above)."""
+        if not self.pending:
+            return CMC_SUCCESS, None
+        with self.lock:
+            query = found.get("query")
+            if query is None:
+                token = secrets.token_bytes(16)
+                self.tokens[token] = self.pending
+                return CMC_PENDING, token
+            left = self.tokens.get(query)
+            if left is None:
+                return CMC_FAILED, None
+            if left > 1:
+                self.tokens[query] = left - 1
+                return CMC_PENDING, query
+            del self.tokens[query]
+            return CMC_SUCCESS, None
 
 
 HANDSHAKE_TIMEOUT = 30  # seconds a client gets to finish its TLS handshake
@@ -260,6 +306,8 @@ def main():
     ap.add_argument("--hang-every", type=int, default=0)
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--fixed", help="certs-only response (DER) for every PKCS#10")
+    ap.add_argument("--pending", type=int, default=0,
+                    help="answer Full PKI Requests pending until the N-th queryPending")
     args = ap.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
@@ -274,7 +322,7 @@ def main():
             ctx = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca)
             server.socket = ctx.wrap_socket(server.socket, server_side=True,
                                             do_handshake_on_connect=False)
-        server.responder = Responder(workdir)
+        server.responder = Responder(workdir, args.pending)
         server.fail_status = args.fail_status
         server.hang_every = args.hang_every
         server.count = 0

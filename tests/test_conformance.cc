@@ -30,6 +30,7 @@
 #include "lib/sources/directory.h"
 #include "lib/sources/imap.h"
 #include "lib/sources/media.h"
+#include "lib/transports/directory.h"
 #include "lib/transports/http.h"
 #include "lib/transports/tcp.h"
 #include "peer.h"
@@ -516,6 +517,74 @@ struct CmpTcpFixture {
     static constexpr Kind answerKind = Kind::Cmp;
 };
 
+// The directory endpoint (the air-gap chain's online side): the peer is a folder on removable
+// media; a request is written there and reported Handed, and its answer comes back later on
+// another route (a media-return source), never as this exchange's reply. So it sits out "an
+// answer comes back as a response" (there is none in the exchange) and joins "a request handed
+// over is reported Handed" instead; "cannot be reached" is the folder not there (the stick not
+// plugged in); its capacity is its batch size, and what is sent in a turn is written at the end
+// of that turn, so "abandon" drops exchanges before their turn ends (a network transport's are
+// abandoned mid-exchange).
+struct DirectoryTransportFixture {
+    TempDir dir;
+    std::string media = dir / "stick";
+    DirectoryTransportFixture() { std::filesystem::create_directory(media); }
+    std::unique_ptr<Transport> make(const std::string &path, unsigned batch = 4,
+                                    std::chrono::milliseconds = 10s) {
+        DirectoryEndpoint ep;
+        ep.name = "test";
+        ep.path = path;
+        ep.stateFile = dir / "batches";
+        ep.maxBatch = batch;
+        ep.wallClock = [] {
+            return std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        };
+        return std::make_unique<DirectoryTransport>(ep);
+    }
+    std::string answering() { return media; }
+    std::string unreachable() { return dir / "unplugged"; }
+    std::string silent() { return media; }
+    static constexpr bool repliesAtTurnEnd = true;
+    Bytes request(const std::string &cn) { return makeCsr(dir, cn); }
+    static constexpr Kind requestKind = Kind::CmcSimpleRequest;
+    // The names on the media (without temporary or hidden files).
+    std::set<std::string> onMedia() const {
+        std::set<std::string> names;
+        for (const auto &e : std::filesystem::directory_iterator(media))
+            if (!e.path().filename().string().starts_with('.'))
+                names.insert(e.path().filename().string());
+        return names;
+    }
+};
+
+// Where a transport cannot deliver, and where it is kept waiting: for a network transport a
+// closed loopback port and one that accepts and never answers (held open by the caller); a
+// fixture with its own kind of peer says where.
+template <class F> std::string unreachablePeer(F &f, std::unique_ptr<LoopbackSocket> &held) {
+    if constexpr (requires { f.unreachable(); }) {
+        return f.unreachable();
+    } else {
+        held = std::make_unique<LoopbackSocket>(false);
+        return f.at(held->port());
+    }
+}
+template <class F> std::string silentPeer(F &f, std::unique_ptr<LoopbackSocket> &held) {
+    if constexpr (requires { f.silent(); }) {
+        return f.silent();
+    } else {
+        held = std::make_unique<LoopbackSocket>(true);
+        return f.at(held->port());
+    }
+}
+template <class F> constexpr bool repliesAtTurnEnd() {
+    if constexpr (requires { F::repliesAtTurnEnd; })
+        return F::repliesAtTurnEnd;
+    else
+        return false;
+}
+
 } // namespace
 
 TEMPLATE_TEST_CASE("transport: an answer comes back as a response, every byte kept",
@@ -538,12 +607,47 @@ TEMPLATE_TEST_CASE("transport: an answer comes back as a response, every byte ke
     CHECK(t->inFlight() == 0);
 }
 
-TEMPLATE_TEST_CASE("transport: a peer that cannot be reached is a transient failure",
-                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture) {
+TEMPLATE_TEST_CASE("transport: a request handed over is reported Handed, every byte on the way",
+                   "[conformance][transport]", DirectoryTransportFixture) {
     TestType f;
     EventLoop loop;
-    LoopbackSocket closed(false);
-    auto t = f.make(f.at(closed.port()));
+    auto t = f.make(f.answering());
+    t->attach(loop);
+    const Bytes a = f.request("a"), b = f.request("b");
+    std::map<std::int64_t, Reply> got;
+    auto keep = [&](Reply r) {
+        const auto id = r.id;
+        got.emplace(id, std::move(r));
+    };
+    t->send({41, TestType::requestKind, a}, keep);
+    t->send({42, TestType::requestKind, b}, keep);
+    CHECK(t->inFlight() == 2);
+    REQUIRE(turnUntil(
+        loop, [&] { return got.size() == 2; }, 20s));
+    CHECK(t->inFlight() == 0);
+    std::set<std::string> names;
+    for (const auto &[id, r] : got) {
+        CHECK(r.type == Reply::Type::Handed);
+        CHECK(!r.response);
+        CHECK(!r.handedAs.empty());
+        CHECK(r.batch == got.at(41).batch); // sent in one turn: one batch
+        CHECK(r.awaitMs > 0);
+        // Every byte of the request is where the reply says it went.
+        CHECK(readFile(std::filesystem::path(f.answering()) / r.handedAs) == (id == 41 ? a : b));
+        names.insert(r.handedAs);
+    }
+    CHECK(names.size() == 2);
+    // And the batch's manifest is there (written last: the batch is complete).
+    CHECK(f.onMedia().size() == 3);
+}
+
+TEMPLATE_TEST_CASE("transport: a peer that cannot be reached is a transient failure",
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture,
+                   DirectoryTransportFixture) {
+    TestType f;
+    EventLoop loop;
+    std::unique_ptr<LoopbackSocket> closed;
+    auto t = f.make(unreachablePeer(f, closed));
     t->attach(loop);
     std::optional<Reply> got;
     const Bytes csr = f.request("u");
@@ -555,11 +659,12 @@ TEMPLATE_TEST_CASE("transport: a peer that cannot be reached is a transient fail
 }
 
 TEMPLATE_TEST_CASE("transport: capacity bounds what is in flight; abandon drops it silently",
-                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture) {
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture,
+                   DirectoryTransportFixture) {
     TestType f;
     EventLoop loop;
-    LoopbackSocket silent(true); // accepts, never answers
-    auto t = f.make(f.at(silent.port()), 2, 60s);
+    std::unique_ptr<LoopbackSocket> silent;
+    auto t = f.make(silentPeer(f, silent), 2, 60s);
     t->attach(loop);
     const Bytes csr = f.request("v");
     int replies = 0;
@@ -568,7 +673,8 @@ TEMPLATE_TEST_CASE("transport: capacity bounds what is in flight; abandon drops 
     t->send({2, TestType::requestKind, csr}, [&](Reply) { ++replies; });
     CHECK(t->capacity() == 0);
     CHECK(t->inFlight() == 2);
-    loop.turn(100);
+    if constexpr (!repliesAtTurnEnd<TestType>())
+        loop.turn(100); // the exchanges get under way
     auto ids = t->abandon();
     std::sort(ids.begin(), ids.end());
     CHECK(ids == std::vector<std::int64_t>{1, 2});
@@ -577,6 +683,8 @@ TEMPLATE_TEST_CASE("transport: capacity bounds what is in flight; abandon drops 
     for (int i = 0; i < 5; ++i)
         loop.turn(20);
     CHECK(replies == 0);
+    if constexpr (requires { f.onMedia(); })
+        CHECK(f.onMedia().empty()); // nothing abandoned was written
 }
 
 // ---- Responders -------------------------------------------------------------------------------

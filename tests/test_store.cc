@@ -435,6 +435,31 @@ TEST_CASE("record: transient failures back off, then fail at the maximum age") {
     CHECK(store.claim(10, now + 10'000'000, now + 10'000'100).empty());
 }
 
+TEST_CASE("record: an endpoint's own age limit replaces retry.max_age for its failures") {
+    // A directory endpoint (the air-gap chain) waits for a stick that is away for days: its
+    // transient failures count against its await_max_age, not retry.max_age.
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    RetryPolicy policy;
+    policy.initial = 1000;
+    policy.maxAge = 60'000;
+    auto id = ingest(store, {submit(p10("req"), "r.p10")}, t0)[0].itemId;
+    const Transient away{"writing to the media folder /media/stick: No such file or directory",
+                         3'600'000, "await_max_age_seconds"};
+    Millis now = t0 + 120'000; // past retry.max_age
+    REQUIRE(store.claim(10, now, now + 100).size() == 1);
+    record(store, {id, "stick", away}, now, policy);
+    CHECK(store.show(id)->summary.state == State::Deferred);
+    now = t0 + 3'600'000; // past the endpoint's own limit
+    REQUIRE(store.claim(10, now, now + 100).size() == 1);
+    record(store, {id, "stick", away}, now, policy);
+    auto d = store.show(id);
+    CHECK(d->summary.state == State::Failed);
+    CHECK(d->summary.reason == "gave up after 2 attempts (await_max_age_seconds of endpoint "
+                               "stick passed): writing to the media folder /media/stick: No "
+                               "such file or directory");
+}
+
 TEST_CASE("record: permanent failure, late outcomes, and a failed item resubmitted") {
     TempDir dir;
     auto store = Store::open(dir.db());

@@ -109,6 +109,10 @@ void DirectoryTransport::writeBatch(std::vector<Queued> &batch) {
             r.id = q.id;
             r.type = Reply::Type::Transient;
             r.detail = why;
+            // The stick away is this endpoint's normal state, for days: its requests wait by
+            // the endpoint's own clock, not retry.max_age (which is for a CA that is down).
+            r.maxAgeMs = endpoint_.awaitMs;
+            r.maxAgeKey = "await_max_age_seconds";
             q.onReply(std::move(r));
         }
     };

@@ -51,6 +51,12 @@ struct Reply {
     std::string handedAs;
     std::int64_t batch = 0;
     std::int64_t awaitMs = 0;
+    // For Transient: how long since the item arrived its transient failures at this endpoint
+    // are retried before it fails, when the endpoint has its own limit (a directory endpoint:
+    // await_max_age_seconds, since a stick away for days is its normal state); 0: the
+    // store's retry.max_age. maxAgeKey names the setting, for the reason when the item fails.
+    std::int64_t maxAgeMs = 0;
+    std::string maxAgeKey;
 };
 
 class Transport {

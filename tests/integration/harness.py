@@ -8,6 +8,7 @@ Environment (set by tests/meson.build): PKIRELAY = the binary, PKIRELAY_SHARED =
 
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -164,6 +165,42 @@ def start_cmc_responder(*extra):
     peer = Peer([sys.executable, os.path.join(TESTS_DIR, "cmc_responder.py"), *extra],
                 "LISTENING")
     return peer, int(peer.ready_line.split()[1])
+
+
+def cmc_full_request(folder, name, transaction_id=0x4242, query_pending=None):
+    """A CMC Full PKI Request made by the openssl command line: SignedData over a PKIData with
+    the transactionId and a new senderNonce (RFC 5272 §3.2.1, §6.6), and, given a pendToken
+    (bytes), a queryPending control carrying it (§6.13: asking about a pending request). Signed
+    by a throw-away key kept in folder. Returns (path, senderNonce hex)."""
+    nonce = secrets.token_hex(16)
+    controls = ["c1 = SEQUENCE:txid", "c2 = SEQUENCE:snonce"]
+    sections = ["[txid]", "bpid = INTEGER:1", "type = OID:1.3.6.1.5.5.7.7.5",
+                "values = SET:txidval", "[txidval]", f"v = INTEGER:{transaction_id:#x}",
+                "[snonce]", "bpid = INTEGER:2", "type = OID:1.3.6.1.5.5.7.7.6",
+                "values = SET:snonceval", "[snonceval]", f"v = FORMAT:HEX,OCTETSTRING:{nonce}"]
+    if query_pending is not None:
+        controls.append("c3 = SEQUENCE:query")
+        sections += ["[query]", "bpid = INTEGER:3", "type = OID:1.3.6.1.5.5.7.7.21",
+                     "values = SET:queryval", "[queryval]",
+                     f"v = FORMAT:HEX,OCTETSTRING:{query_pending.hex()}"]
+    cnf = os.path.join(folder, name + ".cnf")
+    with open(cnf, "w") as f:
+        f.write("\n".join(["asn1 = SEQUENCE:pkidata", "[pkidata]",
+                           "controls = SEQUENCE:controls", "reqs = SEQUENCE:empty",
+                           "cms = SEQUENCE:empty", "other = SEQUENCE:empty", "[empty]",
+                           "[controls]", *controls, *sections, ""]))
+    pkidata = os.path.join(folder, name + ".pkidata")
+    openssl("asn1parse", "-genconf", cnf, "-noout", "-out", pkidata)
+    signer = os.path.join(folder, "cmc-requester")
+    if not os.path.exists(signer + ".key"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", signer + ".key", "-out", signer + ".crt", "-subj", "/CN=cmc-requester",
+                "-days", "2")
+    path = os.path.join(folder, name)
+    openssl("cms", "-sign", "-binary", "-nodetach", "-in", pkidata, "-econtent_type",
+            "1.3.6.1.5.5.7.12.2", "-signer", signer + ".crt", "-inkey", signer + ".key",
+            "-outform", "DER", "-out", path)
+    return path, nonce
 
 
 def wait_until(condition, what, deadline=DEADLINE, interval=0.1):

@@ -16,17 +16,24 @@ signed manifests; the wait's maximum age; `pkirelay media status` and the transf
 
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import unittest
 
-from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl,
-                     read_responder_log, run, start_cmc_responder, start_cmp_server)
+from harness import (PKIRELAY, TESTS_DIR, CmpCredentials, PkirelayTestCase, cmc_full_request,
+                     cmp_client, openssl, read_responder_log, run, start_cmc_responder,
+                     start_cmp_server)
 
+from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
+from test_mail import ALICE, ENROLL, attachment, make_mail, the_reply
+
+MISSING_MAIL = missing_mail_tools()
 UNREACHABLE = "127.0.0.1:1/pkix/"  # nothing listens on port 1: the client only writes files
 
 
-class AirGap(PkirelayTestCase):
+class AirGapBase(PkirelayTestCase):
+    """The two agents, the stick and the CAs; the cases are in the classes below."""
 
     def setUp(self):
         super().setUp()
@@ -80,9 +87,9 @@ class AirGap(PkirelayTestCase):
         self.write_offline(f"http://127.0.0.1:{port}/pkix/",
                            endpoint_extra="max_connections = 1\nkeep_alive = false")
 
-    def start_cmc_ca(self):
+    def start_cmc_ca(self, *extra):
         self.log = os.path.join(self.tmp, "ca.log")
-        peer, port = start_cmc_responder("--log", self.log)
+        peer, port = start_cmc_responder("--log", self.log, *extra)
         self.peers.append(peer)
         self.write_offline(f"http://127.0.0.1:{port}/cmc")
 
@@ -101,6 +108,10 @@ class AirGap(PkirelayTestCase):
 
     def item_state(self, item_id):
         return self.show(item_id)["state"]
+
+
+
+class AirGap(AirGapBase):
 
     # --- the whole chain ----------------------------------------------------------------------
 
@@ -166,6 +177,52 @@ class AirGap(PkirelayTestCase):
         for name in ("alice", "bob"):
             openssl("pkcs7", "-inform", "DER", "-in", os.path.join(self.inbox, name + ".p7c"),
                     "-print_certs", "-noout")
+
+    def readme_block(self, heading):
+        """The first TOML block after heading in the README's air-gap walkthrough."""
+        with open(os.path.join(os.path.dirname(TESTS_DIR), "README.md")) as f:
+            text = f.read()
+        start = text.index("```toml\n", text.index(heading)) + len("```toml\n")
+        return text[start:text.index("```", start)]
+
+    def test_readme_walkthrough_configurations_run_the_chain(self):
+        # The README's two configurations, with this test's folders for the machine's and the
+        # CA's address, carry a request there and back: the walkthrough is what runs.
+        peer, port = start_cmc_responder()
+        self.peers.append(peer)
+        places = {"/var/lib/pkirelay/online.db": f"{self.tmp}/online/store.db",
+                  "/var/lib/pkirelay/offline.db": f"{self.tmp}/offline/store.db",
+                  "/srv/pkirelay/inbox": self.inbox, "/media/stick": self.stick,
+                  "http://127.0.0.1:8080/.well-known/cmp": f"http://127.0.0.1:{port}/cmc"}
+        for config, heading in ((self.online, "Online side (`/etc/pkirelay/online.toml`)"),
+                                (self.offline, "Offline side (`/etc/pkirelay/offline.toml`")):
+            text = self.readme_block(heading)
+            for old, new in places.items():
+                text = text.replace(old, new)
+            with open(config, "w") as f:
+                f.write(text)
+            run([PKIRELAY, "check-config", "-c", config])
+        # The mail variant is a source added to the online side (checked, not run: the mail leg
+        # runs in AirGapMail with the same keys).
+        secret = os.path.join(self.tmp, "imap.password")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("secret\n")
+        mail = self.readme_block("Requests by mail as well").replace(
+            "/etc/pkirelay/imap.password", secret)
+        with_mail = os.path.join(self.tmp, "online", "with-mail.toml")
+        with open(self.online) as f, open(with_mail, "w") as out:
+            out.write(f.read() + "\n" + mail)
+        run([PKIRELAY, "check-config", "-c", with_mail])
+        # So is the second CA with its routes, added to the offline side.
+        two_cas = os.path.join(self.tmp, "offline", "two-cas.toml")
+        with open(self.offline) as f, open(two_cas, "w") as out:
+            out.write(f.read() + "\n" + self.readme_block("A CMP CA and a CMC CA"))
+        run([PKIRELAY, "check-config", "-c", two_cas])
+        self.csr("alice.p10")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
 
     # --- in transit ---------------------------------------------------------------------------
 
@@ -331,6 +388,53 @@ class AirGap(PkirelayTestCase):
         self.agent(self.online, expect=65)
         self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10"])
 
+    def age_items(self, seconds):
+        """Makes every item seconds older (its arrival, which retry.max_age counts from) and due
+        now, instead of waiting."""
+        db = sqlite3.connect(os.path.join(self.tmp, "online", "store.db"))
+        db.execute("UPDATE item SET created_at = created_at - ?1, next_try = CASE WHEN state = "
+                   "'deferred' THEN 0 ELSE next_try END", (seconds * 1000,))
+        db.commit()
+        db.close()
+
+    def test_waiting_for_the_stick_counts_against_await_max_age_not_retry_max_age(self):
+        # A stick trip takes longer than retry.max_age (one day by default): a request waiting
+        # for the stick, or out on it, must not fail by that clock, only by the directory
+        # endpoint's own await_max_age_seconds.
+        self.start_cmc_ca()
+        self.write_online(endpoint_extra="await_max_age_seconds = 3600")
+        with open(self.online, "a") as f:
+            f.write("[retry]\nmax_age_seconds = 60\ninitial_seconds = 1\n")
+        self.csr("alice.p10")
+        os.rename(self.stick, self.stick + ".away")
+        self.agent(self.online, expect=75)
+        self.assertEqual(self.item_state(1), "deferred")
+        # Two minutes later (past retry.max_age, within await_max_age), the stick still away.
+        self.age_items(120)
+        proc = self.agent(self.online, expect=75)
+        self.assertEqual(self.item_state(1), "deferred", proc.stderr)
+        # The stick is back: written, and out on it longer than retry.max_age.
+        os.rename(self.stick + ".away", self.stick)
+        self.age_items(1)
+        self.agent(self.online, expect=0)
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.age_items(120)
+        self.agent(self.online, expect=0)
+        self.assertEqual(self.item_state(1), "awaiting")
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        self.assertIn("alice.p7c", os.listdir(self.inbox))
+
+        # A request that waits for the stick past await_max_age fails, and says which limit.
+        self.csr("bob.p10")
+        os.rename(self.stick, self.stick + ".away")
+        self.agent(self.online, expect=75)
+        self.age_items(7200)
+        proc = self.agent(self.online, expect=65)
+        bob = [i for i in self.items() if i["origin"] == "bob.p10"][0]
+        self.assertEqual(bob["state"], "failed")
+        self.assertIn("await_max_age_seconds", self.show(bob["id"])["reason"])
+
     # --- signed manifests ---------------------------------------------------------------------
 
     def make_signer(self, name):
@@ -413,6 +517,211 @@ class AirGap(PkirelayTestCase):
                    "-reqin", f"{ir},{poll}", "-rspin", f"{waiting},{final}", "-certout", cert)
         self.assertIn("CN = enrolled-leaf",
                       openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+
+    def test_cmp_polling_with_a_pollrep_on_the_middle_trip(self):
+        # -poll_count 2: the ip "waiting", then a pollRep (check again later) to the first
+        # pollReq, and the ip with the certificate to the second; three trips, each answer
+        # matched to the request that went out on it.
+        self.start_cmp_ca("-grant_implicitconf", "-poll_count", "2", "-check_after", "0")
+        ir = os.path.join(self.inbox, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                            "-reqout", ir)
+        requests, answers = [ir], []
+        for trip, (name, body) in enumerate((("ir", "ip"), ("poll1", "pollRep"),
+                                             ("poll2", "ip")), start=1):
+            self.agent(self.online, expect=0)
+            self.assertTrue(any(n.startswith(f"b{trip:06d}-") for n in
+                                self.on_stick(self.requests)), self.on_stick(self.requests))
+            self.agent(self.offline, expect=0)
+            self.agent(self.online, expect=0)
+            answer = os.path.join(self.inbox, name + ".pki")
+            self.assertTrue(os.path.exists(answer), os.listdir(self.inbox))
+            self.assertEqual(self.inspect(answer)["cmp"]["body"], body)
+            answers.append(answer)
+            if trip == 3:
+                break
+            # The client reads the answers so far and writes its next pollReq (the files
+            # before it hold the requests it already sent, written again).
+            nxt = os.path.join(self.inbox, f"poll{trip}.der")
+            again = [os.path.join(self.tmp, f"again{trip}-{i}.der") for i in range(trip)]
+            self.offline_client("-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                                "-reqin", ",".join(requests), "-rspin", ",".join(answers),
+                                "-reqout", ",".join(again + [nxt]))
+            self.assertTrue(os.path.exists(nxt), "the client wrote no pollReq")
+            requests.append(nxt)
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Offline", "-implicit_confirm",
+                   "-reqin", ",".join(requests), "-rspin", ",".join(answers), "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        self.assertEqual([i["state"] for i in self.items()], ["answered"] * 3)
+
+    def inspect(self, path):
+        return json.loads(run([PKIRELAY, "inspect", "--json", path]).stdout)
+
+    def drop(self, path, name):
+        """Puts a finished request into the online inbox (written whole, then renamed)."""
+        with open(path, "rb") as f:
+            data = f.read()
+        part = os.path.join(self.inbox, "." + name + ".part")
+        with open(part, "wb") as f:
+            f.write(data)
+        os.rename(part, os.path.join(self.inbox, name))
+
+    def test_cmc_pending_then_query_pending_across_two_trips(self):
+        # The CA answers the Full PKI Request "pending" with a pendToken (RFC 5272 §6.1.1); the
+        # requester's queryPending (§6.13) travels on the next trip, is matched like any
+        # request, and gets the final answer.
+        self.start_cmc_ca("--pending", "1")
+        request, nonce = cmc_full_request(self.tmp, "req.der")
+        self.drop(request, "req.crq")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        first = os.path.join(self.inbox, "req.crp")
+        self.assertTrue(os.path.exists(first), os.listdir(self.inbox))
+        pending = self.inspect(first)["cmc"]
+        self.assertEqual(pending["status_name"], "pending")
+        self.assertEqual(pending["recipient_nonce"], nonce)
+        self.assertTrue(pending["pend_token"])
+        self.assertEqual(self.item_state(1), "answered")
+
+        query, query_nonce = cmc_full_request(self.tmp, "query.der",
+                                              query_pending=bytes.fromhex(pending["pend_token"]))
+        self.drop(query, "query.crq")
+        self.agent(self.online, expect=0)
+        self.assertTrue(any(n.startswith("b000002-") for n in self.on_stick(self.requests)))
+        self.agent(self.offline, expect=0)
+        self.agent(self.online, expect=0)
+        final = os.path.join(self.inbox, "query.crp")
+        self.assertTrue(os.path.exists(final), os.listdir(self.inbox))
+        # OpenSSL checks the signature and the content type; the status is the CA's decision.
+        openssl("cms", "-verify", "-noverify", "-inform", "DER", "-in", final,
+                "-out", os.path.join(self.tmp, "pkiresponse.der"))
+        printed = openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", final).stdout
+        self.assertRegex(printed, r"eContentType: (id-cct-PKIResponse|1\.3\.6\.1\.5\.5\.7\.12\.3)")
+        answer = self.inspect(final)["cmc"]
+        self.assertEqual(answer["status_name"], "success")
+        self.assertEqual(answer["recipient_nonce"], query_nonce)
+        self.assertEqual(answer["transaction_id"], pending["transaction_id"])
+        self.assertEqual(len(read_responder_log(self.log)), 2)
+        self.assertEqual([i["state"] for i in self.items()], ["answered", "answered"])
+        self.assertEqual(self.media_status()["awaiting"], 0)
+
+
+
+@unittest.skipIf(MISSING_MAIL, f"mail tests skipped: {MISSING_MAIL}")
+class AirGapMail(AirGapBase):
+    """The mail leg: Dovecot and the SMTP server of the mail tests (mail_peers) in front of the
+    online agent; OpenSSL's CMP server and tests/cmc_responder.py behind the offline one.
+
+      swaks -> SMTP -> Dovecot -> online pkirelay (IMAPS) -> stick -> offline pkirelay -> CA
+      -> stick -> online pkirelay -> reply mail (SMTP) -> captured, checked by OpenSSL
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.dovecot = Dovecot(os.path.join(self.tmp, "dovecot"))
+        self.dovecot.start()
+        self.addCleanup(self.dovecot.stop)
+        self.smtp = SmtpCapture(os.path.join(self.tmp, "smtp"), self.dovecot)
+        self.smtp.start()
+        self.addCleanup(self.smtp.stop)
+        secret = os.path.join(self.tmp, "imap.password")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(Dovecot.PASSWORD + "\n")
+        with open(self.online, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/online/store.db"\n'
+                    f'[source.mail]\ntype = "imap"\n'
+                    f'url = "imaps://127.0.0.1:{self.dovecot.imaps_port}/"\n'
+                    f'user = "{Dovecot.USER}"\npassword_file = "{secret}"\n'
+                    f'ca_file = "{self.dovecot.cert}"\n'
+                    f'smtp_url = "smtp://127.0.0.1:{self.smtp.port}"\n'
+                    f'reply_from = "{ENROLL}"\nendpoint = "stick"\n'
+                    f'[source.return]\ntype = "media-return"\npath = "{self.responses}"\n'
+                    f'endpoint = "stick"\n'
+                    f'[endpoint.stick]\ntype = "directory"\npath = "{self.requests}"\n')
+        # Both CAs behind the offline agent: CMP to OpenSSL's server, CMC to the responder.
+        self.creds = CmpCredentials(self.tmp)
+        peer, cmp_port = start_cmp_server(self.creds, "-grant_implicitconf")
+        self.peers.append(peer)
+        self.log = os.path.join(self.tmp, "ca.log")
+        peer, cmc_port = start_cmc_responder("--log", self.log)
+        self.peers.append(peer)
+        with open(self.offline, "w") as f:
+            f.write(f'[store]\npath = "{self.tmp}/offline/store.db"\n'
+                    f'[source.stick]\ntype = "media"\npath = "{self.requests}"\n'
+                    f'responses = "{self.responses}"\n'
+                    f'[endpoint.cmp]\nurl = "http://127.0.0.1:{cmp_port}/pkix/"\n'
+                    f'max_connections = 1\nkeep_alive = false\n'
+                    f'[endpoint.cmc]\nurl = "http://127.0.0.1:{cmc_port}/cmc"\n'
+                    f'[[route]]\nkind = "cmp"\nendpoint = "cmp"\n'
+                    f'[[route]]\nendpoint = "cmc"\n')
+
+    def mail_in(self, parts):
+        """Mails the request to the enrollment address as a user would (swaks)."""
+        raw, message_id = make_mail(parts)
+        path = os.path.join(self.tmp, f"out-{secrets.token_hex(4)}.eml")
+        with open(path, "wb") as f:
+            f.write(raw)
+        swaks(self.smtp.port, ALICE, ENROLL, "--data", f"@{path}")
+        return message_id
+
+    def trip(self):
+        """Online (the mail is fetched, its request written onto the stick), offline (relayed
+        to the CA, the answer written back), online again (matched, the reply mailed)."""
+        self.agent(self.online, expect=0)
+        self.assertEqual(len(self.data_files(self.requests)), 1, self.on_stick(self.requests))
+        self.assertEqual(self.items()[0]["state"], "awaiting")
+        self.assertEqual(self.smtp.mails(), [], "a reply before the answer came back")
+        self.assertEqual(self.dovecot.count("processed"), 1)
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(self.data_files(self.responses)), 1, self.on_stick(self.responses))
+        proc = self.agent(self.online, expect=0)
+        self.assertIn("answer matched", proc.stderr)
+        self.assertEqual(self.item_state(1), "answered")
+
+    def test_cmp_ir_by_mail_answered_by_reply_mail_through_the_stick(self):
+        ir = os.path.join(self.tmp, "ir.der")
+        self.offline_client("-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+                            "-reqout", ir)
+        with open(ir, "rb") as f:
+            mid = self.mail_in([("application/pkixcmp", "ir.der", f.read())])
+        self.trip()
+        part, der = attachment(self, the_reply(self, self.smtp, mid))
+        self.assertEqual(part.get_content_type(), "application/pkixcmp")
+        self.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
+        ip = os.path.join(self.tmp, "ip.pki")
+        with open(ip, "wb") as f:
+            f.write(der)
+        cert = os.path.join(self.tmp, "cert.pem")
+        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+                   "-reqin", ir, "-rspin", ip, "-certout", cert)
+        self.assertIn("CN = enrolled-leaf",
+                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        self.assertEqual(read_responder_log(self.log), [], "CMP went to the CMC responder")
+        # Nothing more: another pass mails nothing again.
+        self.agent(self.online, expect=0)
+        self.assertEqual(len(self.smtp.mails()), 1)
+
+    def test_pkcs10_by_mail_answered_by_reply_mail_through_the_stick(self):
+        key = os.path.join(self.tmp, "alice.key")
+        csr = os.path.join(self.tmp, "alice.p10")
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-subj", "/CN=alice", "-outform", "DER", "-out", csr)
+        with open(csr, "rb") as f:
+            mid = self.mail_in([("application/pkcs10", "alice.p10", f.read())])
+        self.trip()
+        part, der = attachment(self, the_reply(self, self.smtp, mid))
+        self.assertEqual(part.get_content_type(), "application/pkcs7-mime")
+        self.assertEqual(part.get_param("smime-type").lower(), "certs-only")
+        p7c = os.path.join(self.tmp, "reply.p7c")
+        with open(p7c, "wb") as f:
+            f.write(der)
+        self.assertIn("CN = alice", openssl("pkcs7", "-inform", "DER", "-in", p7c,
+                                            "-print_certs").stdout)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
 
 
 if __name__ == "__main__":

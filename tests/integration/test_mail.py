@@ -61,6 +61,31 @@ def make_mail(parts, sender=ALICE, subject="certificate request", extra_headers=
     return text.encode(), message_id
 
 
+def the_reply(case, smtp, request_id, to=ALICE):
+    """The one reply smtp (mail_peers.SmtpCapture) captured; case (a TestCase) checks what
+    RFC 5322 and RFC 3834 ask of it. Also used by test_airgap's mail leg."""
+    mails = smtp.mails()
+    case.assertEqual(len(mails), 1, f"expected one reply, got {len(mails)}")
+    rcpt, raw = mails[0]
+    case.assertEqual(rcpt, ["<>", to], "envelope: null reverse-path, the requester")
+    case.assertNotIn(b"\n", raw.replace(b"\r\n", b""), "a bare LF in the reply")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    for header in ("Date", "Message-ID", "MIME-Version", "From", "To", "Subject"):
+        case.assertIsNotNone(msg[header], f"no {header}")
+    case.assertEqual(msg["Auto-Submitted"], "auto-replied")
+    case.assertEqual(msg["In-Reply-To"], request_id)
+    case.assertIn(request_id, msg["References"])
+    case.assertEqual(msg["To"], to)
+    return msg
+
+
+def attachment(case, msg):
+    """The one response attached to a reply: (the MIME part, its decoded bytes)."""
+    parts = [p for p in msg.iter_attachments()]
+    case.assertEqual(len(parts), 1, "one response attached")
+    return parts[0], parts[0].get_payload(decode=True)
+
+
 @unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
 class MailRoundTrip(PkirelayTestCase):
 
@@ -118,25 +143,10 @@ class MailRoundTrip(PkirelayTestCase):
         return self.smtp.mails()
 
     def the_reply(self, request_id, to=ALICE):
-        """The one reply there is; checks what RFC 5322 and RFC 3834 ask of it."""
-        mails = self.replies()
-        self.assertEqual(len(mails), 1, f"expected one reply, got {len(mails)}")
-        rcpt, raw = mails[0]
-        self.assertEqual(rcpt, ["<>", to], "envelope: null reverse-path, the requester")
-        self.assertNotIn(b"\n", raw.replace(b"\r\n", b""), "a bare LF in the reply")
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        for header in ("Date", "Message-ID", "MIME-Version", "From", "To", "Subject"):
-            self.assertIsNotNone(msg[header], f"no {header}")
-        self.assertEqual(msg["Auto-Submitted"], "auto-replied")
-        self.assertEqual(msg["In-Reply-To"], request_id)
-        self.assertIn(request_id, msg["References"])
-        self.assertEqual(msg["To"], to)
-        return msg
+        return the_reply(self, self.smtp, request_id, to)
 
     def attachment(self, msg):
-        parts = [p for p in msg.iter_attachments()]
-        self.assertEqual(len(parts), 1, "one response attached")
-        return parts[0], parts[0].get_payload(decode=True)
+        return attachment(self, msg)
 
     def mailbox_counts(self):
         return {box: self.dovecot.count(box) for box in ("INBOX", "processed", "rejected")}
