@@ -687,6 +687,28 @@ TEMPLATE_TEST_CASE("transport: capacity bounds what is in flight; abandon drops 
         CHECK(f.onMedia().empty()); // nothing abandoned was written
 }
 
+TEMPLATE_TEST_CASE("transport: destroyed once abandoned, before the loop turns again",
+                   "[conformance][transport]", HttpFixture, CmcTcpFixture, CmpTcpFixture,
+                   DirectoryTransportFixture) {
+    // A reload retires the old transports, abandons what they hold and drops those with nothing
+    // in flight at once: whatever they deferred or registered with the loop must not outlive
+    // them (the sanitizer build turns a use after free here into a failed test).
+    TestType f;
+    EventLoop loop;
+    std::unique_ptr<LoopbackSocket> silent;
+    auto t = f.make(silentPeer(f, silent), 2, 60s);
+    t->attach(loop);
+    int replies = 0;
+    t->send({1, TestType::requestKind, f.request("w")}, [&](Reply) { ++replies; });
+    t->abandon();
+    t.reset();
+    for (int i = 0; i < 3; ++i)
+        loop.turn(20);
+    CHECK(replies == 0);
+    if constexpr (requires { f.onMedia(); })
+        CHECK(f.onMedia().empty());
+}
+
 // ---- Responders -------------------------------------------------------------------------------
 
 namespace {

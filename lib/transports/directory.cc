@@ -39,7 +39,10 @@ void DirectoryTransport::send(const Exchange &exchange, OnReply onReply) {
         return;
     flushScheduled_ = true;
     // Everything sent in this turn is one batch: one manifest, one folder sync.
-    loop_->defer([this] { flush(); });
+    loop_->defer([this, alive = std::weak_ptr<char>(alive_)] {
+        if (!alive.expired())
+            flush();
+    });
 }
 
 std::vector<std::int64_t> DirectoryTransport::abandon() {

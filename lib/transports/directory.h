@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,9 @@ private:
     EventLoop *loop_ = nullptr;
     std::vector<Queued> queued_;
     bool flushScheduled_ = false;
+    // The deferred flush holds a weak reference: a transport retired by a reload may be destroyed
+    // (abandoned, nothing in flight) before the loop runs what it deferred.
+    std::shared_ptr<char> alive_ = std::make_shared<char>();
     // The batch being flushed: a reply may lead to new sends (claims for freed places), which
     // wait for the next batch.
     std::uint64_t generation_ = 0;
