@@ -726,14 +726,14 @@ Taken ImapSource::take(Ledger &ledger, std::size_t maxItems, std::size_t maxByte
         }
     }
     std::sort(candidates.begin(), candidates.end());
-    if (full || retry)
-        leftover_.clear(); // each is a candidate now; what fails again is added back
     retryLeftover_ = false;
     if (candidates.size() > maxItems) {
         candidates.resize(maxItems);
         taken.more = true;
     }
     if (candidates.empty()) {
+        if (full || retry)
+            leftover_.clear(); // none of them is in the mailbox any more
         if (loop_)
             idleStartTimer_ = loop_->after(0, [this] { startIdle(); });
         return taken;
@@ -787,6 +787,19 @@ Taken ImapSource::take(Ledger &ledger, std::size_t maxItems, std::size_t maxByte
         for (auto &r : fetched.untagged)
             if (auto uid = numberAfter(r.line, "UID"); uid && !r.literals.empty())
                 bodies[static_cast<std::uint32_t>(*uid)] = std::move(r.literals.front());
+    }
+    // The left-over UIDs looked at now leave the set (what fails again is added back below or
+    // by acknowledge()); those the bounds left for later are looked at by the next take.
+    if (full || retry) {
+        if (!taken.more) {
+            leftover_.clear(); // each was a candidate, or is gone from the mailbox
+        } else {
+            for (auto uid : toFetch)
+                leftover_.erase(uid);
+            for (const auto &reject : rejects)
+                leftover_.erase(reject.first);
+            retryLeftover_ = !leftover_.empty();
+        }
     }
 
     std::uint32_t cursorUid = lastUid;
