@@ -299,8 +299,8 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          "imap: addresses and domains that may submit, separated by commas or spaces "
          "(\"ann@example.org, example.net\"); mail from others is rejected unanswered."},
         {"rate_limit_per_hour", Type::Int, &S::rateLimitPerHour, "0", 0, 100000, {},
-         "imap: most request mails relayed per sender per hour (0: no limit); more are "
-         "rejected unanswered."},
+         "imap: most request mails relayed per sender in the last hour (0: no limit); more "
+         "are rejected unanswered. Counted in the store, so it holds across runs."},
         {"require_manifest",
          Type::Bool,
          &S::requireManifest,
@@ -355,7 +355,8 @@ const std::vector<Key<EndpointConfig>> &endpointKeys() {
         {"url", Type::String, &S::url, "(required, except for directory)", 0, 0, {},
          "http(s)://host[:port]/path: where requests are POSTed, used as given (CMP: usually "
          ".../.well-known/cmp). cmc-tcp://host[:port] (port 5318) or cmp-tcp://host[:port] "
-         "(port 829); cmc-tcps:// and cmp-tcps:// for TLS."},
+         "(port 829); cmc-tcps:// and cmp-tcps:// for TLS. An http(s) url may hold an HTTP "
+         "Basic login (user:password@), never printed; a tcp url may not."},
         {"path", Type::Path, &S::path, "(required for directory)", 0, 0, {},
          "directory: the media folder requests are written into."},
         {"await_max_age_seconds", Type::Int, &S::awaitMaxAgeSeconds, "2592000 (30 days)", 60,
@@ -675,7 +676,18 @@ void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
     if (type.empty()) {
         problems.add(fmt::format("endpoint.{}.url must start with http://, https://, "
                                  "cmc-tcp://, cmc-tcps://, cmp-tcp:// or cmp-tcps://, not \"{}\"",
-                                 e.name, e.url));
+                                 e.name, redactUrl(e.url)));
+        return;
+    }
+    // RFC 3986 §3.2.1 userinfo ("user:password@"): curl sends it to an http endpoint as HTTP
+    // Basic authentication, so it is taken there, and every message below names the url
+    // without it (redactUrl). The TCP protocols have no login: there it is refused.
+    const std::string_view rest = url.substr(sep + 3);
+    if (rest.substr(0, rest.find_first_of("/?#")).find('@') != std::string_view::npos &&
+        type != "http") {
+        problems.add(fmt::format("endpoint.{}.url holds a login (user@ or user:password@), which "
+                                 "{}:// has no use for: \"{}\"",
+                                 e.name, scheme, redactUrl(e.url)));
         return;
     }
     if (e.type.empty())
@@ -683,7 +695,7 @@ void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
     else if (e.type != type) {
         problems.add(fmt::format("endpoint.{}: type \"{}\" does not go with the url \"{}\" "
                                  "(a {} url)",
-                                 e.name, e.type, e.url, type));
+                                 e.name, e.type, redactUrl(e.url), type));
         return;
     }
     const auto httpOnly = [&](bool set, std::string_view key) {
@@ -698,13 +710,13 @@ void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
         problems.add(
             fmt::format("endpoint.{}.poll_max_seconds is for cmp-tcp endpoints only", e.name));
 
-    const std::string_view rest = url.substr(sep + 3);
     if (e.type == "http") {
         const std::size_t slash = rest.find_first_of("/?#");
         std::string path(slash == std::string_view::npos ? "" : rest.substr(slash));
         const std::string authority(rest.substr(0, slash));
         if (authority.empty())
-            problems.add(fmt::format("endpoint.{}.url has no host: \"{}\"", e.name, e.url));
+            problems.add(
+                fmt::format("endpoint.{}.url has no host: \"{}\"", e.name, redactUrl(e.url)));
         if (!e.cmpProfile.empty()) {
             if (!isCmpLabel(e.cmpProfile))
                 problems.add(fmt::format("endpoint.{}.cmp_profile \"{}\" must be one path "
@@ -749,7 +761,8 @@ void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
     if (hostPort.substr(0, 1) == "[") {
         const std::size_t close = hostPort.find(']');
         if (close == std::string_view::npos) {
-            problems.add(fmt::format("endpoint.{}.url: unclosed [ in \"{}\"", e.name, e.url));
+            problems.add(
+                fmt::format("endpoint.{}.url: unclosed [ in \"{}\"", e.name, redactUrl(e.url)));
             return;
         }
         host = hostPort.substr(1, close - 1);
@@ -767,7 +780,7 @@ void checkEndpointUrl(EndpointConfig &e, Problems &problems) {
     if (host.empty() || host.find_first_of("/?#@ ") != std::string_view::npos) {
         problems.add(fmt::format("endpoint.{}.url must be {}://host[:port] with no path or user, "
                                  "not \"{}\"",
-                                 e.name, scheme, e.url));
+                                 e.name, scheme, redactUrl(e.url)));
         return;
     }
     e.host = std::string(host);

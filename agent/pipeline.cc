@@ -130,6 +130,10 @@ public:
                     std::string_view sha256) override {
         return store_.arrivalKnown(source, origin, sha256);
     }
+    std::int64_t sentSince(std::string_view source, std::string_view sender,
+                           std::int64_t since) override {
+        return store_.sentSince(source, sender, since);
+    }
 
 private:
     spool::Store &store_;

@@ -738,10 +738,33 @@ std::vector<Ingested> Store::ingest(std::span<const Submission> batch, Millis no
     std::vector<Ingested> out;
     out.reserve(batch.size());
     sql::Transaction tx(impl_->db);
-    for (const auto &s : batch)
+    bool counted = false;
+    for (const auto &s : batch) {
         out.push_back(impl_->ingestOne(s, now));
+        if (s.rateSender.empty())
+            continue;
+        // The rate limit's count, in the transaction of the intake it counts (schema 7).
+        auto q =
+            impl_->db.query("INSERT INTO sender_intake (source, sender, at) VALUES (?1, ?2, ?3)");
+        q->bind(1, s.arrival.source).bind(2, s.rateSender).bind(3, now);
+        q->run();
+        counted = true;
+    }
+    if (counted) {
+        // Bounded: what is older than the window counts for nothing.
+        auto q = impl_->db.query("DELETE FROM sender_intake WHERE at <= ?1");
+        q->bind(1, now - kSenderRateWindowMs);
+        q->run();
+    }
     tx.commit();
     return out;
+}
+
+std::int64_t Store::sentSince(std::string_view source, std::string_view sender, Millis since) {
+    auto q = impl_->db.query("SELECT count(*) FROM sender_intake WHERE source = ?1 AND "
+                             "sender = ?2 AND at > ?3");
+    q->bind(1, source).bind(2, sender).bind(3, since);
+    return q->step() ? q->int64(0) : 0;
 }
 
 std::string Store::sourceCursor(std::string_view source) {

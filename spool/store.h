@@ -343,6 +343,10 @@ public:
     // True when any arrival of these bytes under this name from this source was stored.
     bool arrivalKnown(std::string_view source, std::string_view origin,
                       std::string_view arrivalSha256);
+    // How many stored inputs of this source counted against this sender (Submission::rateSender;
+    // ingest() records them) after since. ingest() forgets what is older than
+    // kSenderRateWindowMs. One indexed count.
+    std::int64_t sentSince(std::string_view source, std::string_view sender, Millis since);
     // Records how sources acknowledged arrivals (delivery ids from ingest() or arrivalSeen()).
     void markAcknowledged(std::span<const std::pair<std::int64_t, Source::Ack>> acks, Millis now);
 

@@ -17,6 +17,8 @@ connections. Every connection gets the behaviour chosen for the run with --mode:
   200-oversize     200 with a well-formed certs-only answer of about --oversize bytes
                    (default 100 KiB: over a 64 KiB limits.max_message_size)
   200-cmp-for-cmc  200 with a CMP ip (application/pkixcmp), whatever was asked
+  302-relative     302 with a relative Location (/moved), which curl resolves against the
+                   endpoint's url
   drop-reused      a valid certs-only answer, kept alive, for the first request on a connection;
                    a later request on the same connection is read, then the connection closed
                    without an answer (a CA that died after taking it in)
@@ -44,7 +46,8 @@ import tempfile
 import threading
 
 MODES = ["refuse", "reset", "hang", "drip", "503", "500-cmp-error", "200-garbage", "200-empty",
-         "200-wrong-type", "200-trailing", "200-oversize", "200-cmp-for-cmc", "drop-reused"]
+         "200-wrong-type", "200-trailing", "200-oversize", "200-cmp-for-cmc", "302-relative",
+         "drop-reused"]
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 PKIXCMP = "application/pkixcmp"
 GARBAGE = b"this is no PKI message\x00\xff" * 8
@@ -193,6 +196,8 @@ class Handler(socketserver.BaseRequestHandler):
             "200-trailing": lambda: http_answer(200, "OK", srv.body + b"\x00", srv.ctype),
             "200-oversize": lambda: http_answer(200, "OK", srv.body, srv.ctype),
             "200-cmp-for-cmc": lambda: http_answer(200, "OK", srv.body, srv.ctype),
+            "302-relative": lambda: http_answer(302, "Found").replace(
+                b"\r\n\r\n", b"\r\nLocation: /moved\r\n\r\n", 1),
         }
         try:
             sock.sendall(answers[mode]())

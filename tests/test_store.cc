@@ -1274,3 +1274,38 @@ TEST_CASE("a response name held by an unfinished delivery is not given to anothe
     store.markDelivered(done, t0 + 40);
     CHECK(!store.outputReserved("/media/out", "req.pki.pki"));
 }
+
+TEST_CASE("the per-sender rate count is stored with the intake, windowed and pruned") {
+    // Schema 7: a mail source's rate_limit_per_hour counts in the store, so it holds across runs;
+    // the count is written in the intake's transaction, so a rolled-back intake counts nothing.
+    TempDir dir;
+    auto store = Store::open(dir.db());
+    auto counted = [](std::string der, std::string sender) {
+        auto s = submit(p10(der), der + ".eml", "mail");
+        s.rateSender = std::move(sender);
+        return s;
+    };
+    ingest(store,
+           {counted("a", "ann@example.org"), counted("b", "ann@example.org"),
+            counted("c", "bob@example.org"), submit(p10("d"), "d.eml", "mail")},
+           t0);
+    const Millis hour = kSenderRateWindowMs;
+    CHECK(store.sentSince("mail", "ann@example.org", t0 - hour) == 2);
+    CHECK(store.sentSince("mail", "bob@example.org", t0 - hour) == 1);
+    CHECK(store.sentSince("other", "ann@example.org", t0 - hour) == 0);
+    // A reopened store (the next run --once) still knows.
+    store = Store::open(dir.db());
+    CHECK(store.sentSince("mail", "ann@example.org", t0 + 10 - hour) == 2);
+    // Not committed: not counted.
+    {
+        auto unit = store.unit();
+        ingest(store, {counted("e", "ann@example.org")}, t0 + 20);
+        CHECK(store.sentSince("mail", "ann@example.org", t0 + 20 - hour) == 3); // in the unit
+    }
+    CHECK(store.sentSince("mail", "ann@example.org", t0 + 20 - hour) == 2);
+    // An hour later the old rows count for nothing, and the next counted intake deletes them.
+    CHECK(store.sentSince("mail", "ann@example.org", t0 + hour - hour) == 0);
+    ingest(store, {counted("f", "carl@example.org")}, t0 + hour);
+    auto db = sql::Database::open(dir.db());
+    CHECK(db.queryInt("SELECT count(*) FROM sender_intake") == 1);
+}

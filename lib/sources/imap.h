@@ -19,7 +19,8 @@
 //   relayed twice.
 // - A mail that is not to be relayed (no request, auto-generated, a bounce, list traffic, a
 //   sender not allowed, over the rate limit, too large) is moved to the rejected mailbox with
-//   the reason logged; it is never answered.
+//   the reason logged; it is never answered. The rate limit counts in the store: each mail
+//   handed over counts against its sender in the transaction that stores it.
 // - IDLE (RFC 2177) when the server offers it, on the event loop (the socket is watched; new
 //   mail wakes the pipeline), re-issued before 29 minutes, with a NOOP every keepalive period
 //   to find a half-open connection; BYE or a drop reconnects with backoff. Without IDLE the
@@ -31,7 +32,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -66,7 +66,9 @@ struct ImapSourceConfig {
     mail::SmimeConfig smime;
     // Who may submit: addresses ("ann@example.org") or domains ("example.org"); empty: anyone.
     std::vector<std::string> allowSenders;
-    std::int64_t ratePerHour = 0;            // most mails relayed per sender per hour; 0: no limit
+    // Most mails relayed per sender per hour; 0: no limit. Counted in the store
+    // (Submission::rateSender, Ledger::sentSince), not in the process.
+    std::int64_t ratePerHour = 0;
     std::function<std::int64_t()> wallClock; // Unix ms (the rate limit's clock)
 };
 
@@ -102,7 +104,8 @@ private:
     void armIdleTimers();
     void cancelIdleTimers();
     bool moveTo(const std::vector<std::uint32_t> &uids, const std::string &mailbox);
-    std::string rejectWhy(const mail::Extracted &extracted, const std::string &sender);
+    std::string rejectWhy(const mail::Extracted &extracted, const std::string &sender,
+                          Ledger &ledger, const std::map<std::string, std::int64_t> &counted);
 
     ImapSourceConfig config_;
     EventLoop *loop_ = nullptr;
@@ -110,14 +113,14 @@ private:
     std::unique_ptr<ImapConnection> conn_;
     bool available_ = true;
     bool idling_ = false;
+    bool retryLeftover_ = false; // a new connection: the next take looks at leftover_ too
     std::uint32_t uidValidity_ = 0;
     EventLoop::TimerId reconnectTimer_ = 0, renewTimer_ = 0, keepaliveTimer_ = 0,
                        idleStartTimer_ = 0;
     std::int64_t backoffMs_ = 0;
-    std::string lastError_;                                  // logged once per distinct error
-    std::set<std::uint32_t> leftover_;                       // UIDs to look at only in a full take
-    std::map<std::uint64_t, std::uint32_t> pending_;         // token -> UID, until acknowledged
-    std::map<std::string, std::deque<std::int64_t>> recent_; // sender -> times relayed
+    std::string lastError_;                          // logged once per distinct error
+    std::set<std::uint32_t> leftover_;               // UIDs to look at only in a full take
+    std::map<std::uint64_t, std::uint32_t> pending_; // token -> UID, until acknowledged
     std::uint64_t nextToken_ = 1;
 };
 

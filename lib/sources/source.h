@@ -50,7 +50,16 @@ struct Submission {
     // name, to answer a request written onto the media; the store matches it to that request
     // and confirms it by the protocol, or quarantines it (spool/store.h, Ingested::matched).
     bool returnLeg = false;
+    // The sender this input counts against for a per-sender rate limit (a mail source's
+    // rate_limit_per_hour), lower-cased; empty: not counted. The store records it in the same
+    // transaction as the input, so the count outlives the process and a crash neither loses nor
+    // doubles it. A mail with several requests sets it on its first submission only.
+    std::string rateSender = {};
 };
+
+// The window of the per-sender rate limit (Submission::rateSender, Ledger::sentSince): one hour.
+// The store forgets what is older.
+constexpr std::int64_t kSenderRateWindowMs = 3'600'000;
 
 // What the store knows of inputs, as a source needs to ask it.
 class Ledger {
@@ -81,6 +90,13 @@ public:
     virtual bool everStored(std::string_view /*source*/, std::string_view /*origin*/,
                             std::string_view /*sha256*/) {
         return false;
+    }
+    // How many inputs of this source that counted against this sender (Submission::rateSender)
+    // were stored after `since` (Unix ms). Only what the store committed, or holds in the
+    // caller's open transaction, is counted: a source adds what it hands over in the same take.
+    virtual std::int64_t sentSince(std::string_view /*source*/, std::string_view /*sender*/,
+                                   std::int64_t /*since*/) {
+        return 0;
     }
 };
 

@@ -24,6 +24,7 @@
 #include <fmt/format.h>
 
 #include "lib/owned.h"
+#include "lib/text.h"
 
 namespace pkirelay {
 namespace {
@@ -195,9 +196,11 @@ Reply makeResult(Transfer &t, CURLcode rc, const HttpEndpoint &ep) {
         // RFC 9811 §3: redirects are not followed automatically (a stored 301 can be abused);
         // the operator changes the URL.
         r.type = HttpResult::Type::Permanent;
+        // curl resolves a relative Location against the endpoint's url, login included: the
+        // detail is logged and stored (show, status), so it names the target without it.
         std::string location = curlInfoString(easy, CURLINFO_REDIRECT_URL);
         if (!location.empty())
-            sized += ", redirect to " + location + " not followed";
+            sized += ", redirect to " + redactUrl(location) + " not followed";
     } else {
         // 4xx, and 200 (or another 2xx) without a PKI message: the same request would get the
         // same answer.

@@ -61,8 +61,33 @@ def port_open(port):
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
 
+def children_of(pid):
+    """The processes whose parent is pid (from /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(name))
+    return out
+
+
+def alive(pid):
+    """True while pid runs (a zombie, dead and not yet reaped, is not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Dovecot:
-    """A private Dovecot: start(), stop(), restart() on the same ports; user/password."""
+    """A private Dovecot: start(), stop(), kill(), restart() on the same ports; user/password."""
 
     USER = "enroll"
     PASSWORD = "enroll-secret"
@@ -179,13 +204,37 @@ namespace inbox {{
             raise AssertionError(f"dovecot exited {self.proc.returncode}: {err}\n{self.log_text()}")
 
     def stop(self):
+        """SIGTERM, as a service manager stops it, and waits until every Dovecot process is
+        gone: an imap process may serve its client for a while after the master left, and a
+        stopped server must not answer anyone."""
+        pids = []
         if self.proc and self.proc.poll() is None:
+            pids = children_of(self.proc.pid)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=DEADLINE)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc:
+            self.proc.stderr.close()
+        self.proc = None
+        wait_until(lambda: not port_open(self.imap_port), "dovecot to stop listening")
+        wait_until(lambda: not any(alive(pid) for pid in pids), "every dovecot process to end")
+
+    def kill(self):
+        """SIGKILL to every Dovecot process (a crash, a power cut): no BYE, no orderly close."""
+        if self.proc and self.proc.poll() is None:
+            # The master forks every other Dovecot process (imap-login, imap, auth, ...).
+            pids = [self.proc.pid] + children_of(self.proc.pid)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait()
+            wait_until(lambda: not any(alive(pid) for pid in pids[1:]),
+                       "every dovecot process to die")
         if self.proc:
             self.proc.stderr.close()
         self.proc = None

@@ -14,11 +14,14 @@ docs/architecture.md, "The guarantees"):
   when a kept-alive connection dies after the CA read a request (drop-reused: an expected
   failure today, libcurl resends on its own);
 - one oversize request file does not block the rest of its batch;
+- a login in an endpoint's url (HTTP Basic) is never printed, not even in the redirect target
+  curl resolves from it; a tcp endpoint's url refuses one;
 - a response folder on a full file system (a 64 KiB tmpfs, when the machine lets us mount one)
   leads to a retry, and the response is written exactly once when space returns.
 No test sleeps to wait: waits poll a condition against a deadline.
 """
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -378,6 +381,51 @@ class Faults(PkirelayTestCase):
         self.assert_exported(item["id"], der)
         self.run_once(expect=0)
         self.assertEqual(sorted(os.listdir(out)), ["req.p7c"])
+
+    def test_login_in_an_endpoint_url_is_never_printed(self):
+        # An http endpoint's url may carry an HTTP Basic login (curl sends it). The CA answers
+        # with a relative redirect, which curl resolves against the url, login included: no text
+        # pkirelay prints or stores may hold the password (the run's log, show, status, list,
+        # check-config, the metrics file).
+        secret = "s3cret-Pw9"
+        port = self.start_fault("302-relative")
+        metrics = os.path.join(self.tmp, "metrics.prom")
+        self.write_config(f"http://relay:{secret}@127.0.0.1:{port}/cmc",
+                          extra_endpoint=FAST_ENDPOINT,
+                          extra=FAST_RETRY + f'[metrics]\nfile = "{metrics}"\n')
+        self.csr("req.p10")
+        run = self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "failed", self.history(item["id"]))
+        shown = self.pkirelay("show", str(item["id"]), "-c", self.config, check=True).stdout
+        self.assertIn(f"redirect to http://127.0.0.1:{port}/moved not followed", shown)
+        texts = {"run": run.stdout + run.stderr, "show": shown,
+                 "show --json": json.dumps(self.show(item["id"])),
+                 "list --json": json.dumps(self.items())}
+        for args in (["status"], ["status", "--json"], ["list"], ["check-config"]):
+            proc = self.pkirelay(*args, "-c", self.config, check=True)
+            texts[" ".join(args)] = proc.stdout + proc.stderr
+        with open(metrics) as f:
+            texts["metrics"] = f.read()
+        for where, text in texts.items():
+            self.assertNotIn(secret, text, f"the password in {where}")
+        self.assertIn(f"http://127.0.0.1:{port}/cmc", texts["check-config"])
+
+    def test_login_in_a_tcp_endpoint_url_is_refused_unprinted(self):
+        # cmc-tcp and cmp-tcp have no login: a url with one is a configuration error, and the
+        # message names the url without it (as every configuration error does).
+        secret = "s3cret-Pw9"
+        for url, word in ((f"cmc-tcp://relay:{secret}@127.0.0.1:5318", "holds a login"),
+                          (f"cmp-tcps://relay:{secret}@127.0.0.1", "holds a login"),
+                          (f"http://relay:{secret}@127.0.0.1:1/", "does not go with")):
+            with self.subTest(url=url):
+                self.write_config(url, extra_endpoint='type = "cmc-tcp"'
+                                  if url.startswith("http") else "")
+                for args in (["check-config"], ["run", "--once"]):
+                    proc = self.pkirelay(*args, "-c", self.config)
+                    self.assertEqual(proc.returncode, 78, proc.stderr)
+                    self.assertIn(word, proc.stderr)
+                    self.assertNotIn(secret, proc.stdout + proc.stderr)
 
 
 # The event that records a claim for one exchange with an endpoint ("attempt N", or "attempt N:

@@ -12,7 +12,10 @@ request, each answered by one threaded reply; two requests in one mail (two repl
 no request, a bounce, and a sender not on the allow-list (moved to the rejected mailbox, never
 answered); the SMTP server down and then up (the reply goes out once, later); a crash after the
 store committed and before the mail was moved (nothing fetched or relayed twice), also across a
-UIDVALIDITY change; and the daemon waiting in IDLE while Dovecot is restarted under it.
+UIDVALIDITY change; the daemon waiting in IDLE while Dovecot is restarted under it; Dovecot
+killed while the daemon is fetching, and stopped between the store's commit and the move, then
+started again (the daemon stopped at a crash point meanwhile); and the per-sender rate limit
+across runs and across a crash.
 """
 
 import base64
@@ -467,10 +470,9 @@ class MailRoundTrip(PkirelayTestCase):
             self.assertNotIn("imapsecret9", out, f"the IMAP password in {where}")
 
 
-    @unittest.expectedFailure
     def test_rate_limit_holds_across_runs(self):
-        # Known: the per-sender counts live in the process only, so under `run --once` from
-        # cron (or after any restart) every run starts at zero and the limit never bites.
+        # The per-sender counts are kept in the store (schema 7), so under `run --once` from
+        # cron (or after any restart) a run does not start at zero.
         self.mail_config(self.start_cmc_ca(), extra_source="rate_limit_per_hour = 1")
         for cn in ("first", "second"):
             raw, _ = make_mail([("application/pkcs10", f"{cn}.p10", self.p10(cn))])
@@ -478,6 +480,114 @@ class MailRoundTrip(PkirelayTestCase):
             self.pkirelay("run", "--once", "-c", self.config)
         self.assertEqual(len(self.replies()), 1, "the second mail within the hour was answered")
         self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 1})
+
+    def test_rate_limit_counts_a_mail_once_across_a_crash(self):
+        # The count is committed with the mail's intake: a run killed after the commit and
+        # before the move leaves one count, and the next run, which recognises the mail and
+        # only moves it, adds none. Counted twice, the second mail would be refused.
+        self.mail_config(self.start_cmc_ca(), extra_source="rate_limit_per_hour = 2")
+        raw, first = make_mail([("application/pkcs10", "first.p10", self.p10("first"))])
+        self.send(raw)
+        self.crash_at("stored")
+        self.assertEqual(self.mailbox_counts()["INBOX"], 1, "not moved before the crash")
+        self.assertIn("0 received", self.run_once(expect=0).stderr)
+        raw, second = make_mail([("application/pkcs10", "second.p10", self.p10("second"))])
+        self.send(raw)
+        self.run_once(expect=0)
+        raw, _ = make_mail([("application/pkcs10", "third.p10", self.p10("third"))])
+        self.send(raw)
+        self.assertIn("rate_limit_per_hour", self.run_once(expect=0).stderr)
+        ids = sorted(email.message_from_bytes(r, policy=email.policy.default)["In-Reply-To"]
+                     for _, r in self.replies())
+        self.assertEqual(ids, sorted([first, second]))
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 2, "rejected": 1})
+        self.assertEqual(self.requests_seen(), 2)
+
+    # The IMAP server going away under a live run. The daemon is stopped (SIGSTOP, by the crash
+    # point build's PKIRELAY_PAUSE_AT) at a chosen step, Dovecot is killed or stopped and
+    # started again, and the daemon goes on (SIGCONT). poll_seconds is long, so only the
+    # reconnect brings the mail in: nothing is lost, relayed twice or answered twice.
+
+    def start_paused_daemon(self, point):
+        """The daemon, which stops itself at crash point `point`; returns the process once it
+        has (skips the test in a build without crash points: it then never stops)."""
+        self.daemon_log = os.path.join(self.tmp, "daemon.log")
+        log = open(self.daemon_log, "wb")
+        self.addCleanup(log.close)
+        daemon = subprocess.Popen([PKIRELAY, "run", "-c", self.config], stdout=log, stderr=log,
+                                  env=dict(os.environ, PKIRELAY_PAUSE_AT=point))
+        self.addCleanup(lambda: daemon.poll() is None and daemon.kill())
+
+        def stopped():
+            try:
+                with open(f"/proc/{daemon.pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "T"
+            except OSError:
+                return False
+        wait_until(lambda: stopped() or self.replies() or daemon.poll() is not None,
+                   f"the daemon to stop at {point}")
+        if not stopped():
+            daemon.kill()
+            self.skipTest("not a -Dcrash_points=true build (the daemon did not stop)")
+        return daemon
+
+    def daemon_log_text(self):
+        with open(self.daemon_log, errors="replace") as f:
+            return f.read()
+
+    def stop_daemon(self, daemon):
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+        text = self.daemon_log_text()
+        self.assertEqual(daemon.returncode, 0, text)
+        return text
+
+    def assert_relayed_once(self, mid):
+        self.the_reply(mid)
+        self.assertEqual(self.requests_seen(), 1, "the CA saw the request once")
+        self.assertEqual(len(self.items()), 1)
+        self.assertEqual(self.mailbox_counts(), {"INBOX": 0, "processed": 1, "rejected": 0})
+        # A later run finds nothing left to do.
+        self.assertIn("0 received", self.run_once(expect=0).stderr)
+        self.assertEqual(len(self.replies()), 1, "the reply went out once")
+
+    def test_imap_server_killed_mid_fetch_then_back(self):
+        self.mail_config(self.start_cmc_ca(), poll=3600)
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        # Stopped with the mail's size read and its body not yet fetched.
+        daemon = self.start_paused_daemon("imap-fetch")
+        try:
+            self.dovecot.kill()  # SIGKILL to every Dovecot process: the connection just drops
+            self.dovecot.start()
+            daemon.send_signal(signal.SIGCONT)
+            wait_until(lambda: self.replies() and self.dovecot.count("processed") == 1,
+                       "the mail relayed, answered and moved after the restart")
+        finally:
+            log = self.stop_daemon(daemon)
+        self.assertIn("connection to", log)  # the drop was noticed and logged
+        self.assert_relayed_once(mid)
+
+    def test_imap_server_down_between_fetch_and_move_then_back(self):
+        self.mail_config(self.start_cmc_ca(), poll=3600)
+        raw, mid = make_mail([("application/pkcs10", "alice.p10", self.p10())])
+        self.send(raw)
+        # Stopped with the mail stored (committed) and not yet moved.
+        daemon = self.start_paused_daemon("stored")
+        try:
+            self.dovecot.stop()
+            daemon.send_signal(signal.SIGCONT)
+            # The request is relayed and answered while the mailbox cannot be reached; the
+            # move fails and waits for the server.
+            wait_until(lambda: self.replies(), "the reply while the IMAP server is down")
+            wait_until(lambda: "cannot read the mailbox" in self.daemon_log_text(),
+                       "a reconnect that failed")
+            self.dovecot.start()
+            wait_until(lambda: self.dovecot.count("processed") == 1,
+                       "the mail moved once the server is back")
+        finally:
+            self.stop_daemon(daemon)
+        self.assert_relayed_once(mid)
 
 
 if __name__ == "__main__":
