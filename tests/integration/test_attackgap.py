@@ -249,27 +249,26 @@ class AttackGap(test_airgap.AirGap):
 
     # --- a manifest that lies -----------------------------------------------------------------
 
-    @unittest.expectedFailure
     def test_planted_manifest_with_the_largest_batch_number(self):
-        # WHAT GOES WRONG: the directory endpoint takes the highest batch number named by any
-        # "b*.manifest" on the stick as a floor (tidy(), no check of the name beyond stoll, none
-        # of the content), and nextSequence() adds one to it: a planted, even empty,
-        # b9223372036854775807.manifest makes that a signed overflow. The batch is numbered
-        # -9223372036854775808; the offline side refuses its manifest (the sequence does not
-        # parse) and its files wait for a manifest for ever; every later batch likewise.
+        # The directory endpoint takes the highest batch number named by a "b*.manifest" on
+        # the stick as a floor for its own (tidy()), and nextSequence() adds one to it. A
+        # planted, even empty, b9223372036854775807.manifest made that a signed overflow: the
+        # batch was numbered -9223372036854775808, the offline side refused its manifest (the
+        # sequence does not parse) and its files waited for ever, every later batch likewise.
+        # A floor over media::maxSequence is now not taken.
         self.start_cmc_ca()
         open(os.path.join(self.requests, "b9223372036854775807.manifest"), "w").close()
         self.csr_with_own_key("alice")
         self.agent(self.online, expect=0)
+        self.assertIn("b000001.manifest", self.on_stick(self.requests))
         self.agent(self.offline, expect=0)
         self.assertEqual(len(read_responder_log(self.log)), 1)
 
-    @unittest.expectedFailure
     def test_planted_return_manifest_with_the_largest_sequence(self):
         # The same on the way back: the media responder takes the highest sequence of the
         # return manifests on the stick as its floor; a planted, well-formed
-        # r9223372036854775807.manifest overflows it and the return manifest is written with a
-        # negative sequence, which the online side refuses; the answers wait for ever.
+        # r9223372036854775807.manifest overflowed it, the return manifest got a negative
+        # sequence, which the online side refused, and the answers waited for ever.
         self.start_cmc_ca()
         self.csr_with_own_key("alice")
         self.agent(self.online, expect=0)
@@ -278,6 +277,7 @@ class AttackGap(test_airgap.AirGap):
                              "sequence 9223372036854775807", "created 0 1970-01-01T00:00:00Z",
                              "writer x", "count 0", "end"])
         self.agent(self.offline, expect=0)
+        self.assertIn("r000001.manifest", self.on_stick(self.responses))
         self.agent(self.online, expect=0)
         self.assertIn("alice.p7c", os.listdir(self.inbox))
 
