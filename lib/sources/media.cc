@@ -36,6 +36,14 @@ bool MediaSource::available() const {
 
 void MediaSource::loadManifests(const Directory &dir) {
     manifests_ = media::readManifests(dir);
+    // Only manifests of the leg this source reads count: the offline side's return manifests
+    // may share its folder (responses beside the requests), and its media responder covers
+    // what it finds there (MediaResponder::recover), so a return manifest can list a request
+    // file whose own batch never got its manifest; taken as its cover, that file would be
+    // relayed unchecked, past require_manifest.
+    const std::string_view direction = config_.returnLeg ? "responses" : "requests";
+    std::erase_if(manifests_.good,
+                  [&](const auto &entry) { return entry.second.direction != direction; });
     for (const auto &[file, why] : manifests_.bad)
         if (warned_.insert(file + why).second)
             spdlog::error("- source {}: manifest {} is not used: {}", name(), printable(file),
