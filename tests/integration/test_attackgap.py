@@ -505,6 +505,26 @@ class AttackGap(test_airgap.AirGap):
         self.assertNotEqual(proc.returncode, 0, "exit 0 with three answers unread")
         self.assertEqual(len(self.quarantined()), 3, proc.stderr)
 
+    @unittest.expectedFailure
+    def test_return_manifest_lists_only_answers(self):
+        # WHAT GOES WRONG: at start the media responder covers every regular file of the return
+        # folder that no manifest lists (MediaResponder::recover: "they are ours (nothing else
+        # writes into the return folder)"). A file a person left there (notes.txt) is listed in
+        # a return manifest as if it were an answer; online it is then taken and quarantined as
+        # not a PKI message (exit 65). recover() should cover only response files the store
+        # says it delivered there (Ledger::isOurResponse), as the sources already ask.
+        self.start_cmc_ca()
+        self.csr_with_own_key("alice")
+        self.agent(self.online, expect=0)
+        with open(os.path.join(self.responses, "notes.txt"), "w") as f:
+            f.write("stick 3, carried by B.\n")
+        self.agent(self.offline, expect=0)
+        listed = [ln.split()[1] for name in self.on_stick(self.responses)
+                  if name.endswith(".manifest")
+                  for ln in self.manifest_lines(os.path.join(self.responses, name))
+                  if ln.startswith("file ")]
+        self.assertNotIn("notes.txt", listed)
+
     # --- two sticks' worth of files, and two agents on one stick ------------------------------
 
     @unittest.expectedFailure
