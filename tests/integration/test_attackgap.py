@@ -264,6 +264,27 @@ class AttackGap(test_airgap.AirGap):
         self.agent(self.online, expect=0)
         self.assertIn("alice.p7c", os.listdir(self.inbox))
 
+    @unittest.expectedFailure
+    def test_a_lost_request_manifest_does_not_remove_requests_that_are_out(self):
+        # Batch 1 is out (its items awaiting) when its manifest goes missing on the stick
+        # (removed by a person, lost by a file system check, or by an attacker). WHAT GOES
+        # WRONG: before batch 2 is written, tidy() removes every file of a batch without a
+        # manifest, taking them for a batch of ours cut short whose "request is written again".
+        # These were recorded as handed over, so nothing writes them again: alice's request is
+        # gone from the stick and her item waits until await_max_age fails it. tidy() should
+        # remove only files whose items the store does not have as out on the media (or queue
+        # those again).
+        self.start_cmc_ca()
+        self.csr_with_own_key("alice")
+        self.agent(self.online, expect=0)
+        os.unlink(os.path.join(self.requests, "b000001.manifest"))
+        self.csr_with_own_key("bob")
+        self.agent(self.online, expect=0)
+        self.agent(self.offline)
+        self.agent(self.online)
+        self.assertIn("alice.p7c", os.listdir(self.inbox),
+                      f"alice is {self.item_state(1)}, her request not on the stick")
+
     # --- a manifest that lies -----------------------------------------------------------------
 
     def test_planted_manifest_with_the_largest_batch_number(self):
