@@ -397,6 +397,28 @@ class AttackGap(test_airgap.AirGap):
         self.assertEqual(sorted(n for n in os.listdir(self.inbox) if n.endswith(".p7c")),
                          ["alice.p7c", "bob.p7c"])
 
+    def test_signature_that_is_a_fifo_or_a_symlink_is_refused_without_hanging(self):
+        # With verify_cert, NAME.manifest.p7s is read: a FIFO there must not block the agent
+        # (no writer ever comes), a symlink must not be followed to a good signature elsewhere.
+        self.start_cmc_ca()
+        on_cert, on_key = self.make_signer("online")
+        self.write_online(endpoint_extra=f'sign_cert = "{on_cert}"\nsign_key = "{on_key}"')
+        self.set_offline('type = "media"\n', f'type = "media"\nverify_cert = "{on_cert}"\n')
+        self.csr_with_own_key("alice")
+        self.agent(self.online, expect=0)
+        sig = os.path.join(self.requests, "b000001.manifest.p7s")
+        saved = os.path.join(self.tmp, "good.p7s")
+        os.rename(sig, saved)
+        for make in (lambda: os.mkfifo(sig), lambda: os.symlink(saved, sig)):
+            make()
+            proc = self.agent(self.offline, expect=75)
+            self.assertIn("refused", proc.stderr)
+            self.assertEqual(read_responder_log(self.log), [])
+            os.unlink(sig)
+        os.rename(saved, sig)
+        self.agent(self.offline, expect=0)
+        self.assertEqual(len(read_responder_log(self.log)), 1)
+
     # --- answers that lie ---------------------------------------------------------------------
 
     def swap_answers_and_manifest(self):
