@@ -519,14 +519,14 @@ class AttackGap(test_airgap.AirGap):
         self.assertIn("a replay", proc.stderr)
         self.assertEqual(sorted(os.listdir(self.inbox)), ["alice.p10", "alice.p7c"])
 
-    @unittest.expectedFailure
     def test_answer_replaced_by_a_symlink_fifo_or_folder_is_recorded(self):
-        # WHAT GOES WRONG: a file the return manifest lists that is a symlink, a FIFO or a
-        # folder is (rightly) not read, but it is not recorded either: findMissing() skips any
-        # name that exists, whatever its type, so the store holds nothing about the answer, the
-        # item stays awaiting with no word of why, and `run --once` exits 0 ("everything
-        # done"). Such an entry should be recorded as quarantined ("listed in manifest ...,
-        # but not a regular file"), as a missing one is.
+        # A file the return manifest lists that is a symlink, a FIFO or a folder is (rightly)
+        # not read. It was not recorded either: findMissing() skipped any name that exists,
+        # whatever its type, so the store held nothing about the answer, the item stayed
+        # awaiting with no word of why, and `run --once` exited 0 ("everything done"). Such an
+        # entry is now recorded as quarantined, as a missing one is, and counted by `media
+        # status` with the other refused returns (a missing answer was not counted either: its
+        # reason lacked the "return leg:" mark).
         self.start_cmc_ca()
         self.csr_with_own_key("alice")
         self.csr_with_own_key("bob")
@@ -545,8 +545,22 @@ class AttackGap(test_airgap.AirGap):
         proc = self.agent(self.online)
         self.assertEqual(sorted(os.listdir(self.inbox)),
                          ["alice.p10", "bob.p10", "carol.p10"])
-        self.assertNotEqual(proc.returncode, 0, "exit 0 with three answers unread")
+        self.assertEqual(proc.returncode, 65, "three answers unread")
         self.assertEqual(len(self.quarantined()), 3, proc.stderr)
+        for what in ("a symlink", "a FIFO", "a folder"):
+            self.assertIn(f"{what}", proc.stderr)
+        self.assertEqual(self.media_status()["quarantined_returns"], 3)
+        self.assertEqual(self.media_status()["awaiting"], 3)
+        # Put right (the files back), the answers are taken.
+        for name in files:
+            path = os.path.join(self.responses, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+            os.rename(os.path.join(elsewhere, name), path)
+        self.agent(self.online, expect=0)
+        self.assertEqual(len([n for n in os.listdir(self.inbox) if n.endswith(".p7c")]), 3)
 
     @unittest.expectedFailure
     def test_return_manifest_lists_only_answers(self):
