@@ -188,6 +188,10 @@ std::int64_t nextSequence(const std::string &path, std::int64_t floor) {
         if (e.error() != ENOENT)
             throw;
     }
+    if (last < 0 || last >= maxSequence)
+        throw IoError(fmt::format("{}: batch number {} is out of range", path, last), ERANGE);
+    if (floor < 0 || floor >= maxSequence)
+        floor = 0; // planted or corrupt: the names it would collide with are never reached
     const std::int64_t next = std::max(last, floor) + 1;
     // Temporary name, fsync, rename over the old value, fsync of the folder: the number is
     // durable before any file of its batch exists.

@@ -68,8 +68,11 @@ std::optional<MediaName> parseMediaName(std::string_view name);
 
 // A durable counter beside the store (file "PATH"): next() returns the next batch number and
 // has made it durable before it returns, so a crash never hands the same number out twice.
-// floor raises it past numbers seen elsewhere (manifests already on the media).
+// floor raises it past numbers seen elsewhere (manifests already on the media); a floor above
+// maxSequence is not one an agent wrote (a manifest planted or corrupt on the media) and is
+// not taken, so that it can neither overflow the counter nor push it out of what parses.
 std::int64_t nextSequence(const std::string &path, std::int64_t floor);
+constexpr std::int64_t maxSequence = 999'999'999'999;
 
 // The manifests of a folder, parsed; the ones that do not parse are listed with the reason.
 struct FolderManifests {

@@ -36,6 +36,14 @@ bool MediaSource::available() const {
 
 void MediaSource::loadManifests(const Directory &dir) {
     manifests_ = media::readManifests(dir);
+    // Only manifests of the leg this source reads count: the offline side's return manifests
+    // may share its folder (responses beside the requests), and its media responder covers
+    // what it finds there (MediaResponder::recover), so a return manifest can list a request
+    // file whose own batch never got its manifest; taken as its cover, that file would be
+    // relayed unchecked, past require_manifest.
+    const std::string_view direction = config_.returnLeg ? "responses" : "requests";
+    std::erase_if(manifests_.good,
+                  [&](const auto &entry) { return entry.second.direction != direction; });
     for (const auto &[file, why] : manifests_.bad)
         if (warned_.insert(file + why).second)
             spdlog::error("- source {}: manifest {} is not used: {}", name(), printable(file),
@@ -95,22 +103,37 @@ std::pair<Verdict, std::string> MediaSource::check(const std::string &file, Byte
 void MediaSource::findMissing(Ledger &ledger, const Directory &dir, Taken &taken) {
     for (const auto &[manifest, m] : manifests_.good) {
         for (const auto &entry : m.files) {
-            if (dir.typeOf(entry.name))
+            const auto type = dir.typeOf(entry.name);
+            if (type == DirEntry::Type::Regular)
                 continue; // there: checked when it is read
             if (ledger.everStored(name(), entry.name, entry.sha256))
                 continue; // processed and removed (after = "delete" or "move")
+            // A symlink, FIFO or folder where the file should be is never read (the directory
+            // source's rule); it is recorded like a missing file, or nothing would say why the
+            // entry's item still waits.
+            const std::string_view what = !type                              ? ""
+                                          : *type == DirEntry::Type::Symlink ? "a symlink"
+                                          : *type == DirEntry::Type::Directory
+                                              ? "a folder"
+                                              : "a FIFO, socket or device";
             // Recorded once: the arrival's hash names the manifest and the entry.
             Submission sub;
             sub.arrival = {name(), entry.name, config_.directory.responses};
-            sub.arrivalSha256 = fmt::format("missing:{}:{}:{}", manifest, m.sequence, entry.sha256);
+            sub.arrivalSha256 = fmt::format("{}:{}:{}:{}", type ? "notfile" : "missing", manifest,
+                                            m.sequence, entry.sha256);
             if (ledger.arrival(name(), entry.name, sub.arrivalSha256).state !=
                 Ledger::Seen::State::New)
                 continue;
             sub.size = entry.size;
             sub.rejectReason =
-                fmt::format("missing: listed in manifest {} ({} bytes, SHA-256 {}) but not on "
-                            "the media",
-                            manifest, entry.size, entry.sha256);
+                type ? fmt::format("not a regular file: listed in manifest {} ({} bytes, SHA-256 "
+                                   "{}), but {} is there; not read",
+                                   manifest, entry.size, entry.sha256, what)
+                     : fmt::format("missing: listed in manifest {} ({} bytes, SHA-256 {}) but "
+                                   "not on the media",
+                                   manifest, entry.size, entry.sha256);
+            if (config_.returnLeg)
+                sub.rejectReason = "return leg: " + sub.rejectReason; // as take() marks the rest
             sub.acknowledgedWhenStored = true;
             taken.submissions.push_back(std::move(sub));
             taken.tokens.push_back(ownTokens | nextToken_++);

@@ -6,7 +6,9 @@
 //   with the reason; one that claims a batch whose manifest does not list it (extra) likewise;
 //   one no manifest covers yet waits (its batch may still be being written, or its manifest
 //   comes on the next trip) unless require_manifest is off; a file a manifest lists that is not
-//   there and was never stored (missing) is recorded as quarantined, with the manifest named;
+//   there and was never stored (missing), or is there as a symlink, FIFO or folder (never
+//   read), is recorded as quarantined, with the manifest named; only manifests of the source's
+//   own leg count ("requests" offline, "responses" on the return leg): one folder may hold both;
 // - with verify_cert, a manifest counts only with a valid detached CMS signature by that
 //   certificate (NAME.manifest.p7s); an unsigned or badly signed one is refused, loudly.
 // Two roles: the offline side reads the requests a directory endpoint wrote (type "media"); the
