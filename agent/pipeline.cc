@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "lib/correlate.h"
 #include "lib/crash_point.h"
 
 namespace pkirelay::agent {
@@ -58,6 +59,22 @@ std::optional<std::string> unacceptableAnswer(Kind request, const Message &answe
                            answer.cmp ? std::string(cmpBodyName(answer.cmp->bodyType))
                                       : std::string(kindInfo(answer.kind).id));
     return std::nullopt;
+}
+
+// An answer of the right protocol that belongs to another transaction (lib/correlate.h): a CA
+// or a path that mixed answers up, or one that answers everything with the same message.
+// Delivered, it would give the requester someone else's certificate, and the next request the
+// same one again: it goes to a person with the reason.
+std::optional<std::string> otherTransaction(const std::optional<spool::Claim> &request,
+                                            const Message &answer, const std::string &endpoint) {
+    if (!request) // a reply to nothing this run sent (it cannot happen): not delivered blind
+        return fmt::format("{} answered a request this run has no record of", endpoint);
+    const std::string name = fmt::format("item {}", request->itemId);
+    auto why = answerMismatch(
+        {request->kind == Kind::Cmp, request->transactionId, request->senderNonce}, answer, name);
+    if (!why)
+        return std::nullopt;
+    return fmt::format("{} answered with a message of another transaction: {}", endpoint, *why);
 }
 
 std::string_view outcomeText(const spool::Outcome &outcome) {
@@ -486,10 +503,14 @@ void Pipeline::dispatch() {
 
 void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     crashPoint("answered"); // the CA answered, the outcome is not recorded
-    if (auto it = inFlight_.find(reply.id); it != inFlight_.end())
+    // The request's correlation fields, for the answer to be checked against.
+    std::optional<spool::Claim> request;
+    if (auto it = inFlight_.find(reply.id); it != inFlight_.end()) {
         latency_[reply.id] =
             static_cast<double>(EventLoop::monotonicNow() - it->second.sentAt) / 1000.0;
-    inFlight_.erase(reply.id);
+        request = std::move(it->second.claim);
+        inFlight_.erase(it);
+    }
     spool::Outcome outcome{reply.id, endpoint, spool::Transient{""}};
     // An answer that cannot be delivered as it is (another protocol's, a request, a body that
     // is not a PKI message or too large for limits.max_message_size) is kept byte for byte for
@@ -501,6 +522,8 @@ void Pipeline::onReply(Reply reply, const std::string &endpoint, Kind kind) {
     case Reply::Type::Response:
         if (auto why = unacceptableAnswer(kind, *reply.response, endpoint))
             outcome.result = spool::Unusable{reply.body, reply.contentType, *why};
+        else if (auto other = otherTransaction(request, *reply.response, endpoint))
+            outcome.result = spool::Unusable{reply.body, reply.contentType, *other};
         else
             outcome.result = spool::Answer{reply.response->der, reply.response->kind, reply.detail};
         break;

@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "lib/correlate.h"
 #include "lib/media/manifest.h"
 #include "spool/migrations.h"
 #include "spool/sqlite.h"
@@ -48,27 +49,6 @@ std::string seconds(Millis ms) {
     if (ms % 1000 == 0)
         return fmt::format("{}s", ms / 1000);
     return fmt::format("{:.3f}s", static_cast<double>(ms) / 1000.0);
-}
-
-// Correlation keys of a message, protocol-neutral (the schema shares the columns).
-struct Keys {
-    bool cmp = false;
-    ByteView transactionId, senderNonce, recipNonce;
-};
-
-Keys keysOf(const Message &m) {
-    Keys k;
-    if (m.cmp) {
-        k.cmp = true;
-        k.transactionId = m.cmp->transactionId;
-        k.senderNonce = m.cmp->senderNonce;
-        k.recipNonce = m.cmp->recipNonce;
-    } else if (m.cmc) {
-        k.transactionId = m.cmc->transactionId;
-        k.senderNonce = m.cmc->senderNonce;
-        k.recipNonce = m.cmc->recipientNonce;
-    }
-    return k;
 }
 
 std::string describe(const Message &m) {
@@ -162,7 +142,7 @@ struct Store::Impl {
     // The same transaction and senderNonce within one protocol is the same request, even with
     // different bytes (a CMP message re-protected, a re-signed CMC request). Both must be
     // present: neither alone identifies a message.
-    std::optional<Existing> findByTransaction(const Keys &k) {
+    std::optional<Existing> findByTransaction(const CorrelationKeys &k) {
         if (k.transactionId.empty() || k.senderNonce.empty())
             return std::nullopt;
         auto q = db.query("SELECT id, state, response_kind FROM item "
@@ -174,7 +154,7 @@ struct Store::Impl {
 
     // Writes a message's columns into an item row (new, or a quarantined one reclassified).
     void writeMessage(std::int64_t id, const Message &m, State state, Millis now) {
-        const Keys k = keysOf(m);
+        const CorrelationKeys k = correlationKeys(m);
         auto q = db.query(
             "UPDATE item SET kind = ?2, state = ?3, der = ?4, reason = NULL, cmp_pvno = ?5, "
             "cmp_body = ?6, transaction_id = ?7, sender_nonce = ?8, recip_nonce = ?9, "
@@ -209,7 +189,7 @@ struct Store::Impl {
     // write the row and its index entries twice).
     std::int64_t insertMessage(std::string_view sha256, const Submission &s, const Message &m,
                                State state, Millis now) {
-        const Keys k = keysOf(m);
+        const CorrelationKeys k = correlationKeys(m);
         auto q = db.query(
             "INSERT INTO item (sha256, state, source, origin, size, created_at, updated_at, kind, "
             "der, cmp_pvno, cmp_body, transaction_id, sender_nonce, recip_nonce, sender_kid, "
@@ -288,7 +268,7 @@ struct Store::Impl {
         }
         if (e)
             return duplicate(*e, s, from, "same bytes", now);
-        if (auto t = findByTransaction(keysOf(m)))
+        if (auto t = findByTransaction(correlationKeys(m)))
             return duplicate(*t, s, from,
                              m.cmp ? "same transactionID and senderNonce, different bytes"
                                    : "same transactionId and senderNonce, different bytes",
@@ -303,13 +283,11 @@ struct Store::Impl {
     }
 
     // The return leg (issue 17): an answer that came back on the media. It names the request it
-    // answers (lib/media/manifest.h, media names); the protocol must confirm it:
-    // - CMP (RFC 9810 §5.1.1): the same transactionID, and recipNonce equal to the request's
-    //   senderNonce ("the recipNonce ... of the response ... copies the senderNonce of the
-    //   previous message");
-    // - CMC (RFC 10002 §6.6, §6.6.1): the transactionId control, when the answer has one, equal
-    //   to the request's; the recipientNonce control, when present, equal to the request's
-    //   senderNonce. A Simple PKI Response carries neither: the name and the kind must do.
+    // answers (lib/media/manifest.h, media names); the protocol must confirm it, by the same
+    // rule as an answer on a synchronous transport (lib/correlate.h, answerMismatch: CMP
+    // transactionID and recipNonce, RFC 9810 §5.1.1; CMC transactionId and recipientNonce
+    // controls, RFC 10002 §6.6). A Simple PKI Response carries neither: the name and the kind
+    // must do.
     // Only an item waiting for its answer (awaiting) takes one: an answer to a closed item (a
     // replay on a later trip, a copy of one already delivered) is quarantined, like one that
     // names nothing or fails a check. Nothing quarantined here is delivered.
@@ -335,7 +313,6 @@ struct Store::Impl {
                 const Kind requestKind = kindFromDb(q->text(2)).value();
                 const Bytes tid = q->blob(3), nonce = q->blob(4);
                 const std::string answered = q->text(5);
-                const Keys k = keysOf(m);
                 if (state != State::Awaiting) {
                     why = state == State::Answered && answered == sha256
                               ? fmt::format("item {} has this answer already (a replay)",
@@ -345,20 +322,9 @@ struct Store::Impl {
                 } else if ((requestKind == Kind::Cmp) != (m.kind == Kind::Cmp)) {
                     why = fmt::format("a {} cannot answer item {}, a {}", kindInfo(m.kind).title,
                                       name->itemId, kindInfo(requestKind).title);
-                } else if (m.cmp && !std::ranges::equal(k.transactionId, tid)) {
-                    why = fmt::format("its transactionID is not item {}'s", name->itemId);
-                } else if (m.cmp && !std::ranges::equal(k.recipNonce, nonce)) {
-                    why = fmt::format("its recipNonce is not item {}'s senderNonce (RFC 9810 "
-                                      "§5.1.1)",
-                                      name->itemId);
-                } else if (!m.cmp && !k.transactionId.empty() &&
-                           !std::ranges::equal(k.transactionId, tid)) {
-                    why = fmt::format("its transactionId control is not item {}'s", name->itemId);
-                } else if (!m.cmp && !k.recipNonce.empty() &&
-                           !std::ranges::equal(k.recipNonce, nonce)) {
-                    why = fmt::format("its recipientNonce is not item {}'s senderNonce (RFC 10002 "
-                                      "§6.6)",
-                                      name->itemId);
+                } else if (auto mismatch = answerMismatch({requestKind == Kind::Cmp, tid, nonce}, m,
+                                                          fmt::format("item {}", name->itemId))) {
+                    why = std::move(*mismatch);
                 }
             }
         }
@@ -885,8 +851,10 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
         }
         std::size_t bytes = 0;
         for (std::size_t n = 0; n < ids.size() && bytes < maxBytes; ++n) {
-            auto q = db.query("SELECT id, kind, source, der, attempts, created_at, "
-                              "outcome_unknown, sha256, cmp_body FROM item WHERE id = ?1");
+            auto q =
+                db.query("SELECT id, kind, source, der, attempts, created_at, "
+                         "outcome_unknown, sha256, cmp_body, transaction_id, sender_nonce FROM "
+                         "item WHERE id = ?1");
             q->bind(1, ids[n]);
             if (!q->step())
                 continue;
@@ -899,6 +867,8 @@ std::vector<Claim> Store::claim(std::size_t limit, Millis now, Millis leaseUntil
             c.source = q->text(2);
             c.der = q->blob(3);
             c.cmpBody = static_cast<int>(q->optInt64(8).value_or(-1));
+            c.transactionId = q->blob(9);
+            c.senderNonce = q->blob(10);
             // The bytes sent must be the bytes stored (DESIGN.md, "relayed byte for byte"): a
             // bit flipped on disk after the commit would otherwise reach the CA as a request
             // nobody made. ingest() records sha256 as the hash of exactly this DER.

@@ -76,6 +76,9 @@ struct Claim {
     std::string source; // of the first arrival: routing is decided from source and kind
     int cmpBody = -1;   // CMP PKIBody tag (routing rules may match it); -1 for CMC
     Bytes der;
+    // Its correlation fields as stored (empty when it has none), so that the answer can be
+    // checked against them (lib/correlate.h, answerMismatch).
+    Bytes transactionId, senderNonce;
     int attempts = 0; // sends so far, including this one
     Millis firstSeen = 0;
 };

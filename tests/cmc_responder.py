@@ -23,13 +23,18 @@ Options: --fail-status N answers every request with HTTP N and an empty body;
            answered (a CA that hangs), until the responder is stopped;
          --delay-ms N waits N ms before answering each request (a slow CA);
          --fixed FILE answers every PKCS#10 with the certs-only response in FILE instead of
-           issuing a certificate (a fast CA for many requests; still logged one by one);
+           issuing a certificate (a fast CA for many requests; still logged one by one; a
+           Simple PKI Request carries nothing an answer could be matched on);
          --pending N: a CA that decides later (RFC 5272 §6.1.1 pending, §6.13 queryPending).
            A Full PKI Request without a queryPending control is answered with status pending
            and a PendInfo (a new random pendToken, pendTime now); a request whose queryPending
            control carries that token is answered pending again until it is the N-th such
            query, which gets success (and the token is spent); an unknown or spent token gets
            status failed with failInfo badRequest. The tokens live in memory only.
+         --other-transaction answers a Full PKI Request as if it were another transaction's:
+           a recipientNonce that is not its senderNonce and another transactionId (a CA or path
+           that mixed answers up);
+         --save FILE writes the body of each answer sent (the last one stays).
 TLS handshakes run in the connection's thread, so a client that stalls or fails its handshake
 never blocks the listener; a failed handshake is reported on stderr in one line.
 """
@@ -123,7 +128,7 @@ class Responder:
         return openssl("crl2pkcs7", "-nocrl", "-certfile", leaf, "-certfile", self.crt,
                        "-outform", "DER")
 
-    def full(self, request, tmp):
+    def full(self, request, tmp, other_transaction=False):
         pki_data = openssl("cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-out", "-",
                            data=request)
         found = request_controls(pki_data)
@@ -133,6 +138,11 @@ class Responder:
             other = ["other=SEQUENCE:pend"]
         elif status == CMC_FAILED:
             other = ["other=INTEGER:%d" % FAIL_BAD_REQUEST]
+        if other_transaction:
+            # Another request's controls: a fresh nonce and the next transactionId.
+            found["nonce"] = secrets.token_bytes(16)
+            tid = int.from_bytes(found.get("tid", b"\x00"), "big", signed=True) + 1
+            found["tid"] = tid.to_bytes((tid.bit_length() + 8) // 8, "big", signed=True)
         # RFC 5272 §6.6: recipientNonce echoes the request's senderNonce; §6.6 also wants the
         # transactionId copied when present.
         controls, extra = ["c1=SEQUENCE:status", "c2=SEQUENCE:snonce"], []
@@ -276,12 +286,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 elif mtype == "application/pkcs10":
                     rsp, rtype = srv.responder.simple(body, tmp), "certs-only"
                 elif mtype == "application/pkcs7-mime" and params.get("smime-type") == "cmc-request":
-                    rsp, rtype = srv.responder.full(body, tmp), "CMC-Response"
+                    rsp = srv.responder.full(body, tmp, srv.other_transaction)
+                    rtype = "CMC-Response"
                 else:
                     return self.answer(415)
         except (subprocess.CalledProcessError, ValueError, IndexError) as e:
             sys.stderr.write("cmc_responder: bad request: %s\n" % e)
             return self.answer(400)
+        if srv.save:
+            with open(srv.save, "wb") as f:
+                f.write(rsp)
         self.answer(200, rsp, "application/pkcs7-mime; smime-type=" + rtype)
 
     def answer(self, status, body=b"", ctype=None):
@@ -308,6 +322,8 @@ def main():
     ap.add_argument("--fixed", help="certs-only response (DER) for every PKCS#10")
     ap.add_argument("--pending", type=int, default=0,
                     help="answer Full PKI Requests pending until the N-th queryPending")
+    ap.add_argument("--other-transaction", action="store_true")
+    ap.add_argument("--save")
     args = ap.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
@@ -329,6 +345,8 @@ def main():
         server.delay = args.delay_ms / 1000.0
         server.stopping = threading.Event()
         server.fixed = None
+        server.other_transaction = args.other_transaction
+        server.save = args.save
         if args.fixed:
             with open(args.fixed, "rb") as f:
                 server.fixed = f.read()

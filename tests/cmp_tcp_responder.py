@@ -6,7 +6,9 @@ It listens on 127.0.0.1 on a free port and prints "LISTENING <port>". Each PKIMe
 in a frame is POSTed to OpenSSL's CMP mock server (--forward URL, e.g.
 http://127.0.0.1:PORT/pkix/, one HTTP/1.0 connection per message) and its answer sent back in
 the framing the request came in: version 10 pkiRep, or RFC 2510 pkiMsg. With --fixed FILE it
-answers every request with the PKIMessage in FILE instead.
+answers every request with the PKIMessage in FILE instead, given the request's transactionID and
+its senderNonce as recipNonce (tests/cmp_answer.py), as a server answering that request would
+(RFC 9810 §5.1.1).
 
 Options:
   --log FILE        one line per event: "open C", "frame C FRAMING TYPE LENGTH", "close C why"
@@ -17,6 +19,8 @@ Options:
                     --check-after S, default 0) N times before the real answer, which comes
                     as finalMsgRep (RFC 2510) or pkiRep (version 10) to the last pollReq
   --error TEXT      answer every request with errorMsgRep TEXT
+  --other-transaction  with --fixed: FILE exactly as it is, whatever the request (an answer that
+                    belongs to another transaction)
   --misbehave MODE  reset | drip | oversize | silent (as tests/cmc_tcp_responder.py);
                     maxlength: a frame header declaring 2^32-1 bytes, then nothing;
                     truncate: the first half of the answer's frame, then the connection closed;
@@ -33,6 +37,8 @@ import sys
 import threading
 import time
 import urllib.parse
+
+from cmp_answer import answer_to
 
 V10 = 10
 PKI_REQ, POLL_REP, POLL_REQ, ERROR = 0, 1, 2, 6
@@ -79,7 +85,7 @@ class Server:
 
     def forward(self, message):
         if self.fixed is not None:
-            return self.fixed
+            return self.fixed if self.args.other_transaction else answer_to(message, self.fixed)
         url = urllib.parse.urlsplit(self.args.forward)
         # Connection: close: OpenSSL 3.0's server cancels an open CMP transaction when a kept
         # connection closes, so each message gets a connection of its own that the server ends.
@@ -208,6 +214,7 @@ def main():
     ap.add_argument("--poll", type=int, default=0)
     ap.add_argument("--check-after", type=int, default=0)
     ap.add_argument("--error")
+    ap.add_argument("--other-transaction", action="store_true")
     ap.add_argument("--misbehave", choices=["reset", "drip", "oversize", "silent",
                                                     "maxlength", "truncate", "crawl"])
     args = ap.parse_args()

@@ -9,7 +9,9 @@ connections. Every connection gets the behaviour chosen for the run with --mode:
   hang             read the request, never answer (until the endpoint is stopped)
   drip             send a valid answer one byte every --drip-ms milliseconds (default 50)
   503              503 with an empty body
-  500-cmp-error    500 with a real CMP error PKIMessage (application/pkixcmp) as its body
+  500-cmp-error    500 with a real CMP error PKIMessage (application/pkixcmp) as its body,
+                   given a CMP request's transactionID and senderNonce (as recipNonce), as a
+                   server answering that request would (RFC 9810 §5.1.1; tests/cmp_answer.py)
   200-garbage      200 with bytes that are no PKI message
   200-empty        200 with an empty body
   200-wrong-type   200 with a valid certs-only body labelled text/html
@@ -19,6 +21,8 @@ connections. Every connection gets the behaviour chosen for the run with --mode:
   200-cmp-for-cmc  200 with a CMP ip (application/pkixcmp), whatever was asked
   302-relative     302 with a relative Location (/moved), which curl resolves against the
                    endpoint's url
+  200-cmp-other    the same ip for a CMP request: an answer of another transaction (its
+                   transactionID and recipNonce are the mock server's own)
   drop-reused      a valid certs-only answer, kept alive, for the first request on a connection;
                    a later request on the same connection is read, then the connection closed
                    without an answer (a CA that died after taking it in)
@@ -26,8 +30,9 @@ connections. Every connection gets the behaviour chosen for the run with --mode:
 certs-only with `openssl crl2pkcs7 -nocrl -certfile` over a throw-away certificate, the CMP
 messages with `openssl cmp -use_mock_srv` (its -send_error makes the mock answer with an error
 PKIMessage, the same way tests/fixtures/make_fixtures.sh makes cmp_error.der).
---save FILE writes the body of the answer this mode gives (before LISTENING), so a test can
-compare what pkirelay kept with what was sent; nothing is written for modes without a body.
+--save FILE writes the body of the answer this mode gives (before LISTENING, and again for each
+answer made for its request), so a test can compare what pkirelay kept with what was sent;
+nothing is written for modes without a body.
 --log FILE appends one line per request read: MODE METHOD PATH "CONTENT-TYPE" LENGTH CLIENT-PORT
 SHA256-OF-BODY, or one per connection with "- -" for method and path and "-" for the hash when
 no request is read (refuse). It trusts its clients (it is a test peer). Every answer says
@@ -45,8 +50,11 @@ import sys
 import tempfile
 import threading
 
+from cmp_answer import answer_to
+
 MODES = ["refuse", "reset", "hang", "drip", "503", "500-cmp-error", "200-garbage", "200-empty",
          "200-wrong-type", "200-trailing", "200-oversize", "200-cmp-for-cmc", "302-relative",
+         "200-cmp-other",
          "drop-reused"]
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 PKIXCMP = "application/pkixcmp"
@@ -69,7 +77,7 @@ def make_answers(mode, workdir, oversize):
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
             "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fault-endpoint", "-days", "2",
             cwd=workdir)
-    if mode in ("500-cmp-error", "200-cmp-for-cmc"):
+    if mode in ("500-cmp-error", "200-cmp-for-cmc", "200-cmp-other"):
         # The in-process mock server answers the client's request; -rspout keeps its answer.
         # -send_error makes it answer with an error PKIMessage (body 23, RFC 9810 §5.3.21).
         cmp = ["cmp", "-config", "", "-use_mock_srv", "-srv_cert", "ca.crt", "-srv_key", "ca.key",
@@ -187,9 +195,21 @@ class Handler(socketserver.BaseRequestHandler):
             except OSError:
                 return  # the client gave up (its timeout)
             return
+        def for_request():
+            # A CMP request gets the error as its own (a PKCS#10 gets it as it is: it cannot be
+            # answered in CMP anyway).
+            if ctype.split(";")[0].strip().lower() != PKIXCMP:
+                return srv.body
+            answer = answer_to(body, srv.body)
+            if srv.save:
+                with open(srv.save, "wb") as f:
+                    f.write(answer)
+            return answer
+
         answers = {
             "503": lambda: http_answer(503, "Service Unavailable"),
-            "500-cmp-error": lambda: http_answer(500, "Internal Server Error", srv.body, srv.ctype),
+            "500-cmp-error": lambda: http_answer(500, "Internal Server Error", for_request(),
+                                                 srv.ctype),
             "200-garbage": lambda: http_answer(200, "OK", GARBAGE, CERTS_ONLY),
             "200-empty": lambda: http_answer(200, "OK", b"", CERTS_ONLY),
             "200-wrong-type": lambda: http_answer(200, "OK", srv.body, "text/html"),
@@ -198,6 +218,7 @@ class Handler(socketserver.BaseRequestHandler):
             "200-cmp-for-cmc": lambda: http_answer(200, "OK", srv.body, srv.ctype),
             "302-relative": lambda: http_answer(302, "Found").replace(
                 b"\r\n\r\n", b"\r\nLocation: /moved\r\n\r\n", 1),
+            "200-cmp-other": lambda: http_answer(200, "OK", srv.body, srv.ctype),
         }
         try:
             sock.sendall(answers[mode]())
@@ -227,10 +248,12 @@ def main():
         server.drip = args.drip_ms / 1000.0
         server.ctype, server.body = make_answers(args.mode, workdir, args.oversize)
         server.stopping = threading.Event()
+        server.save = args.save
         if args.save:
             sent = {"500-cmp-error": server.body, "200-garbage": GARBAGE,
                     "200-wrong-type": server.body, "200-trailing": server.body + b"\x00",
                     "200-oversize": server.body, "200-cmp-for-cmc": server.body,
+                    "200-cmp-other": server.body,
                     "drip": server.body, "reset": server.body}.get(args.mode)
             if sent is not None:
                 with open(args.save, "wb") as f:

@@ -12,6 +12,7 @@
 
 #include "lib/armor.h"
 #include "lib/classify.h"
+#include "lib/correlate.h"
 #include "lib/der.h"
 #include "lib/describe.h"
 #include "peer.h"
@@ -630,4 +631,76 @@ TEST_CASE("a CMP name that is not UTF-8 still describes and encodes as JSON", "[
     const std::string json = pkirelay::toJson(message).dump();
     CHECK(json.find("\\\\xff") != std::string::npos);
     CHECK(pkirelay::describe(message).find('\x1b') == std::string::npos);
+}
+
+// ---- answer to request (lib/correlate.h) ------------------------------------------------------
+
+namespace {
+
+pkirelay::RequestKeys requestKeys(const Message &m) {
+    const auto k = pkirelay::correlationKeys(m);
+    return {k.cmp, k.transactionId, k.senderNonce};
+}
+
+} // namespace
+
+TEST_CASE("correlate: an answer matches its own request and no other", "[correlate][fixtures]") {
+    using pkirelay::answerMismatch;
+    const Message ir = classifyFixture("cmp_ir.der"), ip = classifyFixture("cmp_ip.der");
+    const Message p10cr = classifyFixture("cmp_p10cr.der"), cp = classifyFixture("cmp_cp.der");
+    const Message cr = classifyFixture("cmp_cr.der"), error = classifyFixture("cmp_error.der");
+    // The openssl mock server's answers to the requests of their transactions.
+    CHECK_FALSE(answerMismatch(requestKeys(ir), ip, "item 1"));
+    CHECK_FALSE(answerMismatch(requestKeys(p10cr), cp, "item 1"));
+    CHECK_FALSE(answerMismatch(requestKeys(cr), error, "item 1"));
+    // Another transaction's answer.
+    const auto other = answerMismatch(requestKeys(ir), cp, "item 7");
+    REQUIRE(other);
+    CHECK(other->find("transactionID is not item 7's") != std::string::npos);
+
+    SECTION("RFC 9810 §5.1.1: recipNonce must be the request's senderNonce, errors too") {
+        Message e = error;
+        e.cmp->recipNonce.clear();
+        const auto why = answerMismatch(requestKeys(cr), e, "item 2");
+        REQUIRE(why);
+        CHECK(why->find("no recipNonce") != std::string::npos);
+        e.cmp->recipNonce = {1, 2, 3};
+        CHECK(answerMismatch(requestKeys(cr), e, "item 2")->find("recipNonce is not") !=
+              std::string::npos);
+    }
+    SECTION("a request without a transactionID leaves the answer's free (MAY set)") {
+        Message r = ir;
+        r.cmp->transactionId.clear();
+        CHECK_FALSE(answerMismatch(requestKeys(r), ip, "item 3"));
+        r.cmp->senderNonce.clear(); // nothing to check at all
+        CHECK_FALSE(answerMismatch(requestKeys(r), cp, "item 3"));
+    }
+
+    const Message full = classifyFixture("cmc_request.der");
+    const Message response = classifyFixture("cmc_response.der");
+    const Message pending = classifyFixture("cmc_pending.der");
+    const Message certsOnly = classifyFixture("certs_only.p7c");
+    CHECK_FALSE(answerMismatch(requestKeys(full), response, "item 4"));
+    CHECK_FALSE(answerMismatch(requestKeys(full), pending, "item 4"));
+    // A Simple PKI Response has no controls to compare: it cannot be checked.
+    CHECK_FALSE(answerMismatch(requestKeys(full), certsOnly, "item 4"));
+    // A PKCS#10 has none either.
+    CHECK_FALSE(answerMismatch(requestKeys(classifyFixture("p10.der")), certsOnly, "item 5"));
+
+    SECTION("RFC 10002 §6.6: the transactionId and recipientNonce controls of the request") {
+        Message r = response;
+        r.cmc->recipientNonce = {9, 9};
+        CHECK(answerMismatch(requestKeys(full), r, "item 4")->find("recipientNonce is not") !=
+              std::string::npos);
+        r.cmc->recipientNonce.clear();
+        CHECK(answerMismatch(requestKeys(full), r, "item 4")->find("no recipientNonce") !=
+              std::string::npos);
+        r = response;
+        r.cmc->transactionId = {1};
+        CHECK(answerMismatch(requestKeys(full), r, "item 4")->find("transactionId control") !=
+              std::string::npos);
+    }
+    // Across protocols nothing matches.
+    CHECK(answerMismatch(requestKeys(ir), response, "item 6"));
+    CHECK(answerMismatch(requestKeys(full), ip, "item 6"));
 }

@@ -203,6 +203,29 @@ def cmc_full_request(folder, name, transaction_id=0x4242, query_pending=None):
     return path, nonce
 
 
+def check_kept_for_review(test, item_id, answer, field, response_file):
+    """An answer of another transaction: in review with the field named in its reason and
+    `show`, exported byte for byte, delivered only by `deliver --force` (a person's call)."""
+    shown = test.show(item_id)
+    test.assertEqual(shown["state"], "review", shown)
+    test.assertIn("another transaction", shown["reason"], shown)
+    test.assertIn(field, shown["reason"], shown)
+    test.assertIn(field, " ".join(e["detail"] for e in shown["events"]), shown["events"])
+    out = os.path.join(test.tmp, "export")
+    os.mkdir(out)
+    test.pkirelay("export", str(item_id), "--dir", out, "-c", test.config, check=True)
+    answers = [n for n in os.listdir(out) if n.startswith(f"{item_id}-answer")]
+    test.assertEqual(len(answers), 1, os.listdir(out))
+    with open(os.path.join(out, answers[0]), "rb") as f:
+        test.assertEqual(f.read(), answer, "export must give the CA's bytes exactly")
+    test.run_once(expect=0)
+    test.assertFalse(os.path.exists(response_file), "a review item is not delivered by itself")
+    test.pkirelay("deliver", str(item_id), "--force", "-c", test.config, check=True)
+    test.run_once(expect=0)
+    with open(response_file, "rb") as f:
+        test.assertEqual(f.read(), answer)
+
+
 def wait_until(condition, what, deadline=DEADLINE, interval=0.1):
     """Polls condition() until it returns something true (returned) or the deadline passes."""
     end = time.monotonic() + deadline

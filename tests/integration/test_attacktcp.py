@@ -5,9 +5,10 @@
   in the middle of its length defers the item; so does an answer sent a byte at a time
   (slowloris), once timeout_seconds is over; a pollRep loop that never ends is given up after
   pkirelay's poll bound and the item deferred; an answer for another transaction (another
-  transactionID, a recipNonce that is not the request's senderNonce) must not be delivered as
-  the request's answer (expected failure: the TCP and HTTP paths do not match answers to
-  requests).
+  transactionID, a recipNonce that is not the request's senderNonce) is not delivered as the
+  request's answer: it waits in review, kept byte for byte, until a person exports it or
+  delivers it with deliver --force; the same message given the request's transactionID and
+  nonce is delivered.
 - A message routed to a TCP endpoint of the other protocol (CMP to cmc-tcp, CMC to cmp-tcp)
   fails at once, unsent, with a reason that says so (it used to go out and be deferred).
 - CMC over TCP: pkirelay killed with SIGKILL while the request is out, then restarted against
@@ -21,7 +22,7 @@ Nothing sleeps to wait: every wait is for a condition with a deadline.
 import os
 import unittest
 
-from harness import CmpCredentials, run, TESTS_DIR, wait_until
+from harness import CmpCredentials, check_kept_for_review, run, TESTS_DIR, wait_until
 from test_tcp import TcpTestCase, UNREACHABLE, cmp_client, read_log
 import test_tls_endpoints as tls
 
@@ -88,18 +89,33 @@ class CmpAttacks(TcpTestCase):
         self.assertEqual(item["state"], "deferred", item)
         self.assertIn("no complete answer within 1000 ms", str(item))
 
-    @unittest.expectedFailure
     def test_answer_for_another_transaction_is_not_delivered(self):
         # The server answers every request with one fixed ip of another transaction: its
         # transactionID and recipNonce are not this request's. Delivering it as the answer
         # breaks "every request gets exactly one response": the requester gets a certificate
-        # meant for someone else, and a second request would get the same one.
+        # meant for someone else, and a second request would get the same one. It is kept for
+        # a person, byte for byte (RFC 9810 §5.1.1: the response carries the request's
+        # transactionID, and its recipNonce is the request's senderNonce).
+        self.configure("--other-transaction")
+        self.offline_ir()
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "review", item)
+        self.assertFalse(os.path.exists(os.path.join(self.inbox, "ir.pki")))
+        with open(self.fixture("cmp_ip.der"), "rb") as f:
+            answer = f.read()
+        check_kept_for_review(self, item["id"], answer, "transactionID",
+                              os.path.join(self.inbox, "ir.pki"))
+        self.assertEqual(len(self.events("frame")), 1, "never sent again")
+
+    def test_fixed_answer_given_this_transaction_is_delivered(self):
+        # The same message with the request's transactionID and senderNonce as recipNonce is
+        # this request's answer (what --fixed sends by default).
         self.configure()
         self.offline_ir()
-        self.run_once()
-        item = self.only_item()
-        self.assertNotEqual(item["state"], "answered", item)
-        self.assertFalse(os.path.exists(os.path.join(self.inbox, "ir.pki")))
+        self.run_once(expect=0)
+        self.assertEqual(self.only_item()["state"], "answered")
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "ir.pki")))
 
 
 class WrongProtocolRoutes(TcpTestCase):

@@ -10,6 +10,9 @@ docs/architecture.md, "The guarantees"):
   answer) keeps the CA's bytes in the store (state review, exit 65), writes no response, is never
   sent again by a later run, and `pkirelay export` writes the very bytes the CA sent;
 - a CMP error in a 500 body is an answer (delivered to a CMP request, review for a CMC one);
+- an answer of another transaction (a CMP ip whose transactionID and recipNonce are not the
+  request's; a CMC Full PKI Response whose transactionId and recipientNonce controls are not)
+  is kept for review like an unusable one; `deliver --force` is a person's way to deliver it;
 - the endpoint saw each request exactly as often as the item's history says it was sent, also
   when a kept-alive connection dies after the CA read a request (drop-reused: an expected
   failure today, libcurl resends on its own);
@@ -30,7 +33,8 @@ import sys
 import time
 import unittest
 
-from harness import TESTS_DIR, Peer, PkirelayTestCase, openssl, wait_until
+from harness import (TESTS_DIR, Peer, PkirelayTestCase, check_kept_for_review, openssl,
+                     wait_until)
 
 FAULT_ENDPOINT = os.path.join(TESTS_DIR, "fault_endpoint.py")
 # Short deadlines so that a hanging CA costs a second, not a minute.
@@ -255,6 +259,55 @@ class Faults(PkirelayTestCase):
         self.assertIn("PKIStatus rejection (2)", says)
         self.assertIn("failInfo badRequest", says)
         self.assertIn("error processing message", says)
+
+    # --- answers of another transaction (RFC 9810 §5.1.1, RFC 10002 §6.6) ------------------
+
+    def test_200_cmp_of_another_transaction_is_kept_for_review(self):
+        # An ip whose transactionID and recipNonce are another request's is no answer to this
+        # one: kept for a person, never delivered by itself, never sent again.
+        port = self.start_fault("200-cmp-other")
+        self.configure(port)
+        cmp_request(self.tmp, os.path.join(self.inbox, "cr.der"))
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "review", self.history(item["id"]))
+        self.assertEqual(self.responses(), [])
+        check_kept_for_review(self, item["id"], self.sent(), "transactionID",
+                              os.path.join(self.inbox, "cr.pki"))
+        self.assertEqual(self.fault_seen(), 1)
+
+    def test_cmc_response_of_another_transaction_is_kept_for_review(self):
+        # A Full PKI Response whose recipientNonce and transactionId are not the request's.
+        fx = os.path.join(self.tmp, "fx")
+        subprocess.run(["sh", os.path.join(TESTS_DIR, "fixtures", "make_fixtures.sh"), fx],
+                       check=True, capture_output=True)
+        shutil.copy(os.path.join(fx, "cmc_request.der"), os.path.join(self.inbox, "full.der"))
+        saved = os.path.join(self.tmp, "cmc-sent.bin")
+        peer = Peer([sys.executable, os.path.join(TESTS_DIR, "cmc_responder.py"),
+                     "--log", self.healthy_log, "--other-transaction", "--save", saved],
+                    "LISTENING")
+        self.peers.append(peer)
+        self.configure(int(peer.ready_line.split()[1]), endpoint=PATIENT_ENDPOINT)
+        self.run_once(expect=65)
+        item = self.only_item()
+        self.assertEqual(item["state"], "review", self.history(item["id"]))
+        self.assertEqual(self.responses(), [])
+        with open(saved, "rb") as f:
+            answer = f.read()
+        check_kept_for_review(self, item["id"], answer, "transactionId",
+                              os.path.join(self.inbox, "full.crp"))
+        self.assertEqual(self.healthy_seen(), 1)
+
+    def test_cmc_response_of_this_transaction_is_delivered(self):
+        # The same responder answering with the request's own controls: delivered.
+        fx = os.path.join(self.tmp, "fx")
+        subprocess.run(["sh", os.path.join(TESTS_DIR, "fixtures", "make_fixtures.sh"), fx],
+                       check=True, capture_output=True)
+        shutil.copy(os.path.join(fx, "cmc_request.der"), os.path.join(self.inbox, "full.der"))
+        self.configure(self.start_healthy(), endpoint=PATIENT_ENDPOINT)
+        self.run_once(expect=0)
+        self.assertEqual(self.only_item()["state"], "answered")
+        self.assertEqual(self.responses(), ["full.crp"])
 
     def test_200_garbage_is_kept_for_review(self):
         self.check_review("200-garbage", ["not a pki message"])
