@@ -108,9 +108,9 @@ endpoint = "cmp"
 routes = { cmc-full-request = "cmc", cmc-simple-request = "p10" }
 [endpoint.cmp]
 url = "$url/cmp"
-$eextra[endpoint.cmc]
+${eextra}[endpoint.cmc]
 url = "$url/cmc"
-$eextra[endpoint.p10]
+${eextra}[endpoint.p10]
 url = "$url/p10"
 $eextra
 EOF
