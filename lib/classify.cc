@@ -74,6 +74,132 @@ Error nested(const Error &e, std::string_view where) {
     return Error(fmt::format("{}: {}", where, reason), e.offset(), false);
 }
 
+// ---- Names for people ------------------------------------------------------------------------
+
+// Attribute types whose OpenSSL short name (OBJ_nid2sn, what XN_FLAG_FN_SN prints) is known
+// here, by the contents octets of their OBJECT IDENTIFIER.
+struct NameAttribute {
+    std::string_view oid;
+    std::string_view shortName;
+};
+constexpr std::array<NameAttribute, 10> kNameAttributes = {{
+    {"\x55\x04\x03", "CN"},                                   // 2.5.4.3 commonName
+    {"\x55\x04\x06", "C"},                                    // 2.5.4.6 countryName
+    {"\x55\x04\x07", "L"},                                    // 2.5.4.7 localityName
+    {"\x55\x04\x08", "ST"},                                   // 2.5.4.8 stateOrProvinceName
+    {"\x55\x04\x0a", "O"},                                    // 2.5.4.10 organizationName
+    {"\x55\x04\x0b", "OU"},                                   // 2.5.4.11 organizationalUnitName
+    {"\x55\x04\x05", "serialNumber"},                         // 2.5.4.5
+    {"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x01", "emailAddress"}, // 1.2.840.113549.1.9.1
+    {"\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x19", "DC"},       // 0.9.2342.19200300.100.1.25
+    {"\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x01", "UID"},      // 0.9.2342.19200300.100.1.1
+}};
+
+// A value RFC 4514 §2.4 (and OpenSSL's ASN1_STRFLGS_RFC2253) prints as it is: no character to
+// escape anywhere (",+\"\\<>;", controls, bytes above 0x7e), no '#' or space first, no space
+// last. The set is kept narrower than that, to characters PrintableString allows (X.680 §41.4)
+// plus '@' and '_' outside PrintableString; anything else goes to OpenSSL.
+bool plainValue(ByteView v, bool printableString) {
+    if (v.empty() || v.front() == ' ' || v.back() == ' ')
+        return false;
+    for (std::uint8_t c : v) {
+        const bool alnum =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        const bool punct = c == ' ' || c == '\'' || c == '(' || c == ')' || c == '-' || c == '.' ||
+                           c == '/' || c == ':' || c == '?';
+        if (!alnum && !punct && (printableString || (c != '@' && c != '_')))
+            return false;
+    }
+    return true;
+}
+
+// The text of a Name whose every RDN is one attribute of kNameAttributes with a plain
+// PrintableString, UTF8String or IA5String value, in DER; nullopt for anything else (which
+// OpenSSL then prints, or refuses). XN_FLAG_RFC2253: the RDNs last to first (XN_FLAG_DN_REV),
+// "," between them, "TYPE=value" with no spaces.
+std::optional<std::string> plainNameText(ByteView encoding) {
+    try {
+        Reader top(encoding);
+        const Tlv name = top.next();
+        if (!top.atEnd() || !name.is(kSeq) || name.indefinite)
+            return std::nullopt;
+        std::array<std::pair<std::string_view, ByteView>, 16> parts;
+        std::size_t n = 0;
+        Reader rdns = top.enter(name);
+        while (!rdns.atEnd()) {
+            const Tlv rdn = rdns.next();
+            if (!rdn.is(kSet) || rdn.indefinite || n == parts.size())
+                return std::nullopt;
+            Reader set = rdns.enter(rdn);
+            const Tlv atv = set.next();
+            if (!set.atEnd() || !atv.is(kSeq) || atv.indefinite)
+                return std::nullopt; // several attributes in one RDN: '+', OpenSSL's order
+            Reader pair = set.enter(atv);
+            const Tlv type = pair.next();
+            const Tlv value = pair.next();
+            if (!pair.atEnd() || !type.is(kOid) || value.tag.cls != der::TagClass::Universal ||
+                value.tag.constructed)
+                return std::nullopt;
+            const bool printable = value.tag.number == 19;
+            if (!printable && value.tag.number != der::kUtf8String &&
+                value.tag.number != der::kIa5String)
+                return std::nullopt;
+            const std::string_view oid(reinterpret_cast<const char *>(type.content.data()),
+                                       type.content.size());
+            const auto known = std::find_if(kNameAttributes.begin(), kNameAttributes.end(),
+                                            [&](const auto &a) { return a.oid == oid; });
+            if (known == kNameAttributes.end() || !plainValue(value.content, printable))
+                return std::nullopt;
+            parts[n++] = {known->shortName, value.content};
+        }
+        if (n == 0)
+            return std::nullopt; // the empty Name: OpenSSL says what it prints
+        std::string out;
+        for (std::size_t i = n; i-- > 0;) {
+            if (i != n - 1)
+                out.push_back(',');
+            out.append(parts[i].first);
+            out.push_back('=');
+            out.append(reinterpret_cast<const char *>(parts[i].second.data()),
+                       parts[i].second.size());
+        }
+        return out;
+    } catch (const Error &) {
+        return std::nullopt; // OpenSSL decides
+    }
+}
+
+} // namespace
+
+std::optional<std::string> nameTextOpenSsl(ByteView encoding) {
+    if (encoding.size() > static_cast<std::size_t>(std::numeric_limits<long>::max()))
+        return std::nullopt;
+    const unsigned char *p = encoding.data();
+    ::ERR_clear_error();
+    X509NamePtr x(::d2i_X509_NAME(nullptr, &p, static_cast<long>(encoding.size())));
+    // d2i accepts trailing garbage (LIBRARIES.md, OpenSSL 1): check it used every byte.
+    if (!x || p != encoding.data() + encoding.size()) {
+        ::ERR_clear_error();
+        return std::nullopt;
+    }
+    BioPtr bio(::BIO_new(::BIO_s_mem()));
+    if (!bio || ::X509_NAME_print_ex(bio.get(), x.get(), 0, XN_FLAG_RFC2253) < 0) {
+        ::ERR_clear_error();
+        return std::nullopt;
+    }
+    char *data = nullptr;
+    const long len = BIO_get_mem_data(bio.get(), &data);
+    return std::string(data, len > 0 ? static_cast<std::size_t>(len) : 0);
+}
+
+std::optional<std::string> nameText(ByteView encoding) {
+    if (auto text = plainNameText(encoding))
+        return text;
+    return nameTextOpenSsl(encoding);
+}
+
+namespace {
+
 // RFC 5280 §4.2.1.6 GeneralName, IMPLICIT tags (PKIX1Implicit88); directoryName [4] is
 // explicit because Name is a CHOICE.
 std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view what) {
@@ -113,28 +239,11 @@ std::string generalName(const Tlv &tlv, const Reader &parent, std::string_view w
                         name.offset);
         if (!r.atEnd())
             r.expectEnd(part());
-        if (name.encoding.size() > static_cast<std::size_t>(std::numeric_limits<long>::max()))
-            throw Error("name too large", name.offset);
-        const unsigned char *p = name.encoding.data();
-        ::ERR_clear_error();
-        X509NamePtr x(::d2i_X509_NAME(nullptr, &p, static_cast<long>(name.encoding.size())));
-        // d2i accepts trailing garbage (LIBRARIES.md, OpenSSL 1): check it used every byte.
-        if (!x || p != name.encoding.data() + name.encoding.size()) {
-            ::ERR_clear_error();
-            throw Error(fmt::format("the {} directoryName at offset {} is not a valid Name", what,
-                                    name.offset),
-                        name.offset);
-        }
-        BioPtr bio(::BIO_new(::BIO_s_mem()));
-        if (!bio || ::X509_NAME_print_ex(bio.get(), x.get(), 0, XN_FLAG_RFC2253) < 0) {
-            ::ERR_clear_error();
-            throw Error(fmt::format("the {} directoryName at offset {} cannot be printed", what,
-                                    name.offset),
-                        name.offset);
-        }
-        char *data = nullptr;
-        const long len = BIO_get_mem_data(bio.get(), &data);
-        return std::string(data, len > 0 ? static_cast<std::size_t>(len) : 0);
+        if (auto text = nameText(name.encoding))
+            return std::move(*text);
+        throw Error(
+            fmt::format("the {} directoryName at offset {} is not a valid Name", what, name.offset),
+            name.offset);
     }
     default:
         break;

@@ -86,4 +86,14 @@ std::string_view cmpBodyName(int bodyType);
 // entity sends to reject a transaction, RFC 9810 §5.3.21): messages to carry towards a CA.
 bool cmpBodyIsRequest(int bodyType);
 
+// A DER Name (RFC 5280 §4.1.2.4) as text for people: what OpenSSL's X509_NAME_print_ex prints
+// with XN_FLAG_RFC2253 ("CN=x,O=y", RFC 4514 order and escaping), or nullopt when OpenSSL does
+// not take the bytes as a Name. nameText builds the text of the names nearly every message
+// carries (single-valued RDNs of common attributes, values of plain ASCII) itself, which costs
+// a few hundred instructions where d2i_X509_NAME and the print cost tens of thousands, and
+// hands every other name to OpenSSL; nameTextOpenSsl always asks OpenSSL (the tests hold the
+// two to the same text).
+std::optional<std::string> nameText(ByteView encoding);
+std::optional<std::string> nameTextOpenSsl(ByteView encoding);
+
 } // namespace pkirelay

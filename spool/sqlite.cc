@@ -154,7 +154,8 @@ Bytes Statement::blob(int column) {
 }
 
 Query::Query(Statement &statement) : statement_(&statement) {
-    statement_->reset();
+    // Every Query resets its statement when it ends, and a new statement starts reset: only
+    // the bindings of the last use remain to be cleared.
     statement_->clearBindings();
 }
 
@@ -172,6 +173,18 @@ std::string uriPath(std::string_view path) {
             out += fmt::format("%{:02X}", c);
     }
     return out;
+}
+
+// Once per process, before the first connection: no memory statistics. With them (the
+// default) every allocation SQLite makes takes a global mutex to count it; nothing here reads
+// the counts (sqlite3_memory_used, soft heap limits). sqlite3_config fails harmlessly
+// (SQLITE_MISUSE) if the library was initialised already, e.g. by another user of it.
+void configureLibrary() {
+    static const bool done = [] {
+        ::sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        return true;
+    }();
+    (void)done;
 }
 
 } // namespace
@@ -219,9 +232,11 @@ Database Database::open(const std::string &path, Access access, int busyTimeoutM
             ::close(fd); // only created here; SQLite opens it itself just below
     }
 
-    const int flags = access == Access::ReadOnly   ? SQLITE_OPEN_READONLY
-                      : access == Access::NoCreate ? SQLITE_OPEN_READWRITE
-                                                   : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    const int flags = (access == Access::ReadOnly   ? SQLITE_OPEN_READONLY
+                       : access == Access::NoCreate ? SQLITE_OPEN_READWRITE
+                                                    : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) |
+                      SQLITE_OPEN_NOMUTEX;
+    configureLibrary();
     sqlite3 *raw = nullptr;
     const int rc = ::sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
     // sqlite3_open_v2 returns a handle even on failure; own it before anything can throw.
@@ -229,6 +244,9 @@ Database Database::open(const std::string &path, Access access, int busyTimeoutM
     if (rc != SQLITE_OK)
         fail(raw, fmt::format("cannot open database {}", path));
 
+    // SQLITE_OPEN_NOMUTEX: a connection is only ever used by the thread that opened it (the
+    // event loop's), so SQLite's per-connection mutex, taken and released in every API call
+    // (about 600 times per relayed message), guards nothing (threadsafe.html, multi-thread).
     ::sqlite3_extended_result_codes(raw, 1);
     check(raw, ::sqlite3_busy_timeout(raw, busyTimeoutMs), "busy_timeout");
 
@@ -294,6 +312,11 @@ Query Database::query(std::string_view sql) {
     return Query(*it->second);
 }
 
+void Database::step(std::string_view sql) {
+    auto q = query(sql);
+    q->run();
+}
+
 std::int64_t Database::queryInt(std::string_view sql) {
     Statement st(db_.get(), sql);
     if (!st.step())
@@ -314,7 +337,7 @@ Transaction::Transaction(Database &db, Mode mode)
     : db_(db), joined_(!::sqlite3_get_autocommit(db.get())),
       exceptions_(std::uncaught_exceptions()) {
     if (!joined_)
-        db_.exec(mode == Mode::Immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED");
+        db_.step(mode == Mode::Immediate ? "BEGIN IMMEDIATE" : "BEGIN DEFERRED");
 }
 
 Transaction::~Transaction() {
@@ -328,7 +351,7 @@ Transaction::~Transaction() {
 
 void Transaction::commit() {
     if (!joined_)
-        db_.exec("COMMIT");
+        db_.step("COMMIT");
     done_ = true;
 }
 

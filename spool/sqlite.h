@@ -97,6 +97,9 @@ public:
     void exec(std::string_view sql);
     // The connection's cached prepared statement for this SQL text.
     Query query(std::string_view sql);
+    // Runs one statement through the cache (BEGIN, COMMIT: prepared once, not parsed at every
+    // transaction as exec() would).
+    void step(std::string_view sql);
     // One value from a query such as "PRAGMA user_version".
     std::int64_t queryInt(std::string_view sql);
     std::string queryText(std::string_view sql);

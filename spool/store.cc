@@ -255,7 +255,7 @@ struct Store::Impl {
         if (s.returnLeg)
             return matchReturn(s, from, now);
         const Message &m = *s.message;
-        const std::string sha256 = sha256Hex(m.der);
+        const std::string sha256 = s.messageSha256.empty() ? sha256Hex(m.der) : s.messageSha256;
         const State fresh = s.relay ? State::Queued : State::Unmatched;
         auto e = findByHash(sha256);
         if (e && e->state == State::Quarantined) {

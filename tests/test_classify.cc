@@ -10,6 +10,8 @@
 #include <iterator>
 #include <string>
 
+#include <openssl/x509.h>
+
 #include "lib/armor.h"
 #include "lib/classify.h"
 #include "lib/correlate.h"
@@ -556,7 +558,86 @@ TEST_CASE("classify: names and directions of CMP bodies", "[classify]") {
     CHECK_FALSE(cmpBodyIsRequest(15)); // ckuann
 }
 
-// ---- describe (what `inspect` prints) --------------------------------------------------------
+// nameText builds the text of plain names itself and leaves the rest to OpenSSL: both must give
+// OpenSSL's X509_NAME_print_ex text (XN_FLAG_RFC2253) for every name, and refuse the same bytes.
+TEST_CASE("classify: a Name's text is OpenSSL's, with or without OpenSSL", "[classify][names]") {
+    struct Entry {
+        const char *field;
+        int type; // MBSTRING_UTF8, or a V_ASN1_* string type written as it is
+        std::string value;
+    };
+    const auto encode = [](const std::vector<std::vector<Entry>> &rdns) {
+        X509_NAME *name = ::X509_NAME_new();
+        REQUIRE(name != nullptr);
+        for (const auto &rdn : rdns)
+            for (const auto &e : rdn) {
+                INFO(e.field << "=" << e.value);
+                // set 0 starts an RDN, -1 adds to the one before (a multi-valued RDN)
+                REQUIRE(::X509_NAME_add_entry_by_txt(
+                            name, e.field, e.type,
+                            reinterpret_cast<const unsigned char *>(e.value.data()),
+                            static_cast<int>(e.value.size()), -1,
+                            &e == &rdn.front() ? 0 : -1) == 1);
+            }
+        unsigned char *der = nullptr;
+        const int n = ::i2d_X509_NAME(name, &der);
+        ::X509_NAME_free(name);
+        REQUIRE(n > 0);
+        Bytes out(der, der + n);
+        ::OPENSSL_free(der);
+        return out;
+    };
+    const int utf8 = MBSTRING_UTF8, ps = V_ASN1_PRINTABLESTRING, ia5 = V_ASN1_IA5STRING;
+    const std::vector<std::vector<std::vector<Entry>>> names = {
+        {{{"CN", utf8, "bench-ee"}}},
+        {{{"O", utf8, "pkirelay bench"}}, {{"CN", utf8, "Bench CA"}}},
+        {{{"C", ps, "DE"}},
+         {{"ST", utf8, "Bayern"}},
+         {{"L", utf8, "Munich"}},
+         {{"OU", utf8, "PKI (test)"}},
+         {{"CN", ps, "a-b.c/d:e?f'g"}}},
+        {{{"DC", ia5, "example"}}, {{"DC", ia5, "com"}}, {{"UID", utf8, "user_1"}}},
+        {{{"emailAddress", ia5, "ee@example.com"}}, {{"serialNumber", ps, "0042"}}},
+        {{{"CN", ps, "user@example.com"}}}, // '@' is not PrintableString's: OpenSSL decides
+        // Everything OpenSSL escapes or prints its own way, at the start, inside and at the
+        // end.
+        {{{"CN", utf8, "a,b"}}},
+        {{{"CN", utf8, "a+b"}}},
+        {{{"CN", utf8, "a=b"}}},
+        {{{"CN", utf8, "a\"b;c<d>e\\f"}}},
+        {{{"CN", utf8, "#start"}}},
+        {{{"CN", utf8, " lead"}}},
+        {{{"CN", utf8, "trail "}}},
+        {{{"CN", utf8, "tab\there"}}},
+        {{{"CN", utf8, "caf\xc3\xa9"}}},
+        {{{"CN", utf8, "x"}, {"O", utf8, "y"}}}, // a multi-valued RDN
+        {{{"2.5.4.42", utf8, "Given"}}},         // a type outside the table
+        {{{"1.2.3.4.5", utf8, "unknown"}}},      // a type OpenSSL has no name for
+        {{{"CN", V_ASN1_T61STRING, "t61"}}},
+        {{{"CN", V_ASN1_BMPSTRING, std::string("\0a\0b", 4)}}},
+        {}, // the empty Name
+    };
+    for (const auto &rdns : names) {
+        const Bytes der = encode(rdns);
+        const auto ours = nameText(der);
+        const auto theirs = nameTextOpenSsl(der);
+        INFO("name " << toHex(der));
+        REQUIRE(theirs.has_value());
+        CHECK(ours == theirs);
+    }
+    // What OpenSSL refuses, nameText refuses: not a Name, trailing bytes, a broken SET.
+    // The last is an empty value, which the API above cannot make.
+    for (const char *h :
+         {"3100", "300531033003", "3003310130", "30063104300206", "300b3109300706035504030c00ff",
+          "3003020101", "300b3109300706035504030c00"}) {
+        const Bytes der = hex(h);
+        INFO("bytes " << h);
+        CHECK(nameText(der) == nameTextOpenSsl(der));
+    }
+}
+
+// ---- describe (what `inspect` prints)
+// --------------------------------------------------------
 
 TEST_CASE("describe: text and JSON for messages and rejections", "[describe]") {
     const auto ir = classifyFixture("cmp_ir.der");

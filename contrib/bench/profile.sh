@@ -14,6 +14,9 @@
 #            self costs; strace: system calls per message (strace -c -f)
 #   --rounds R passes of N requests each into the same store (default 1): cost against history
 #   --keep DIR  keep the callgrind output (cg.out) and logs in DIR
+#   --set 'TOML' a line added at the end of the configuration (e.g. '[limits] max_in_flight = 64'
+#            is two: pass '--set "[limits]" --set "max_in_flight = 64"'); repeatable
+#   --endpoint-set 'TOML'  a line added to each endpoint's table ('max_connections = 16')
 # Needs nginx, valgrind, strace and /usr/bin/time (run.sh installs them). Uses only 127.0.0.1.
 set -euo pipefail
 
@@ -23,6 +26,8 @@ store=""
 tool=time
 rounds=1
 keep=""
+extra=()
+eextra=""
 while [ $# -gt 0 ]; do
     case $1 in
     --n) n=$2; shift 2 ;;
@@ -31,7 +36,9 @@ while [ $# -gt 0 ]; do
     --tool) tool=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --set) extra+=("$2"); shift 2 ;;
+    --endpoint-set) eextra="$eextra$2"$'\n'; shift 2 ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -101,11 +108,13 @@ endpoint = "cmp"
 routes = { cmc-full-request = "cmc", cmc-simple-request = "p10" }
 [endpoint.cmp]
 url = "$url/cmp"
-[endpoint.cmc]
+${eextra}[endpoint.cmc]
 url = "$url/cmc"
-[endpoint.p10]
+${eextra}[endpoint.p10]
 url = "$url/p10"
+$eextra
 EOF
+[ ${#extra[@]} -eq 0 ] || printf '%s\n' "${extra[@]}" >>"$d/pkirelay.toml"
 
 for r in $(seq "$rounds"); do
     "$here/gen_requests.py" --templates "$work/tpl" --pkirelay "$pk" --out "$d/in" --count "$n" \

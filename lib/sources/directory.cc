@@ -5,6 +5,7 @@
 
 #include "lib/crash_point.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -393,6 +394,9 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
         } else {
             sub.message = std::move(std::get<Message>(classified));
             sub.relay = sub.message->isRequest();
+            // A bare DER file is its message: one hash serves as both (not for PEM or mail).
+            if (std::ranges::equal(sub.message->der, file.bytes))
+                sub.messageSha256 = sub.arrivalSha256;
         }
     }
     sub.acknowledgedWhenStored = !removable;

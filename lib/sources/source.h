@@ -34,7 +34,10 @@ struct Arrival {
 // What a source hands to the store for one input.
 struct Submission {
     Arrival arrival;
-    std::string arrivalSha256;      // hash of the raw input as found (for known-arrival checks)
+    std::string arrivalSha256; // hash of the raw input as found (for known-arrival checks)
+    // sha256Hex(message->der) when the source has it already (the input is the message's DER
+    // itself, so it is arrivalSha256); empty: the store hashes the message.
+    std::string messageSha256 = {};
     std::uint64_t size = 0;         // of the raw input
     std::optional<Message> message; // the classified message, or nullopt when rejected
     bool relay = true;              // false: a message that is not a request (-> Unmatched)

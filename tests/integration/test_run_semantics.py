@@ -114,6 +114,28 @@ class RunSemantics(PkirelayTestCase):
         self.assertEqual(self.requests_seen(), 1)
         self.assertTrue(os.path.exists(os.path.join(self.inbox, "later.p7c")))
 
+    def test_recorded_hash_is_the_message_der_bare_or_armoured(self):
+        # A bare DER file's hash serves as its message's (one SHA-256 instead of two); a PEM
+        # file's message is the DER inside it, hashed on its own. Either way the item's sha256
+        # is the DER's, or the claim would take the item for damaged.
+        import hashlib
+        self.configure()
+        bare = self.csr("bare.p10")
+        armoured = self.csr("armoured.der", folder=self.tmp)
+        with open(armoured, "rb") as f:
+            der = f.read()
+        with open(os.path.join(self.inbox, "armoured.p10"), "w") as f:
+            f.write("-----BEGIN CERTIFICATE REQUEST-----\n")
+            f.write(base64.encodebytes(der).decode())
+            f.write("-----END CERTIFICATE REQUEST-----\n")
+        with open(bare, "rb") as f:
+            bare_der = f.read()
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 2)
+        got = {i["origin"]: self.show(i["id"])["sha256"] for i in self.items("answered")}
+        self.assertEqual(got, {"bare.p10": hashlib.sha256(bare_der).hexdigest(),
+                               "armoured.p10": hashlib.sha256(der).hexdigest()})
+
     def test_second_pass_sends_nothing(self):
         self.configure()
         for n in range(5):
