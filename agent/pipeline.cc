@@ -228,6 +228,9 @@ void Pipeline::sweep() {
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
     try {
+        // A daemon runs for weeks: its store is checked whole on the same interval as the
+        // opens of a cron job (damage found ends the run, loudly, with its own exit status).
+        store_.checkWholeIfDue();
         expireAwaiting();
         // An operator's deliver --force (or any change by another process) may have made
         // answers deliverable that no stage of this run knows of.

@@ -11,6 +11,7 @@
 #include <set>
 #include <functional>
 #include <cstring>
+#include <ctime>
 #include <sys/stat.h>
 
 #include <fmt/format.h>
@@ -85,6 +86,7 @@ struct Store::Impl {
     sql::Database db;
     bool readOnly = false; // opened by openReadOnly: the operator's write commands refuse
     std::optional<std::int64_t> dataVersion = std::nullopt; // changedElsewhere()'s last look
+    std::string path = {}; // for messages
 
     void addEvent(std::int64_t item, Millis at, std::string_view what, std::string_view detail) {
         auto q = db.query("INSERT INTO event (item_id, at, what, detail) VALUES (?1, ?2, ?3, ?4)");
@@ -598,6 +600,36 @@ void checkIntegrity(sql::Database &db, const std::string &path) {
             fmt::format("{}: the database is damaged (PRAGMA quick_check: {})", path, result));
 }
 
+// Schema 8 records when the whole store last passed the check (schemas/0008_store_check.sql).
+constexpr std::int64_t kCheckSchema = 8;
+
+std::int64_t wallSeconds() {
+    return static_cast<std::int64_t>(::time(nullptr));
+}
+
+bool fullCheckDue(sql::Database &db, std::int64_t schema, std::int64_t now) {
+    if (schema < kCheckSchema)
+        return true;
+    auto q = db.query("SELECT checked_at FROM store_check WHERE id = 1");
+    if (!q->step())
+        return true;
+    const std::int64_t at = q->int64(0);
+    return now < at || now - at >= Store::kFullCheckSeconds; // a clock set back: check now
+}
+
+// Best effort: a store another process is writing is checked again at the next open.
+void recordFullCheck(sql::Database &db, std::int64_t now) {
+    try {
+        sql::Transaction tx(db);
+        auto q = db.query("INSERT INTO store_check (id, checked_at) VALUES (1, ?1) "
+                          "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at");
+        q->bind(1, now);
+        q->run();
+        tx.commit();
+    } catch (const StoreBusy &) {
+    }
+}
+
 // A store that must exist: present, not empty, and with a schema. An emptied file (0 bytes)
 // opens as a valid empty database, so size and user_version are checked, not only the name.
 void requireExisting(const std::string &path) {
@@ -617,6 +649,7 @@ Store Store::open(const std::string &path, OpenMode mode) {
         sql::Database::open(path, mode == OpenMode::MustExist ? sql::Database::Access::NoCreate
                                                               : sql::Database::Access::Create)});
     auto &db = impl->db;
+    impl->path = path;
     const auto &all = migrations();
     const auto known = static_cast<std::int64_t>(all.size());
     auto newer = [&](std::int64_t version) {
@@ -630,7 +663,9 @@ Store Store::open(const std::string &path, OpenMode mode) {
         throw newer(current);
     if (current == 0 && mode == OpenMode::MustExist)
         throw StoreMissing(fmt::format("{}: the file holds no pkirelay store (no schema)", path));
-    if (current > 0)
+    const std::int64_t now = wallSeconds();
+    const bool checkNow = current > 0 && fullCheckDue(db, current, now);
+    if (checkNow)
         checkIntegrity(db, path);
     // A current schema needs no write lock: status/list/show must not wait for a running pass.
     for (std::int64_t n = current + 1; n <= known; ++n) {
@@ -663,6 +698,8 @@ Store Store::open(const std::string &path, OpenMode mode) {
         db.exec("PRAGMA foreign_keys = ON");
     }
     db.exec("PRAGMA foreign_keys = ON");
+    if (checkNow || current == 0)
+        recordFullCheck(db, now);
     return Store(std::move(impl));
 }
 
@@ -671,6 +708,7 @@ Store Store::openReadOnly(const std::string &path) {
     auto impl =
         std::make_unique<Impl>(Impl{sql::Database::open(path, sql::Database::Access::ReadOnly)});
     auto &db = impl->db;
+    impl->path = path;
     const auto known = static_cast<std::int64_t>(migrations().size());
     const auto current = db.queryInt("PRAGMA user_version");
     if (current == 0)
@@ -683,7 +721,8 @@ Store Store::openReadOnly(const std::string &path) {
         throw StoreError(fmt::format("{}: the store has schema {}, this pkirelay reads {}; the "
                                      "next `pkirelay run` brings it up to date",
                                      path, current, known));
-    checkIntegrity(db, path);
+    if (fullCheckDue(db, current, wallSeconds()))
+        checkIntegrity(db, path); // a view cannot record it: the next run does
     impl->readOnly = true;
     return Store(std::move(impl));
 }
@@ -1127,6 +1166,16 @@ std::optional<Millis> Store::nextRetry() {
     if (!q->step())
         return std::nullopt;
     return q->optInt64(0);
+}
+
+void Store::checkWholeIfDue() {
+    auto &db = impl_->db;
+    const std::int64_t now = wallSeconds();
+    if (!fullCheckDue(db, db.queryInt("PRAGMA user_version"), now))
+        return;
+    checkIntegrity(db, impl_->path);
+    if (!impl_->readOnly)
+        recordFullCheck(db, now);
 }
 
 bool Store::changedElsewhere() {

@@ -391,6 +391,13 @@ public:
     // committed since the last call; the first call only takes the baseline. PRAGMA
     // data_version, so one cheap read.
     bool changedElsewhere();
+    // The whole-store check (PRAGMA quick_check, which reads every page: its cost grows with
+    // the history held) runs at open only when the last one that passed is older than
+    // kFullCheckSeconds, so a pass from cron does not pay for the whole history each minute;
+    // a daemon calls this on its sweeps to be held to the same interval. Damage a query meets
+    // in between is reported at once anyway (StoreCorrupt). Throws StoreCorrupt.
+    static constexpr std::int64_t kFullCheckSeconds = 3600;
+    void checkWholeIfDue();
 
     // Records the outcomes of a batch in one transaction: Answer -> Answered (response stored);
     // Transient -> Deferred with backoff, or Failed once policy.maxAge has passed;
