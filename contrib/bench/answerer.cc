@@ -24,7 +24,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <span>
@@ -41,26 +40,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 namespace {
 
+using bench::die;
+using bench::Fd;
+using bench::slurp;
+
 using Bytes = std::span<const std::uint8_t>;
-
-// A file descriptor with an owner (the house rule for every C handle).
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd &) = delete;
-    Fd &operator=(const Fd &) = delete;
-    ~Fd() {
-        if (fd >= 0)
-            ::close(fd);
-    }
-};
-
-[[noreturn]] void die(const std::string &what) {
-    std::fprintf(stderr, "answerer: %s: %s\n", what.c_str(), std::strerror(errno));
-    std::exit(1);
-}
 
 [[noreturn]] void dieTemplate(const std::string &what) {
     std::fprintf(stderr, "answerer: template %s\n", what.c_str());
@@ -245,13 +233,6 @@ struct Kind {
     std::vector<Copy> copies;
     unsigned long answered = 0, refused = 0;
 };
-
-std::string slurp(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        die("read " + path);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
 
 Bytes bytesOf(std::string_view s) {
     return {reinterpret_cast<const std::uint8_t *>(s.data()), s.size()};

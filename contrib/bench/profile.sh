@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pkirelay `run --once` pass over N fresh requests, under a chosen tool, for working on
-# pkirelay's speed: the same templates, generator and nginx responder as run.sh, without the
-# ceilings and baselines. Callgrind's instruction counts repeat from run to run on a shared
+# pkirelay's speed: the same templates, generator and loopback CA (answerer.cc) as run.sh,
+# without the ceilings and baselines. Callgrind's instruction counts repeat from run to run on a shared
 # machine where wall-clock times do not, so this is the tool for comparing two builds.
 #
 # usage: contrib/bench/profile.sh [--n N] [--fs tmpfs|disk] [--store FILE] [--keep DIR]
@@ -14,7 +14,8 @@
 #            self costs; strace: system calls per message (strace -c -f)
 #   --rounds R passes of N requests each into the same store (default 1): cost against history
 #   --keep DIR  keep the callgrind output (cg.out) and logs in DIR
-# Needs nginx, valgrind, strace and /usr/bin/time (run.sh installs them). Uses only 127.0.0.1.
+# Needs g++, curl, valgrind, strace and /usr/bin/time (run.sh installs all but strace). Uses only
+# 127.0.0.1.
 set -euo pipefail
 
 n=1000
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --tool) tool=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -41,71 +42,25 @@ pk=$root/${BUILDDIR:-build}/agent/pkirelay
 [ -x "$pk" ] || { echo "profile.sh: build first ($pk missing)" >&2; exit 69; }
 base=$([ "$fsopt" = disk ] && echo "${BENCH_DISK_DIR:-/var/tmp}" || echo /dev/shm)
 work=$(mktemp -d "$base/pkirelay-profile.XXXXXX")
-nginx_pid=""
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
+answerer_pid=""
 cleanup() {
     set +e
-    if [ -n "$nginx_pid" ]; then
-        kill -TERM "$nginx_pid" 2>/dev/null
-        wait "$nginx_pid" 2>/dev/null
-    fi
+    stop_pid "$answerer_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$here/make_templates.sh" "$work/tpl" >/dev/null
-port=$(python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-ng=$work/nginx
-mkdir -p "$ng/www" "$ng/tmp"
-cp "$work/tpl"/rsp_*.der "$ng/www/"
-chmod -R a+rX "$ng/www"
-{
-    echo "daemon off; worker_processes 1; pid $ng/nginx.pid; error_log $ng/error.log warn;"
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    echo "events { worker_connections 1024; }"
-    echo "http { access_log off; client_body_temp_path $ng/tmp; keepalive_requests 100000000;"
-    echo "  keepalive_timeout 300s; client_max_body_size 1m;"
-    echo "  server { listen 127.0.0.1:$port;"
-    for k in "cmp application/pkixcmp" "cmc application/pkcs7-mime; smime-type=CMC-Response" \
-        "p10 application/pkcs7-mime; smime-type=certs-only"; do
-        name=${k%% *}
-        echo "    location = /$name { error_page 405 =200 /_$name; return 405; }"
-        echo "    location = /_$name { internal; default_type \"${k#* }\";"
-        echo "                          alias $ng/www/rsp_$name.der; }"
-    done
-    echo "  }"
-    echo "}"
-} >"$ng/nginx.conf"
-nginx -p "$ng" -c "$ng/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --data-binary @"$work/tpl/req_cmp.der" "$url/cmp" && break
-    sleep 0.05
-done
+build_answerer "$work/answerer"
+start_answerer "$work/answerer" "$work/tpl" "$work/ca"
 
 d=$work/p
 mkdir -p "$d/in" "$d/out" "$d/store"
 [ -z "$store" ] || cp "$store" "$d/store/pkirelay.db"
-cat >"$d/pkirelay.toml" <<EOF
-[store]
-path = "$d/store/pkirelay.db"
-[source.bench]
-path = "$d/in"
-responses = "$d/out"
-after = "delete"
-endpoint = "cmp"
-routes = { cmc-full-request = "cmc", cmc-simple-request = "p10" }
-[endpoint.cmp]
-url = "$url/cmp"
-[endpoint.cmc]
-url = "$url/cmc"
-[endpoint.p10]
-url = "$url/p10"
-EOF
+bench_config "$d" "$url"
 
 for r in $(seq "$rounds"); do
     "$here/gen_requests.py" --templates "$work/tpl" --pkirelay "$pk" --out "$d/in" --count "$n" \
@@ -135,5 +90,7 @@ for r in $(seq "$rounds"); do
     esac
     got=$(find "$d/out" -maxdepth 1 -type f ! -name '.*' | wc -l)
     [ "$got" = "$n" ] || echo "profile.sh: round $r: $got of $n responses" >&2
+    left=$(unfinished "$pk" "$d/pkirelay.toml")
+    [ -z "$left" ] || echo "profile.sh: round $r: not answered: $left" >&2
 done
 [ -z "$keep" ] || { mkdir -p "$keep"; cp -r "$d/log" "$d"/cg.* "$d"/strace.txt "$keep"/ 2>/dev/null || true; cp "$d/store/pkirelay.db" "$keep/" 2>/dev/null || true; }
