@@ -1,9 +1,11 @@
+# shellcheck shell=bash
 # Shell functions shared by run.sh and profile.sh (sourced, not run): the loopback CA
 # (answerer.cc) built, started and stopped, and the pkirelay configuration both measure with.
 # Expects $here (this folder) to be set by the sourcing script.
 
 # build_answerer OUT: compiles answerer.cc to OUT, as run.sh compiles ceiling.cc.
 build_answerer() {
+    # shellcheck disable=SC2154 # $here is the sourcing script's
     g++ -std=c++20 -O2 -Wall -Wextra -Werror "$here/answerer.cc" -o "$1"
 }
 
@@ -22,11 +24,11 @@ start_answerer() {
     done
     port=$(cat "$dir/port" 2>/dev/null) || port=""
     url=http://127.0.0.1:$port
-    [ -n "$port" ] && curl -sf -o /dev/null --data-binary @"$tpl/req_cmp.der" "$url/cmp" || {
+    if [ -z "$port" ] || ! curl -sf -o /dev/null --data-binary @"$tpl/req_cmp.der" "$url/cmp"; then
         echo "$(basename "$0"): the answerer did not answer on 127.0.0.1 ($dir/answerer.log):" \
             "$(cat "$dir/answerer.log" 2>/dev/null)" >&2
         exit 1
-    }
+    fi
 }
 
 # stop_pid PID [SECONDS]: TERM, up to SECONDS (default 10) to end, then KILL; reaps it. Quiet
