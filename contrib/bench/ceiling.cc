@@ -13,8 +13,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -24,32 +22,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "lib/owned.h"
 
 namespace {
 
+using bench::die;
+using bench::Fd;
+using bench::slurp;
 using pkirelay::Owned;
 using CurlEasy = Owned<CURL, ::curl_easy_cleanup>;
 using CurlMulti = Owned<CURLM, ::curl_multi_cleanup>;
 using CurlList = Owned<curl_slist, ::curl_slist_free_all>;
 using Dir = Owned<DIR, ::closedir>;
-
-// A file descriptor with an owner (the house rule for every C handle).
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd &) = delete;
-    Fd &operator=(const Fd &) = delete;
-    ~Fd() {
-        if (fd >= 0)
-            ::close(fd);
-    }
-};
-
-[[noreturn]] void die(const std::string &what) {
-    std::fprintf(stderr, "ceiling: %s: %s\n", what.c_str(), std::strerror(errno));
-    std::exit(1);
-}
 
 std::string kindOf(const std::string &name) {
     auto dot = name.rfind('.');
@@ -83,13 +68,6 @@ std::vector<std::string> listRequests(const std::string &dir) {
             names.push_back(n);
     }
     return names;
-}
-
-std::string slurp(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        die("read " + path);
-    return {std::istreambuf_iterator<char>(in), {}};
 }
 
 double secondsSince(std::chrono::steady_clock::time_point t0) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pkirelay `run --once` pass over N fresh requests, under a chosen tool, for working on
-# pkirelay's speed: the same templates, generator and nginx responder as run.sh, without the
-# ceilings and baselines. Callgrind's instruction counts repeat from run to run on a shared
+# pkirelay's speed: the same templates, generator and loopback CA (answerer.cc) as run.sh,
+# without the ceilings and baselines. Callgrind's instruction counts repeat from run to run on a shared
 # machine where wall-clock times do not, so this is the tool for comparing two builds.
 #
 # usage: contrib/bench/profile.sh [--n N] [--fs tmpfs|disk] [--store FILE] [--keep DIR]
@@ -17,7 +17,8 @@
 #   --set 'TOML' a line added at the end of the configuration (e.g. '[limits] max_in_flight = 64'
 #            is two: pass '--set "[limits]" --set "max_in_flight = 64"'); repeatable
 #   --endpoint-set 'TOML'  a line added to each endpoint's table ('max_connections = 16')
-# Needs nginx, valgrind, strace and /usr/bin/time (run.sh installs them). Uses only 127.0.0.1.
+# Needs g++, curl, valgrind, strace and /usr/bin/time (run.sh installs all but strace). Uses only
+# 127.0.0.1.
 set -euo pipefail
 
 n=1000
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --keep) keep=$2; shift 2 ;;
     --set) extra+=("$2"); shift 2 ;;
     --endpoint-set) eextra="$eextra$2"$'\n'; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -48,72 +49,30 @@ pk=$root/${BUILDDIR:-build}/agent/pkirelay
 [ -x "$pk" ] || { echo "profile.sh: build first ($pk missing)" >&2; exit 69; }
 base=$([ "$fsopt" = disk ] && echo "${BENCH_DISK_DIR:-/var/tmp}" || echo /dev/shm)
 work=$(mktemp -d "$base/pkirelay-profile.XXXXXX")
-nginx_pid=""
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
+answerer_pid=""
 cleanup() {
     set +e
-    if [ -n "$nginx_pid" ]; then
-        kill -TERM "$nginx_pid" 2>/dev/null
-        wait "$nginx_pid" 2>/dev/null
-    fi
+    stop_pid "$answerer_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$here/make_templates.sh" "$work/tpl" >/dev/null
-port=$(python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-ng=$work/nginx
-mkdir -p "$ng/www" "$ng/tmp"
-cp "$work/tpl"/rsp_*.der "$ng/www/"
-chmod -R a+rX "$ng/www"
-{
-    echo "daemon off; worker_processes 1; pid $ng/nginx.pid; error_log $ng/error.log warn;"
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    echo "events { worker_connections 1024; }"
-    echo "http { access_log off; client_body_temp_path $ng/tmp; keepalive_requests 100000000;"
-    echo "  keepalive_timeout 300s; client_max_body_size 1m;"
-    echo "  server { listen 127.0.0.1:$port;"
-    for k in "cmp application/pkixcmp" "cmc application/pkcs7-mime; smime-type=CMC-Response" \
-        "p10 application/pkcs7-mime; smime-type=certs-only"; do
-        name=${k%% *}
-        echo "    location = /$name { error_page 405 =200 /_$name; return 405; }"
-        echo "    location = /_$name { internal; default_type \"${k#* }\";"
-        echo "                          alias $ng/www/rsp_$name.der; }"
-    done
-    echo "  }"
-    echo "}"
-} >"$ng/nginx.conf"
-nginx -p "$ng" -c "$ng/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --data-binary @"$work/tpl/req_cmp.der" "$url/cmp" && break
-    sleep 0.05
-done
+build_answerer "$work/answerer"
+start_answerer "$work/answerer" "$work/tpl" "$work/ca"
 
 d=$work/p
 mkdir -p "$d/in" "$d/out" "$d/store"
 [ -z "$store" ] || cp "$store" "$d/store/pkirelay.db"
-cat >"$d/pkirelay.toml" <<EOF
-[store]
-path = "$d/store/pkirelay.db"
-[source.bench]
-path = "$d/in"
-responses = "$d/out"
-after = "delete"
-endpoint = "cmp"
-routes = { cmc-full-request = "cmc", cmc-simple-request = "p10" }
-[endpoint.cmp]
-url = "$url/cmp"
-${eextra}[endpoint.cmc]
-url = "$url/cmc"
-${eextra}[endpoint.p10]
-url = "$url/p10"
-$eextra
-EOF
+bench_config "$d" "$url"
+if [ -n "$eextra" ]; then # each endpoint's table gets the --endpoint-set lines
+    awk -v extra="$eextra" '{ print } /^\[endpoint\./ { printf "%s", extra }' \
+        "$d/pkirelay.toml" >"$d/pkirelay.toml.new"
+    mv "$d/pkirelay.toml.new" "$d/pkirelay.toml"
+fi
 [ ${#extra[@]} -eq 0 ] || printf '%s\n' "${extra[@]}" >>"$d/pkirelay.toml"
 
 for r in $(seq "$rounds"); do
@@ -144,5 +103,7 @@ for r in $(seq "$rounds"); do
     esac
     got=$(find "$d/out" -maxdepth 1 -type f ! -name '.*' | wc -l)
     [ "$got" = "$n" ] || echo "profile.sh: round $r: $got of $n responses" >&2
+    left=$(unfinished "$pk" "$d/pkirelay.toml")
+    [ -z "$left" ] || echo "profile.sh: round $r: not answered: $left" >&2
 done
 [ -z "$keep" ] || { mkdir -p "$keep"; cp -r "$d/log" "$d"/cg.* "$d"/strace.txt "$keep"/ 2>/dev/null || true; cp "$d/store/pkirelay.db" "$keep/" 2>/dev/null || true; }

@@ -82,11 +82,13 @@ def main():
     fss = "; ".join(f"{k[3:]}: {v}" for k, v in machine.items() if k.startswith("fs_"))
     print(f"File systems (folders and store together): {fss}.  ")
     print(f"pkirelay {machine.get('commit')} ({machine.get('buildtype')} build), default settings, "
-          f"requests deleted once stored; nginx {machine.get('nginx')} on 127.0.0.1; "
+          f"requests deleted once stored; the CA is contrib/bench/answerer.cc on 127.0.0.1 "
+          f"(one thread), each answer carrying its request's transaction ID and nonce; "
           f"curl {machine.get('curl')}. Requests: CMP ir, CMC Full PKI Request and PKCS#10 in "
           f"turn, all distinct. Run {machine.get('date')}, sizes {machine.get('sizes')}"
           f"{' (--quick)' if machine.get('quick') == '1' else ''}, "
-          f"{int(machine.get('wall', 0)) // 60} min {int(machine.get('wall', 0)) % 60} s.")
+          f"{int(machine.get('wall', 0)) // 60} min {int(machine.get('wall', 0)) % 60} s.  ")
+    print(f"The CA at the end: {machine.get('answerer', 'no report').removeprefix('answerer: ')}.")
     print()
     print("| file system | measure | N | msg/s | CPU µs/msg | peak RSS MiB | of lower ceiling "
           "| × shell loop | notes |")

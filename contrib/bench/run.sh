@@ -2,9 +2,11 @@
 # pkirelay's benchmark (issue 18): pkirelay beside the alternatives an operator would use (a shell
 # loop of curl, xargs -P 8 curl) and beside the two ceilings of this machine (a bare libcurl
 # multi loop posting from memory, and a bare read / write-rename / unlink loop on the same file
-# system), all in one run, on disk and on tmpfs, against nginx on 127.0.0.1 answering every
-# request with a fixed valid answer of its kind. Prints one Markdown table with the machine's
-# description, then the callgrind profile's top entries. Not part of the test suite.
+# system), all in one run, on disk and on tmpfs, against the benchmark's CA on 127.0.0.1
+# (answerer.cc), which answers every request with the template answer of its kind made to carry
+# that request's transaction ID and nonce (or, for PKCS#10, its subject and key). Prints one
+# Markdown table with the machine's description, then the callgrind profile's top entries. Not
+# part of the test suite.
 #
 # usage: contrib/bench/run.sh [--sizes 1000,10000,100000] [--fs disk|tmpfs|both] [--quick]
 #   --sizes   backlog sizes for the batch runs and the ceilings (default 1000,10000,100000)
@@ -12,9 +14,9 @@
 #             tmpfs (/dev/shm), or both (default)
 #   --quick   sizes 1000,10000 unless --sizes is given, 300-file curl baselines, 2 s of wrk
 #
-# Needs root only to install what is missing (nginx-light, wrk, valgrind, time, g++, curl,
-# libcurl4-openssl-dev). Uses only 127.0.0.1; every loop is bounded; nginx, the daemon and the
-# temporary folders are gone when it ends, also on failure or Ctrl-C.
+# Needs root only to install what is missing (wrk, valgrind, time, g++, curl,
+# libcurl4-openssl-dev). Uses only 127.0.0.1; every loop is bounded; the answerer, the daemon and
+# the temporary folders are gone when it ends, also on failure or Ctrl-C.
 set -euo pipefail
 
 sizes=""
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --fs) fsopt=$2; shift 2 ;;
     --fs=*) fsopt=${1#*=}; shift ;;
     --quick) quick=1; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -50,12 +52,11 @@ cgn=${BENCH_CALLGRIND_N:-1000}   # files of the callgrind pass
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 started=$(date +%s)
+# shellcheck source=contrib/bench/common.sh
+. "$here/common.sh"
 
-# What is missing is installed from Debian's packages. A fresh Debian starts nginx on port 80
-# (all addresses) when nginx-light is installed: a policy-rc.d that forbids starting services is
-# put in place for the install, unless one is there already.
+# What is missing is installed from Debian's packages.
 need=()
-command -v nginx >/dev/null || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v valgrind >/dev/null || need+=(valgrind)
 [ -x /usr/bin/time ] || need+=(time)
@@ -65,15 +66,8 @@ command -v curl >/dev/null || need+=(curl)
     need+=(libcurl4-openssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { echo "run.sh: needs ${need[*]}; run as root to install" >&2; exit 69; }
-    policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        policy=/usr/sbin/policy-rc.d
-    fi
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
         --no-install-recommends "${need[@]}" >/dev/null
-    [ -z "$policy" ] || rm -f "$policy"
 fi
 
 echo "run.sh: building pkirelay" >&2
@@ -84,16 +78,12 @@ pk=$root/$builddir/agent/pkirelay
 diskbase=${BENCH_DISK_DIR:-/var/tmp}
 work=$(mktemp -d "$diskbase/pkirelay-bench.XXXXXX")
 shm=""
-nginx_pid=""
+answerer_pid=""
 daemon_pid=""
 cleanup() {
     set +e
-    for pid in $daemon_pid $nginx_pid; do
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
+    stop_pid "$daemon_pid"
+    stop_pid "$answerer_pid"
     rm -rf "$work" ${shm:+"$shm"}
 }
 trap cleanup EXIT
@@ -131,65 +121,10 @@ fresh() { # fresh DIR COUNT: DIR/in with COUNT new requests, DIR/out and DIR/sto
 }
 g++ -std=c++20 -O2 -Wall -Wextra -Werror -I"$root" "$here/ceiling.cc" -o "$work/ceiling" -lcurl
 
-port=$(python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-ng=$work/nginx
-mkdir -p "$ng/www" "$ng/tmp"
-cp "$tpl"/rsp_*.der "$ng/www/"
-chmod -R a+rX "$ng/www"
-# POST to a static file is refused with 405 by nginx; error_page turns that into an internal GET
-# of the fixed answer with status 200. The request body is read and discarded, keep-alive holds.
-{
-    echo "daemon off; worker_processes 1; pid $ng/nginx.pid; error_log $ng/error.log warn;"
-    [ "$(id -u)" = 0 ] && echo "user root;"
-    echo "events { worker_connections 1024; }"
-    echo "http { access_log off; client_body_temp_path $ng/tmp; keepalive_requests 100000000;"
-    echo "  keepalive_timeout 300s; client_max_body_size 1m;"
-    echo "  server { listen 127.0.0.1:$port;"
-    for k in "cmp application/pkixcmp" "cmc application/pkcs7-mime; smime-type=CMC-Response" \
-        "p10 application/pkcs7-mime; smime-type=certs-only"; do
-        name=${k%% *}
-        echo "    location = /$name { error_page 405 =200 /_$name; return 405; }"
-        echo "    location = /_$name { internal; default_type \"${k#* }\";"
-        echo "                          alias $ng/www/rsp_$name.der; }"
-    done
-    echo "  }"
-    echo "}"
-} >"$ng/nginx.conf"
-nginx -p "$ng" -c "$ng/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --data-binary @"$tpl/req_cmp.der" "$url/cmp" && break
-    sleep 0.05
-done
-curl -sf -o /dev/null --data-binary @"$tpl/req_cmp.der" "$url/cmp" ||
-    { echo "run.sh: nginx did not answer on $url" >&2; exit 1; }
+build_answerer "$work/answerer"
+start_answerer "$work/answerer" "$tpl" "$work/ca"
 
-config() { # config DIR [POLL]: a pkirelay configuration for DIR/{in,out,store}
-    cat >"$1/pkirelay.toml" <<EOF
-# Made by contrib/bench/run.sh. Default limits; requests are deleted once stored, as the
-# file ceiling does; each kind goes to the location that answers it.
-[store]
-path = "$1/store/pkirelay.db"
-[source.bench]
-path = "$1/in"
-responses = "$1/out"
-after = "delete"
-endpoint = "cmp"
-routes = { cmc-full-request = "cmc", cmc-simple-request = "p10" }
-[endpoint.cmp]
-url = "$url/cmp"
-[endpoint.cmc]
-url = "$url/cmc"
-[endpoint.p10]
-url = "$url/p10"
-[run]
-poll_seconds = ${2:-10}
-EOF
-}
+config() { bench_config "$1" "$url" "${2:-10}"; } # config DIR [POLL]
 
 # pkirelay_once FS MEASURE DIR N: one timed `pkirelay run --once` over DIR/in.
 pkirelay_once() {
@@ -200,7 +135,9 @@ pkirelay_once() {
     t1=$(now)
     read -r _ u s m <"$d/time"
     got=$(count_out "$d/out")
-    [ "$rc" = 0 ] && [ "$got" = "$n" ] || note="FAILED: exit $rc, $got of $n responses"
+    left=$(unfinished "$pk" "$d/pkirelay.toml")
+    [ "$rc" = 0 ] && [ "$got" = "$n" ] && [ -z "$left" ] ||
+        note="FAILED: exit $rc, $got of $n responses${left:+, $left}"
     record "$fs" "$what" "$n" "$(minus "$t1" "$t0")" "$u" "$s" "$m" "$note"
 }
 
@@ -327,16 +264,14 @@ EOF
     burst=$("$here/drop_watch.py" burst "$d/many" "$d/in" "$d/out" --timeout 1800)
     cpu1=$(awk '{ print $14 + $15 }' "/proc/$daemon_pid/stat")
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$daemon_pid/status")
-    kill -TERM "$daemon_pid"
-    for _ in $(seq 300); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-    wait "$daemon_pid" 2>/dev/null || true
+    stop_pid "$daemon_pid" 30
     daemon_pid=""
+    left=$(unfinished "$pk" "$d/pkirelay.toml")
     tck=$(getconf CLK_TCK)
     record "$fs" "pkirelay run (daemon, poll_seconds = 1): one drop" "$dropn" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['seconds'])" "$burst")" \
         "$(awk -v a="$cpu0" -v b="$cpu1" -v t="$tck" 'BEGIN { printf "%.3f", (b - a) / t }')" \
-        0 "$hwm" ""
+        0 "$hwm" "${left:+FAILED: $left}"
     record "$fs" "pkirelay run (daemon, poll_seconds = 1): latency" \
         "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['count'])" "$lat")" \
         "" "" "" "" "$lat"
@@ -360,13 +295,19 @@ for store in empty full; do
     total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' \
         "$work/callgrind-$store.txt")
     what=$([ $store = full ] && echo "holds $oldn finished" || echo empty)
-    failed=$([ "$rc" = 0 ] && [ "$got" = "$cgn" ] || echo " FAILED: exit $rc, $got of $cgn")
+    left=$(unfinished "$pk" "$cgbase/g/pkirelay.toml")
+    failed=$([ "$rc" = 0 ] && [ "$got" = "$cgn" ] && [ -z "$left" ] ||
+        echo " FAILED: exit $rc, $got of $cgn${left:+, $left}")
     record "$cgfs" "callgrind, pkirelay run --once, store $what" "$cgn" "" "" "" "" \
         "ir=${total:-0}$failed"
     rm -rf "$cgbase/g"
 done
 
 # ---- the machine, and the table ----
+# The answerer says on its way out what it answered and refused; a refusal is a request the
+# benchmark made wrong, or a template answer it cannot fill in.
+stop_pid "$answerer_pid"
+answerer_pid=""
 {
     echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
     commit=$(git -C "$root" rev-parse --short HEAD)
@@ -387,7 +328,7 @@ print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "buildtype")
         base=$([ "$fs" = disk ] && echo "$work" || echo "$shm")
         echo "fs_$fs=$(df -PT "$base" | awk 'NR == 2 { print $2 " on " $1 }'), $(dirname "$base")"
     done
-    echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///'), 1 worker"
+    echo "answerer=$(tail -1 "$work/ca/answerer.log")"
     echo "curl=$(curl --version | awk 'NR == 1 { print $2 }')"
     echo "sizes=$sizes"
     echo "quick=$quick"
