@@ -14,8 +14,8 @@ docs/architecture.md, "The guarantees"):
   request's; a CMC Full PKI Response whose transactionId and recipientNonce controls are not)
   is kept for review like an unusable one; `deliver --force` is a person's way to deliver it;
 - the endpoint saw each request exactly as often as the item's history says it was sent, also
-  when a kept-alive connection dies after the CA read a request (drop-reused: an expected
-  failure today, libcurl resends on its own);
+  when a kept-alive connection dies after the CA read a request (drop-reused: libcurl's own
+  silent resend on a fresh connection is refused, so every send is a recorded attempt);
 - one oversize request file does not block the rest of its batch;
 - a login in an endpoint's url (HTTP Basic) is never printed, not even in the redirect target
   curl resolves from it; a tcp endpoint's url refuses one;
