@@ -70,8 +70,11 @@ std::optional<std::string> otherTransaction(const std::optional<spool::Claim> &r
     if (!request) // a reply to nothing this run sent (it cannot happen): not delivered blind
         return fmt::format("{} answered a request this run has no record of", endpoint);
     const std::string name = fmt::format("item {}", request->itemId);
+    const ByteView key =
+        request->kind == Kind::CmcSimpleRequest ? requestPublicKey(request->der) : ByteView{};
     auto why = answerMismatch(
-        {request->kind == Kind::Cmp, request->transactionId, request->senderNonce}, answer, name);
+        {request->kind == Kind::Cmp, request->transactionId, request->senderNonce, key}, answer,
+        name);
     if (!why)
         return std::nullopt;
     return fmt::format("{} answered with a message of another transaction: {}", endpoint, *why);
@@ -181,7 +184,21 @@ void Pipeline::build() {
                                    (e.type == "cmp-tcp" ? e.pollMaxSeconds * 2 : 0)) *
                                       1000);
 
-    parts_ = buildParts(config_, clock_);
+    // A directory endpoint asks the store which files of a batch are out on the media before
+    // it removes a batch without a manifest (lib/transports/directory.h); the media responder
+    // which files of its folder are its answers before it lists them (lib/responders/media.h).
+    StoreHooks hooks;
+    hooks.filesOut = [this](const std::string &endpoint, std::int64_t batch) {
+        std::vector<media::ManifestEntry> out;
+        for (auto &f : store_.mediaFilesOut(endpoint, batch))
+            out.push_back({std::move(f.name), f.size, std::move(f.sha256)});
+        return out;
+    };
+    hooks.isOurResponse = [this](std::string_view folder, std::string_view name,
+                                 std::string_view sha256) {
+        return store_.isOutput(folder, name, sha256);
+    };
+    parts_ = buildParts(config_, clock_, hooks);
 }
 
 std::size_t Pipeline::inFlight() const {
@@ -227,6 +244,8 @@ void Pipeline::sweep() {
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
+    for (auto &r : parts_.responders)
+        r->sweep(); // a return manifest that failed, written once the stick has room again
     try {
         expireAwaiting();
         // An operator's deliver --force (or any change by another process) may have made
