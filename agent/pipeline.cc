@@ -340,6 +340,15 @@ void Pipeline::intake() {
                 if (res.matched) {
                     spdlog::info("{}: answer matched: {}/{} ({})", res.itemId, sub.arrival.source,
                                  printable(sub.arrival.origin), res.why);
+                } else if (res.foreign) {
+                    // Another agent's answer on a shared stick: not ours to refuse or remove.
+                    // Recorded as kept in place, so that later looks pass it by; not counted
+                    // as quarantined (the run is not in error for it).
+                    spdlog::warn("{}: left {}/{} on the media: {}", res.itemId, sub.arrival.source,
+                                 printable(sub.arrival.origin), res.why);
+                    if (!sub.acknowledgedWhenStored)
+                        pendingAcks_.emplace_back(res.deliveryId, Source::Ack::Kept);
+                    continue;
                 } else {
                     ++report_.quarantined;
                     spdlog::warn("{}: quarantined {}/{}: {}", res.itemId, sub.arrival.source,

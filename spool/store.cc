@@ -297,6 +297,7 @@ struct Store::Impl {
         const std::string sha256 = sha256Hex(m.der);
         std::string why;
         std::optional<std::int64_t> claimed;
+        bool foreign = false;
         if (m.isRequest() && !(m.cmp && m.cmp->bodyType == 23)) {
             why = "a request, not an answer, on the return leg";
         } else if (auto name = media::parseMediaName(s.arrival.origin); !name) {
@@ -307,8 +308,10 @@ struct Store::Impl {
                               "response_sha256, der FROM item WHERE id = ?1");
             q->bind(1, name->itemId);
             if (!q->step() || q->isNull(2) || !q->text(1).starts_with(name->digest)) {
-                why = fmt::format("its name claims item {}, which is no request of this agent",
+                why = fmt::format("its name claims item {}, which is no request of this agent "
+                                  "(left on the media for the agent it belongs to)",
                                   name->itemId);
+                foreign = true;
             } else {
                 const State state = stateFromDb(q->text(0));
                 const Kind requestKind = kindFromDb(q->text(2)).value();
@@ -337,6 +340,7 @@ struct Store::Impl {
             if (auto e = findByHash(sha256)) {
                 Ingested in = duplicate(*e, s, from, "same bytes", now);
                 in.why = fmt::format("refused again: {}", why);
+                in.foreign = foreign;
                 return in;
             }
             const auto id = insertItem(sha256, s, now);
@@ -354,7 +358,8 @@ struct Store::Impl {
                     addEvent(*claimed, now, "refused answer",
                              fmt::format("{} from {} was quarantined as item {}: {}", describe(m),
                                          from, id, why));
-            return {id, addDelivery(id, s, false, now), false, State::Quarantined, false, why};
+            return {id,     addDelivery(id, s, false, now), false, State::Quarantined, false, why,
+                    foreign};
         }
         const std::int64_t item = *claimed;
         auto q = db.query("UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "

@@ -67,6 +67,10 @@ struct Ingested {
     // answer. why says which, for the log.
     bool matched = false;
     std::string why = {};
+    // Not matched because its name claims an item that is no request of this agent: another
+    // agent's answer on a shared stick, left on the media for it (the source does not remove
+    // it) and recorded here once.
+    bool foreign = false;
 };
 
 // An item claimed for relaying.

@@ -580,7 +580,6 @@ class AttackGap(test_airgap.AirGap):
 
     # --- two sticks' worth of files, and two agents on one stick ------------------------------
 
-    @unittest.expectedFailure
     def test_two_online_agents_share_a_stick(self):
         # Two online agents (two stores) write onto one stick for one CA. Their batches do not
         # collide (each takes the stick's highest batch number as a floor). WHAT GOES WRONG on
