@@ -641,7 +641,6 @@ class AttackGap(test_airgap.AirGap):
         self.assertEqual(len(read_responder_log(self.log)), 1)
         self.assertEqual(self.quarantined(), [])
 
-    @unittest.expectedFailure
     def test_one_folder_for_both_legs_is_not_a_deferral(self):
         # WHAT GOES WRONG: in that one folder the return source waits on the request files
         # the endpoint wrote ("in no manifest yet; it waits for one": their manifest is of the

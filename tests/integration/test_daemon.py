@@ -63,14 +63,10 @@ class DaemonTest(PkirelayTestCase):
         return port
 
     def fixed_response(self):
-        """A certs-only response (DER) made by the openssl command line, for --fixed: a
-        certificate for the key harness.csr gives every request, since pkirelay delivers a
-        certs-only answer to a PKCS#10 only when it holds a certificate for the request's key."""
-        key, crt = os.path.join(self.tmp, "key.pem"), os.path.join(self.tmp, "ca.crt")
-        if not os.path.exists(key):
-            openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-out", key)
-        openssl("req", "-x509", "-key", key, "-out", crt, "-subj", "/CN=fixed", "-days", "2")
+        """A certs-only response (DER) made by the openssl command line, for --fixed."""
+        key, crt = os.path.join(self.tmp, "ca.key"), os.path.join(self.tmp, "ca.crt")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", key, "-out", crt, "-subj", "/CN=fixed", "-days", "2")
         out = os.path.join(self.tmp, "fixed.p7c")
         openssl("crl2pkcs7", "-nocrl", "-certfile", crt, "-outform", "DER", "-out", out)
         return out
