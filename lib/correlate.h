@@ -31,7 +31,7 @@ struct RequestKeys {
     ByteView transactionId; // CMP transactionID / CMC transactionId content octets; may be empty
     ByteView senderNonce;   // may be empty
     // A PKCS#10 request's subjectPublicKeyInfo, the whole DER value (requestPublicKey); empty
-    // for every other kind.
+    // for every other kind, and where the check is not wanted (the pipeline's onReply).
     ByteView publicKey;
 };
 
