@@ -112,7 +112,7 @@ std::unique_ptr<Source> makeSource(const SourceConfig &s, const Settings &settin
 
 // One transport per endpoint, by its type (config.cc checked the type against the url).
 std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings &settings,
-                                         const Clock &clock) {
+                                         const Clock &clock, const StoreHooks &hooks) {
     if (e.type == "directory") {
         DirectoryEndpoint d;
         d.name = e.name;
@@ -123,6 +123,10 @@ std::unique_ptr<Transport> makeTransport(const EndpointConfig &e, const Settings
         d.signKey = e.signKey;
         d.maxBatch = static_cast<std::size_t>(settings.batchSize);
         d.wallClock = clock;
+        if (hooks.filesOut)
+            d.filesOut = [f = hooks.filesOut, name = e.name](std::int64_t batch) {
+                return f(name, batch);
+            };
         return std::make_unique<DirectoryTransport>(std::move(d));
     }
     const auto maxMessage = static_cast<std::size_t>(settings.maxMessageSize);
@@ -146,7 +150,7 @@ Responder &Parts::responderFor(const std::string &source) const {
     return *fallback;
 }
 
-Parts buildParts(const Config &config, const Clock &clock) {
+Parts buildParts(const Config &config, const Clock &clock, const StoreHooks &hooks) {
     Parts parts;
     std::map<std::string, std::string> creatable;      // responses folder -> its watched folder
     std::map<std::string, mode_t> modes;               // responses folder -> file mode
@@ -165,7 +169,7 @@ Parts buildParts(const Config &config, const Clock &clock) {
             creatable.emplace(s.responses, s.path);
     }
     for (const auto &e : config.endpoints)
-        parts.transports[e.name] = makeTransport(e, config.settings, clock);
+        parts.transports[e.name] = makeTransport(e, config.settings, clock, hooks);
 
     parts.responders.push_back(
         std::make_unique<ResponseFileResponder>(std::move(creatable), std::move(modes)));
@@ -190,6 +194,11 @@ Parts buildParts(const Config &config, const Clock &clock) {
         m.signKey = s.signKey;
         m.fileMode = mode;
         m.wallClock = clock;
+        if (hooks.isOurResponse)
+            m.isOurResponse = [f = hooks.isOurResponse, folder = s.responses](
+                                  std::string_view name, std::string_view sha256) {
+                return f(folder, name, sha256);
+            };
         parts.responders.push_back(std::make_unique<MediaResponder>(
             std::make_unique<ResponseFileResponder>(
                 std::move(anchor), std::map<std::string, mode_t>{{s.responses, mode}}),

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "lib/responders/responder.h"
 #include "lib/sources/source.h"
+#include "lib/media/manifest.h"
 #include "lib/transports/transport.h"
 #include "spool/store.h"
 
@@ -34,6 +35,18 @@ struct Parts {
     Responder &responderFor(const std::string &source) const;
 };
 
-Parts buildParts(const Config &config, const Clock &clock);
+// What the parts ask of the store (the pipeline holds it): unset, they assume nothing is theirs.
+struct StoreHooks {
+    // What the store recorded as out on the media for one batch of a directory endpoint
+    // (lib/transports/directory.h, DirectoryEndpoint::filesOut).
+    std::function<std::vector<media::ManifestEntry>(const std::string &endpoint,
+                                                    std::int64_t batch)>
+        filesOut;
+    // Ledger::isOurResponse, for the media responder's return manifests.
+    std::function<bool(std::string_view folder, std::string_view name, std::string_view sha256)>
+        isOurResponse;
+};
+
+Parts buildParts(const Config &config, const Clock &clock, const StoreHooks &hooks = {});
 
 } // namespace pkirelay::agent

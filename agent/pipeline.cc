@@ -70,8 +70,14 @@ std::optional<std::string> otherTransaction(const std::optional<spool::Claim> &r
     if (!request) // a reply to nothing this run sent (it cannot happen): not delivered blind
         return fmt::format("{} answered a request this run has no record of", endpoint);
     const std::string name = fmt::format("item {}", request->itemId);
+    // No public key (RequestKeys::publicKey) here: a certs-only answer on a synchronous
+    // exchange came on this request's own connection, and the test peers that stand in for a
+    // CA (tests/fault_endpoint.py, test_daemon's --fixed) answer every PKCS#10 with one
+    // certificate for another key. The key binds a certs-only answer on the return leg
+    // (spool/store.cc), where answers can be swapped on the stick.
     auto why = answerMismatch(
-        {request->kind == Kind::Cmp, request->transactionId, request->senderNonce}, answer, name);
+        {request->kind == Kind::Cmp, request->transactionId, request->senderNonce, {}}, answer,
+        name);
     if (!why)
         return std::nullopt;
     return fmt::format("{} answered with a message of another transaction: {}", endpoint, *why);
@@ -181,7 +187,21 @@ void Pipeline::build() {
                                    (e.type == "cmp-tcp" ? e.pollMaxSeconds * 2 : 0)) *
                                       1000);
 
-    parts_ = buildParts(config_, clock_);
+    // A directory endpoint asks the store which files of a batch are out on the media before
+    // it removes a batch without a manifest (lib/transports/directory.h); the media responder
+    // which files of its folder are its answers before it lists them (lib/responders/media.h).
+    StoreHooks hooks;
+    hooks.filesOut = [this](const std::string &endpoint, std::int64_t batch) {
+        std::vector<media::ManifestEntry> out;
+        for (auto &f : store_.mediaFilesOut(endpoint, batch))
+            out.push_back({std::move(f.name), f.size, std::move(f.sha256)});
+        return out;
+    };
+    hooks.isOurResponse = [this](std::string_view folder, std::string_view name,
+                                 std::string_view sha256) {
+        return store_.isOutput(folder, name, sha256);
+    };
+    parts_ = buildParts(config_, clock_, hooks);
 }
 
 std::size_t Pipeline::inFlight() const {
@@ -227,6 +247,8 @@ void Pipeline::sweep() {
     // The rescan is the truth: a missed event (or a network file system without inotify) only
     // delays an item until here. Deliveries that waited (a folder gone) are tried again.
     scheduleIntake(true);
+    for (auto &r : parts_.responders)
+        r->sweep(); // a return manifest that failed, written once the stick has room again
     try {
         // A daemon runs for weeks: its store is checked whole on the same interval as the
         // opens of a cron job (damage found ends the run, loudly, with its own exit status).
@@ -324,6 +346,15 @@ void Pipeline::intake() {
                 if (res.matched) {
                     spdlog::info("{}: answer matched: {}/{} ({})", res.itemId, sub.arrival.source,
                                  printable(sub.arrival.origin), res.why);
+                } else if (res.foreign) {
+                    // Another agent's answer on a shared stick: not ours to refuse or remove.
+                    // Recorded as kept in place, so that later looks pass it by; not counted
+                    // as quarantined (the run is not in error for it).
+                    spdlog::warn("{}: left {}/{} on the media: {}", res.itemId, sub.arrival.source,
+                                 printable(sub.arrival.origin), res.why);
+                    if (!sub.acknowledgedWhenStored)
+                        pendingAcks_.emplace_back(res.deliveryId, Source::Ack::Kept);
+                    continue;
                 } else {
                     ++report_.quarantined;
                     spdlog::warn("{}: quarantined {}/{}: {}", res.itemId, sub.arrival.source,

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "der.h"
+
 namespace pkirelay {
 
 CorrelationKeys correlationKeys(const Message &m) {
@@ -29,7 +31,82 @@ bool same(ByteView a, ByteView b) {
     return std::ranges::equal(a, b);
 }
 
+constexpr der::Tag kSeq = der::sequenceTag();
+
+// The subjectPublicKeyInfo of one Certificate (RFC 5280 §4.1): TBSCertificate ::= SEQUENCE {
+// version [0] EXPLICIT DEFAULT v1, serialNumber, signature, issuer, validity, subject,
+// subjectPublicKeyInfo, ... }.
+ByteView certificateKey(const der::Reader &parent, const der::Tlv &cert) {
+    der::Reader c = parent.enter(cert);
+    const der::Tlv tbs = c.expect(kSeq, "tbsCertificate");
+    der::Reader t = c.enter(tbs);
+    t.nextIf(der::context(0, true)); // version
+    t.expect(der::universal(der::kInteger), "serialNumber");
+    t.expect(kSeq, "signature");
+    t.expect(kSeq, "issuer");
+    t.expect(kSeq, "validity");
+    t.expect(kSeq, "subject");
+    return t.expect(kSeq, "subjectPublicKeyInfo").encoding;
+}
+
 } // namespace
+
+ByteView requestPublicKey(ByteView der) {
+    // CertificationRequest ::= SEQUENCE { certificationRequestInfo SEQUENCE { version,
+    // subject, subjectPKInfo, attributes [0] }, ... } (RFC 2986 §4).
+    try {
+        const der::Tlv top = der::parseOne(der);
+        if (!top.is(kSeq))
+            return {};
+        const der::Reader r(der);
+        der::Reader req = r.enter(top);
+        const der::Tlv cri = req.expect(kSeq, "certificationRequestInfo");
+        der::Reader c = req.enter(cri);
+        c.expect(der::universal(der::kInteger), "version");
+        c.expect(kSeq, "subject");
+        return c.expect(kSeq, "subjectPKInfo").encoding;
+    } catch (const der::Error &) {
+        return {};
+    }
+}
+
+std::vector<ByteView> certificatePublicKeys(ByteView der) {
+    // ContentInfo { contentType, content [0] EXPLICIT SignedData { version, digestAlgorithms,
+    // encapContentInfo, certificates [0] IMPLICIT CertificateSet OPTIONAL, ... } } (RFC 5652
+    // §3, §5.1); a CertificateChoices that is a plain SEQUENCE is an X.509 Certificate.
+    std::vector<ByteView> keys;
+    try {
+        const der::Tlv top = der::parseOne(der);
+        if (!top.is(kSeq))
+            return keys;
+        const der::Reader r(der);
+        der::Reader ci = r.enter(top);
+        ci.expect(der::universal(der::kOid), "contentType");
+        const der::Tlv content = ci.expect(der::context(0, true), "content");
+        der::Reader explicitContent = ci.enter(content);
+        const der::Tlv sd = explicitContent.expect(kSeq, "SignedData");
+        der::Reader s = explicitContent.enter(sd);
+        s.expect(der::universal(der::kInteger), "version");
+        s.expect(der::setTag(), "digestAlgorithms");
+        s.expect(kSeq, "encapContentInfo");
+        const auto certs = s.nextIf(der::context(0, true));
+        if (!certs)
+            return keys;
+        der::Reader set = s.enter(*certs);
+        while (!set.atEnd()) {
+            const der::Tlv cert = set.next();
+            if (!cert.is(kSeq))
+                continue;
+            try {
+                keys.push_back(certificateKey(set, cert));
+            } catch (const der::Error &) {
+                // Not a certificate this can read: it carries no key to compare.
+            }
+        }
+    } catch (const der::Error &) {
+    }
+    return keys;
+}
 
 std::optional<std::string> answerMismatch(const RequestKeys &request, const Message &answer,
                                           std::string_view requestName) {
@@ -67,6 +144,20 @@ std::optional<std::string> answerMismatch(const RequestKeys &request, const Mess
     }
     if (answer.cmp)
         return fmt::format("a CMP message cannot answer {}, a CMC request", requestName);
+    // A Simple PKI Response carries no transactionId and no nonce (RFC 10002 §4.1: a
+    // degenerate SignedData with only certificates): what binds it to a PKCS#10 is the key.
+    // The certificate issued for the request carries the request's subjectPKInfo (RFC 2986
+    // §4.1) as its subjectPublicKeyInfo (RFC 5280 §4.1.2.7); an answer with no certificate
+    // for that key was issued for another request.
+    if (answer.kind == Kind::CmcSimpleResponse && !request.publicKey.empty()) {
+        const auto keys = certificatePublicKeys(answer.der);
+        if (std::ranges::none_of(keys, [&](ByteView k) { return same(k, request.publicKey); }))
+            return fmt::format("none of its {} certificate{} is for {}'s public key (a "
+                               "certs-only answer to a PKCS#10 carries the certificate issued "
+                               "for the request's subjectPublicKeyInfo, RFC 2986 §4.1)",
+                               keys.size(), keys.size() == 1 ? "" : "s", requestName);
+        return std::nullopt;
+    }
     // Only a Full PKI Response has controls to compare; a Simple PKI Response (certs-only) has
     // none, and an EnvelopedData cannot be read without the key (RFC 10002 §3.2.2, §5).
     if (answer.kind != Kind::CmcFullResponse)

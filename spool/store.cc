@@ -288,8 +288,9 @@ struct Store::Impl {
     // answers (lib/media/manifest.h, media names); the protocol must confirm it, by the same
     // rule as an answer on a synchronous transport (lib/correlate.h, answerMismatch: CMP
     // transactionID and recipNonce, RFC 9810 §5.1.1; CMC transactionId and recipientNonce
-    // controls, RFC 10002 §6.6). A Simple PKI Response carries neither: the name and the kind
-    // must do.
+    // controls, RFC 10002 §6.6). A Simple PKI Response carries neither: to a PKCS#10 it must
+    // hold a certificate for the request's public key (answerMismatch), so that two answers
+    // swapped on the stick, manifest and all, are not delivered to each other's requesters.
     // Only an item waiting for its answer (awaiting) takes one: an answer to a closed item (a
     // replay on a later trip, a copy of one already delivered) is quarantined, like one that
     // names nothing or fails a check. Nothing quarantined here is delivered.
@@ -298,6 +299,7 @@ struct Store::Impl {
         const std::string sha256 = sha256Hex(m.der);
         std::string why;
         std::optional<std::int64_t> claimed;
+        bool foreign = false;
         if (m.isRequest() && !(m.cmp && m.cmp->bodyType == 23)) {
             why = "a request, not an answer, on the return leg";
         } else if (auto name = media::parseMediaName(s.arrival.origin); !name) {
@@ -305,16 +307,21 @@ struct Store::Impl {
         } else {
             claimed = name->itemId;
             auto q = db.query("SELECT state, sha256, kind, transaction_id, sender_nonce, "
-                              "response_sha256 FROM item WHERE id = ?1");
+                              "response_sha256, der FROM item WHERE id = ?1");
             q->bind(1, name->itemId);
             if (!q->step() || q->isNull(2) || !q->text(1).starts_with(name->digest)) {
-                why = fmt::format("its name claims item {}, which is no request of this agent",
+                why = fmt::format("its name claims item {}, which is no request of this agent "
+                                  "(left on the media for the agent it belongs to)",
                                   name->itemId);
+                foreign = true;
             } else {
                 const State state = stateFromDb(q->text(0));
                 const Kind requestKind = kindFromDb(q->text(2)).value();
                 const Bytes tid = q->blob(3), nonce = q->blob(4);
                 const std::string answered = q->text(5);
+                const Bytes request = q->blob(6);
+                const ByteView key =
+                    requestKind == Kind::CmcSimpleRequest ? requestPublicKey(request) : ByteView{};
                 if (state != State::Awaiting) {
                     why = state == State::Answered && answered == sha256
                               ? fmt::format("item {} has this answer already (a replay)",
@@ -324,8 +331,9 @@ struct Store::Impl {
                 } else if ((requestKind == Kind::Cmp) != (m.kind == Kind::Cmp)) {
                     why = fmt::format("a {} cannot answer item {}, a {}", kindInfo(m.kind).title,
                                       name->itemId, kindInfo(requestKind).title);
-                } else if (auto mismatch = answerMismatch({requestKind == Kind::Cmp, tid, nonce}, m,
-                                                          fmt::format("item {}", name->itemId))) {
+                } else if (auto mismatch =
+                               answerMismatch({requestKind == Kind::Cmp, tid, nonce, key}, m,
+                                              fmt::format("item {}", name->itemId))) {
                     why = std::move(*mismatch);
                 }
             }
@@ -334,6 +342,7 @@ struct Store::Impl {
             if (auto e = findByHash(sha256)) {
                 Ingested in = duplicate(*e, s, from, "same bytes", now);
                 in.why = fmt::format("refused again: {}", why);
+                in.foreign = foreign;
                 return in;
             }
             const auto id = insertItem(sha256, s, now);
@@ -351,7 +360,8 @@ struct Store::Impl {
                     addEvent(*claimed, now, "refused answer",
                              fmt::format("{} from {} was quarantined as item {}: {}", describe(m),
                                          from, id, why));
-            return {id, addDelivery(id, s, false, now), false, State::Quarantined, false, why};
+            return {id,     addDelivery(id, s, false, now), false, State::Quarantined, false, why,
+                    foreign};
         }
         const std::int64_t item = *claimed;
         auto q = db.query("UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
@@ -821,6 +831,20 @@ bool Store::isOutput(std::string_view replyTo, std::string_view name, std::strin
                              "i.response_sha256 = ?3 LIMIT 1");
     q->bind(1, replyTo).bind(2, name).bind(3, sha256);
     return q->step();
+}
+
+std::vector<Store::MediaFileOut> Store::mediaFilesOut(std::string_view endpoint,
+                                                      std::int64_t batch) {
+    // The latest copy of each item only: an item written again later is out under that name.
+    auto q = impl_->db.query(
+        "SELECT f.name, f.size, f.sha256 FROM media_file f JOIN item i ON i.id = f.item_id "
+        "WHERE f.endpoint = ?1 AND f.batch = ?2 AND i.state = 'awaiting' AND f.id = "
+        "(SELECT max(id) FROM media_file g WHERE g.item_id = f.item_id) ORDER BY f.id");
+    q->bind(1, endpoint).bind(2, batch);
+    std::vector<MediaFileOut> out;
+    while (q->step())
+        out.push_back({q->text(0), static_cast<std::uint64_t>(q->int64(1)), q->text(2)});
+    return out;
 }
 
 bool Store::outputReserved(std::string_view replyTo, std::string_view name) {

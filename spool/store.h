@@ -67,6 +67,10 @@ struct Ingested {
     // answer. why says which, for the log.
     bool matched = false;
     std::string why = {};
+    // Not matched because its name claims an item that is no request of this agent: another
+    // agent's answer on a shared stick, left on the media for it (the source does not remove
+    // it) and recorded here once.
+    bool foreign = false;
 };
 
 // An item claimed for relaying.
@@ -357,6 +361,15 @@ public:
     // whose bytes hash to sha256: such a file in a watched folder is an answer, not a request.
     // A new request reusing the name of an earlier answer is a new request. One indexed lookup.
     bool isOutput(std::string_view replyTo, std::string_view name, std::string_view sha256);
+    // The request files of an endpoint's batch whose items are out on the media (awaiting), as
+    // recorded when they were written: name, size, SHA-256 (the directory endpoint writes a
+    // lost manifest again from these). One indexed lookup.
+    struct MediaFileOut {
+        std::string name;
+        std::uint64_t size = 0;
+        std::string sha256;
+    };
+    std::vector<MediaFileOut> mediaFilesOut(std::string_view endpoint, std::int64_t batch);
     // True when an unfinished delivery holds this response file name in this folder.
     bool outputReserved(std::string_view replyTo, std::string_view name);
 

@@ -720,7 +720,9 @@ namespace {
 
 pkirelay::RequestKeys requestKeys(const Message &m) {
     const auto k = pkirelay::correlationKeys(m);
-    return {k.cmp, k.transactionId, k.senderNonce};
+    return {k.cmp, k.transactionId, k.senderNonce,
+            m.kind == pkirelay::Kind::CmcSimpleRequest ? pkirelay::requestPublicKey(m.der)
+                                                       : pkirelay::ByteView{}};
 }
 
 } // namespace
@@ -765,8 +767,20 @@ TEST_CASE("correlate: an answer matches its own request and no other", "[correla
     CHECK_FALSE(answerMismatch(requestKeys(full), pending, "item 4"));
     // A Simple PKI Response has no controls to compare: it cannot be checked.
     CHECK_FALSE(answerMismatch(requestKeys(full), certsOnly, "item 4"));
-    // A PKCS#10 has none either.
-    CHECK_FALSE(answerMismatch(requestKeys(classifyFixture("p10.der")), certsOnly, "item 5"));
+    // A PKCS#10 has none either: the certificate for its key binds a certs-only answer to it
+    // (certs_only.p7c holds ee.crt, issued for p10.der's key, and the CA's own).
+    const Message p10 = classifyFixture("p10.der");
+    CHECK_FALSE(pkirelay::requestPublicKey(p10.der).empty());
+    CHECK(pkirelay::certificatePublicKeys(certsOnly.der).size() == 2);
+    CHECK_FALSE(answerMismatch(requestKeys(p10), certsOnly, "item 5"));
+    {
+        // Only the CA's certificate: issued for another key, so the answer of another request.
+        const auto why =
+            answerMismatch(requestKeys(p10), classifyFixture("certs_only_ca.p7c"), "item 5");
+        REQUIRE(why);
+        CHECK(why->find("none of its 1 certificate is for item 5's public key") !=
+              std::string::npos);
+    }
 
     SECTION("RFC 10002 §6.6: the transactionId and recipientNonce controls of the request") {
         Message r = response;

@@ -28,11 +28,16 @@ std::vector<DeliveryResult> MediaResponder::deliver(std::span<const DeliveryTask
         if (results[i].type == DeliveryResult::Type::Delivered)
             written[tasks[i].arrival.replyTo].push_back(tasks[i].output);
     crashPoint("media-responses"); // the responses are durable, their manifest is not written
+    const bool earlier = coverDue_;
     for (const auto &[folder, names] : written) {
         // The answers are delivered whatever happens to the manifest: a manifest not written
-        // now is written at the next start (recover), covering them.
-        writeManifest(folder, names);
+        // now is written later (cover: after the next batch, on a sweep, at the next start).
+        if (!writeManifest(folder, names))
+            coverDue_ = true;
     }
+    // After this batch's own manifest, so that cover() finds only what earlier ones left.
+    if (earlier)
+        coverDue_ = !cover();
     return results;
 }
 
@@ -80,20 +85,44 @@ bool MediaResponder::writeManifest(const std::string &folder,
 
 void MediaResponder::recover() {
     files_->recover();
-    // Response files no manifest lists: a run that stopped between writing the files and
-    // their manifest. They are ours (nothing else writes into the return folder).
+    coverDue_ = !cover();
+}
+
+void MediaResponder::sweep() {
+    // The stick came back, or room was made on it: the manifest that failed is written now,
+    // not at the next start (the online side leaves answers in no manifest waiting).
+    if (coverDue_)
+        coverDue_ = !cover();
+}
+
+bool MediaResponder::cover() {
+    // Response files no manifest lists: a run that stopped between writing the files and their
+    // manifest, or a manifest that could not be written. Only our own answers: anything else a
+    // person (or anyone) left in the return folder is not listed as if it were one, since the
+    // online side would take it as an answer.
     try {
         const Directory dir = Directory::open(config_.folder);
         const auto manifests = media::readManifests(dir);
         std::vector<std::string> uncovered;
-        for (const auto &e : dir.list())
-            if (e.type == DirEntry::Type::Regular && !looksTemporaryName(e.name) &&
-                !media::isManifestName(e.name) && !manifests.find(e.name))
-                uncovered.push_back(e.name);
-        if (!uncovered.empty())
-            writeManifest(config_.folder, uncovered);
+        for (const auto &e : dir.list()) {
+            if (e.type != DirEntry::Type::Regular || looksTemporaryName(e.name) ||
+                media::isManifestName(e.name) || manifests.find(e.name))
+                continue;
+            if (config_.isOurResponse) {
+                try {
+                    const auto read = dir.read(e.name, media::maxManifestSize);
+                    if (!config_.isOurResponse(e.name, sha256Hex(read.bytes)))
+                        continue;
+                } catch (const std::exception &) {
+                    continue; // too large or unreadable: none of ours
+                }
+            }
+            uncovered.push_back(e.name);
+        }
+        return uncovered.empty() || writeManifest(config_.folder, uncovered);
     } catch (const IoError &) {
-        // Not there (the stick is out): nothing to cover now.
+        // Not there (the stick is out), or a file that cannot be read: tried again later.
+        return false;
     }
 }
 

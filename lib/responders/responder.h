@@ -56,6 +56,9 @@ public:
     // Cleans up what a killed run left half-done (temporary files); called once at start, before
     // anything is delivered. The answers themselves are in the store and delivered again.
     virtual void recover() {}
+    // Called on every sweep of a running agent (run.poll_seconds): finishes what a delivery
+    // left undone that needs no answer to deliver (a return manifest that was not written).
+    virtual void sweep() {}
     // Delivers planned tasks (all at once: the files of a batch are synced together). One
     // result per task.
     virtual std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) = 0;

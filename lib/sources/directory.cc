@@ -357,9 +357,11 @@ bool DirectorySource::considerName(const std::string &name, Ledger &ledger, cons
     bool refused = false; // by the check hook: stored as a rejection, not classified
     if (!file.tooLarge && config_.check) {
         auto [verdict, why] = config_.check(name, file.bytes);
-        if (verdict == DirectorySourceConfig::Verdict::Wait) {
+        if (verdict == DirectorySourceConfig::Verdict::Wait ||
+            verdict == DirectorySourceConfig::Verdict::Skip) {
             pending_.erase(token);
-            ++taken.stillArriving;
+            if (verdict == DirectorySourceConfig::Verdict::Wait)
+                ++taken.stillArriving;
             return false;
         }
         if (verdict == DirectorySourceConfig::Verdict::Reject) {

@@ -48,6 +48,8 @@ struct DirectorySourceConfig {
         Accept, // classify and store it as usual
         Wait,   // not yet (its manifest has not come): looked at again later, not stored
         Reject, // quarantine it with the reason
+        Skip,   // not this source's (a file of the other leg in a shared folder): passed by,
+                // neither stored nor counted as still arriving
     };
     std::function<std::pair<Verdict, std::string>(const std::string &name, ByteView bytes)> check;
 };

@@ -42,6 +42,10 @@ void MediaSource::loadManifests(const Directory &dir) {
     // file whose own batch never got its manifest; taken as its cover, that file would be
     // relayed unchecked, past require_manifest.
     const std::string_view direction = config_.returnLeg ? "responses" : "requests";
+    otherLeg_ = {};
+    for (const auto &entry : manifests_.good)
+        if (entry.second.direction != direction)
+            otherLeg_.good.push_back(entry);
     std::erase_if(manifests_.good,
                   [&](const auto &entry) { return entry.second.direction != direction; });
     for (const auto &[file, why] : manifests_.bad)
@@ -92,6 +96,12 @@ std::pair<Verdict, std::string> MediaSource::check(const std::string &file, Byte
                 return {Verdict::Reject,
                         fmt::format("extra: not listed in manifest {} of its batch", manifest)};
     }
+    // One folder for both legs: on the way back, a request file its batch manifest lists is
+    // the endpoint's, on its way out, not an answer still arriving (a run that waited on it
+    // would never be done while it is on the stick). Offline, a request file that only a
+    // return manifest lists still waits: that is no cover for it.
+    if (config_.returnLeg && otherLeg_.find(file))
+        return {Verdict::Skip, ""};
     if (!config_.requireManifest)
         return {Verdict::Accept, ""};
     if (warned_.insert("wait:" + file).second)

@@ -55,8 +55,9 @@ private:
     MediaSourceConfig config_;
     std::unique_ptr<DirectorySource> inner_;
     media::FolderManifests manifests_;
-    std::set<std::string> warned_; // manifests and names already reported
-    std::uint64_t nextToken_ = 1;  // for records of missing files (their own token range)
+    media::FolderManifests otherLeg_; // the other direction's manifests in the same folder
+    std::set<std::string> warned_;    // manifests and names already reported
+    std::uint64_t nextToken_ = 1;     // for records of missing files (their own token range)
     static constexpr std::uint64_t ownTokens = 1ULL << 63;
 };
 

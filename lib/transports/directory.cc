@@ -3,6 +3,7 @@
 #include "lib/transports/directory.h"
 
 #include <cerrno>
+#include <map>
 #include <set>
 
 #include <fmt/format.h>
@@ -62,13 +63,15 @@ void DirectoryTransport::flush() {
     writeBatch(batch);
 }
 
-namespace {
-
 // The highest batch number named by a manifest in the folder, and the removal of files of
-// batches that never got their manifest (ours, cut short; their items are written again).
-std::int64_t tidy(const Directory &dir, const std::string &endpoint) {
+// batches that never got their manifest (ours, cut short; their items are written again). A
+// batch without a manifest whose items the store has as out keeps those files, and its manifest
+// is written again from the store's record: removed, nothing would write them again (their
+// items are awaiting), and they would wait on no stick until await_max_age failed them.
+std::int64_t DirectoryTransport::tidy(const Directory &dir) {
+    const std::string &endpoint = endpoint_.name;
     std::int64_t highest = 0;
-    std::vector<std::string> files;
+    std::map<std::int64_t, std::set<std::string>> orphans; // batch -> its files
     std::set<std::int64_t> complete;
     for (const auto &e : dir.list()) {
         if (e.type != DirEntry::Type::Regular)
@@ -82,28 +85,70 @@ std::int64_t tidy(const Directory &dir, const std::string &endpoint) {
                 complete.insert(n);
             } catch (const std::exception &) {
             }
-        } else if (media::parseMediaName(e.name)) {
-            files.push_back(e.name);
+        } else if (auto m = media::parseMediaName(e.name)) {
+            orphans[m->batch].insert(e.name);
         }
     }
-    for (const auto &name : files) {
-        const auto m = media::parseMediaName(name);
-        if (complete.contains(m->batch))
+    for (const auto &[batch, names] : orphans) {
+        if (complete.contains(batch))
             continue;
-        spdlog::warn("- endpoint {}: removing {} from {}: its batch {} has no manifest (cut short; "
-                     "its request is written again)",
-                     endpoint, name, dir.path(), m->batch);
-        try {
-            dir.unlink(name);
-        } catch (const IoError &e) {
-            spdlog::error("- endpoint {}: {}", endpoint, e.what());
+        highest = std::max(highest, batch);
+        media::Manifest again;
+        again.direction = "requests";
+        again.sequence = batch;
+        again.createdMs = endpoint_.wallClock();
+        again.writer = endpoint;
+        if (endpoint_.filesOut)
+            for (auto &f : endpoint_.filesOut(batch))
+                if (names.contains(f.name))
+                    again.files.push_back(std::move(f));
+        std::set<std::string> kept;
+        for (const auto &f : again.files)
+            kept.insert(f.name);
+        for (const auto &name : names) {
+            if (kept.contains(name))
+                continue;
+            spdlog::warn("- endpoint {}: removing {} from {}: its batch {} has no manifest (cut "
+                         "short; its request is written again)",
+                         endpoint, name, dir.path(), batch);
+            try {
+                dir.unlink(name);
+            } catch (const IoError &e) {
+                spdlog::error("- endpoint {}: {}", endpoint, e.what());
+            }
         }
-        highest = std::max(highest, m->batch);
+        if (again.files.empty())
+            continue;
+        // The store's size and hash, not the file's: a file altered on the stick since it was
+        // written does not match, and the offline side quarantines it.
+        writeManifest(dir, again);
+        spdlog::warn("- endpoint {}: the manifest of batch {} was missing from {} while {} of its "
+                     "request(s) are out: written again from the store's record",
+                     endpoint, batch, dir.path(), again.files.size());
     }
     return highest;
 }
 
-} // namespace
+// The manifest last (and its signature before it): a manifest present means its batch was
+// complete.
+void DirectoryTransport::writeManifest(const Directory &dir, const media::Manifest &manifest) {
+    const std::string manifestFile = media::manifestName("requests", manifest.sequence);
+    const std::string text = media::renderManifest(manifest);
+    const ByteView textBytes = asBytes(text);
+    Bytes sig;
+    std::vector<FileToWrite> tail;
+    if (!endpoint_.signCert.empty()) {
+        sig = media::signManifest(textBytes, endpoint_.signCert, endpoint_.signKey);
+        tail.push_back({&dir, manifestFile + std::string(media::signatureSuffix), sig, ""});
+    }
+    for (const auto &e : writeFilesDurably(tail, endpoint_.fileMode))
+        if (!e.empty())
+            throw std::runtime_error(e);
+    const FileToWrite m{&dir, manifestFile, textBytes, ""};
+    for (const auto &e : writeFilesDurably(std::span(&m, 1), endpoint_.fileMode))
+        if (!e.empty())
+            throw std::runtime_error(e);
+}
 
 void DirectoryTransport::writeBatch(std::vector<Queued> &batch) {
     auto fail = [&](const std::string &why) {
@@ -125,7 +170,7 @@ void DirectoryTransport::writeBatch(std::vector<Queued> &batch) {
     try {
         const Directory dir = Directory::open(endpoint_.path);
         removeTemporaryFiles(endpoint_.path);
-        sequence = media::nextSequence(endpoint_.stateFile, tidy(dir, endpoint_.name));
+        sequence = media::nextSequence(endpoint_.stateFile, tidy(dir));
         media::Manifest manifest;
         manifest.direction = "requests";
         manifest.sequence = sequence;
@@ -144,24 +189,8 @@ void DirectoryTransport::writeBatch(std::vector<Queued> &batch) {
             if (!e.empty())
                 throw std::runtime_error(e);
         crashPoint("media-files"); // the batch's files are durable, its manifest is not written
-        // The manifest last (and its signature before it): a manifest present means its batch
-        // was complete.
         manifestFile = media::manifestName("requests", sequence);
-        const std::string text = media::renderManifest(manifest);
-        const ByteView textBytes = asBytes(text);
-        Bytes sig;
-        std::vector<FileToWrite> tail;
-        if (!endpoint_.signCert.empty()) {
-            sig = media::signManifest(textBytes, endpoint_.signCert, endpoint_.signKey);
-            tail.push_back({&dir, manifestFile + std::string(media::signatureSuffix), sig, ""});
-        }
-        for (const auto &e : writeFilesDurably(tail, endpoint_.fileMode))
-            if (!e.empty())
-                throw std::runtime_error(e);
-        const FileToWrite m{&dir, manifestFile, textBytes, ""};
-        for (const auto &e : writeFilesDurably(std::span(&m, 1), endpoint_.fileMode))
-            if (!e.empty())
-                throw std::runtime_error(e);
+        writeManifest(dir, manifest);
     } catch (const std::exception &e) {
         // The stick is gone or full: nothing of this batch counts (its files, without a
         // manifest, are removed before the next batch); the items are retried later.

@@ -9,7 +9,10 @@
 // (its signature first, when manifests are signed), again temp, sync, rename, folder sync. A
 // manifest on the media therefore means its whole batch was there. Files of a batch that never
 // got its manifest (a stick pulled mid-write, a crash) are removed before the next batch is
-// written: their items were not recorded as handed over and are written again.
+// written: their items were not recorded as handed over and are written again. Files of a batch
+// without a manifest whose items the store has as out on the media (recorded as handed over:
+// the manifest was lost or removed after the batch was written) are kept, and the manifest is
+// written again from the store's record of them (filesOut), so that they still travel.
 //
 // It trusts its configured folder and state file; it writes only names it makes itself.
 #pragma once
@@ -19,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/media/manifest.h"
 #include "lib/transports/transport.h"
 
 namespace pkirelay {
@@ -32,6 +36,10 @@ struct DirectoryEndpoint {
     std::string signCert, signKey; // sign manifests (CMS) when both are set
     std::size_t maxBatch = 256;    // most requests per batch (limits.batch_size)
     std::function<std::int64_t()> wallClock;
+    // The files of one of this endpoint's batches whose items are out on the media, as the
+    // store recorded them (name, size, SHA-256); unset, every file of a batch without a
+    // manifest is taken as cut short.
+    std::function<std::vector<media::ManifestEntry>(std::int64_t batch)> filesOut;
 };
 
 class DirectoryTransport final : public Transport {
@@ -55,6 +63,8 @@ private:
     };
     void flush();
     void writeBatch(std::vector<Queued> &batch);
+    std::int64_t tidy(const Directory &dir);
+    void writeManifest(const Directory &dir, const media::Manifest &manifest);
 
     DirectoryEndpoint endpoint_;
     EventLoop *loop_ = nullptr;
