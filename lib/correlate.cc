@@ -49,6 +49,45 @@ ByteView certificateKey(const der::Reader &parent, const der::Tlv &cert) {
     return t.expect(kSeq, "subjectPublicKeyInfo").encoding;
 }
 
+// What each protocol calls its two correlation fields, and the rule that binds them, for the
+// lines that say which one does not match.
+struct FieldNames {
+    std::string_view transaction, transactionRule;
+    std::string_view nonce, nonceShort, nonceRule, nonceAbsentRule;
+};
+constexpr FieldNames kCmpFields{"transactionID",
+                                "RFC 9810 §5.1.1: the response MUST carry the request's",
+                                "recipNonce",
+                                "recipNonce",
+                                "RFC 9810 §5.1.1",
+                                "RFC 9810 §5.1.1: the recipNonce is copied from the request's "
+                                "senderNonce"};
+constexpr FieldNames kCmcFields{"transactionId control",
+                                "RFC 10002 §6.6",
+                                "recipientNonce control",
+                                "recipientNonce",
+                                "RFC 10002 §6.6",
+                                "RFC 10002 §6.6: it returns the request's "
+                                "senderNonce"};
+
+// The transaction identifier the request carried must come back, and its senderNonce as the
+// answer's recipient nonce; a request without the one or the other leaves that field free.
+std::optional<std::string> fieldsMismatch(const RequestKeys &request, const CorrelationKeys &a,
+                                          const FieldNames &n, std::string_view requestName) {
+    if (!request.transactionId.empty() && !same(a.transactionId, request.transactionId))
+        return a.transactionId.empty() ? fmt::format("it has no {}, and {} has one ({})",
+                                                     n.transaction, requestName, n.transactionRule)
+                                       : fmt::format("its {} is not {}'s ({})", n.transaction,
+                                                     requestName, n.transactionRule);
+    if (!request.senderNonce.empty() && !same(a.recipNonce, request.senderNonce))
+        return a.recipNonce.empty()
+                   ? fmt::format("it has no {}, so nothing says it answers {} ({})", n.nonce,
+                                 requestName, n.nonceAbsentRule)
+                   : fmt::format("its {} is not {}'s senderNonce ({})", n.nonceShort, requestName,
+                                 n.nonceRule);
+    return std::nullopt;
+}
+
 } // namespace
 
 ByteView requestPublicKey(ByteView der) {
@@ -118,29 +157,12 @@ std::optional<std::string> answerMismatch(const RequestKeys &request, const Mess
         // field set, then it MUST set the transactionID field of the response to the same
         // value. If a server receives such request with a missing transactionID field, then it
         // MAY set transactionID field of the response." So a request without one leaves the
-        // answer's free.
-        if (!request.transactionId.empty() && !same(a.transactionId, request.transactionId))
-            return a.transactionId.empty()
-                       ? fmt::format("it has no transactionID, and {} has one (RFC 9810 §5.1.1: "
-                                     "the response MUST carry the request's)",
-                                     requestName)
-                       : fmt::format("its transactionID is not {}'s (RFC 9810 §5.1.1: the "
-                                     "response MUST carry the request's)",
-                                     requestName);
-        // RFC 9810 §5.1.1: "the recipNonce is copied from the senderNonce of the previous
+        // answer's free. And "the recipNonce is copied from the senderNonce of the previous
         // message in the transaction". No exception is made for an error message: an errorMsg
         // without a recipNonce (a server that could not read the request's header) cannot be
         // told from an error meant for another request, and a client that checks its nonce
         // (OpenSSL's does) refuses it too. It goes to a person, who can deliver it anyway.
-        if (!request.senderNonce.empty() && !same(a.recipNonce, request.senderNonce))
-            return a.recipNonce.empty()
-                       ? fmt::format("it has no recipNonce, so nothing says it answers {} "
-                                     "(RFC 9810 §5.1.1: the recipNonce is copied from the "
-                                     "request's senderNonce)",
-                                     requestName)
-                       : fmt::format("its recipNonce is not {}'s senderNonce (RFC 9810 §5.1.1)",
-                                     requestName);
-        return std::nullopt;
+        return fieldsMismatch(request, a, kCmpFields, requestName);
     }
     if (answer.cmp)
         return fmt::format("a CMP message cannot answer {}, a CMC request", requestName);
@@ -165,21 +187,7 @@ std::optional<std::string> answerMismatch(const RequestKeys &request, const Mess
     // RFC 10002 §6.6: servers "include received transaction identifiers in the response", and
     // the recipientNonce control returns the request's senderNonce. A request that carried
     // neither (a Simple PKI Request, or a Full one without these controls) cannot be checked.
-    if (!request.transactionId.empty() && !same(a.transactionId, request.transactionId))
-        return a.transactionId.empty()
-                   ? fmt::format("it has no transactionId control, and {} has one (RFC 10002 "
-                                 "§6.6)",
-                                 requestName)
-                   : fmt::format("its transactionId control is not {}'s (RFC 10002 §6.6)",
-                                 requestName);
-    if (!request.senderNonce.empty() && !same(a.recipNonce, request.senderNonce))
-        return a.recipNonce.empty()
-                   ? fmt::format("it has no recipientNonce control, so nothing says it answers "
-                                 "{} (RFC 10002 §6.6: it returns the request's senderNonce)",
-                                 requestName)
-                   : fmt::format("its recipientNonce is not {}'s senderNonce (RFC 10002 §6.6)",
-                                 requestName);
-    return std::nullopt;
+    return fieldsMismatch(request, a, kCmcFields, requestName);
 }
 
 } // namespace pkirelay
