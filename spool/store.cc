@@ -86,7 +86,7 @@ struct Store::Impl {
     sql::Database db;
     bool readOnly = false; // opened by openReadOnly: the operator's write commands refuse
     std::optional<std::int64_t> dataVersion = std::nullopt; // changedElsewhere()'s last look
-    std::string path = {}; // for messages
+    std::string path = {};                                  // for messages
 
     void addEvent(std::int64_t item, Millis at, std::string_view what, std::string_view detail) {
         auto q = db.query("INSERT INTO event (item_id, at, what, detail) VALUES (?1, ?2, ?3, ?4)");
@@ -627,6 +627,14 @@ bool fullCheckDue(sql::Database &db, std::int64_t schema, std::int64_t now) {
     return now < at || now - at >= Store::kFullCheckSeconds; // a clock set back: check now
 }
 
+// Runs the whole-store check when it is due; whether it ran (and passed: it throws otherwise).
+bool checkIfDue(sql::Database &db, const std::string &path, std::int64_t schema, std::int64_t now) {
+    if (!fullCheckDue(db, schema, now))
+        return false;
+    checkIntegrity(db, path);
+    return true;
+}
+
 // Best effort: a store another process is writing is checked again at the next open.
 void recordFullCheck(sql::Database &db, std::int64_t now) {
     try {
@@ -674,9 +682,7 @@ Store Store::open(const std::string &path, OpenMode mode) {
     if (current == 0 && mode == OpenMode::MustExist)
         throw StoreMissing(fmt::format("{}: the file holds no pkirelay store (no schema)", path));
     const std::int64_t now = wallSeconds();
-    const bool checkNow = current > 0 && fullCheckDue(db, current, now);
-    if (checkNow)
-        checkIntegrity(db, path);
+    const bool checked = current > 0 && checkIfDue(db, path, current, now);
     // A current schema needs no write lock: status/list/show must not wait for a running pass.
     for (std::int64_t n = current + 1; n <= known; ++n) {
         // A migration may rebuild a table that others reference (SQLite cannot alter a CHECK
@@ -708,7 +714,7 @@ Store Store::open(const std::string &path, OpenMode mode) {
         db.exec("PRAGMA foreign_keys = ON");
     }
     db.exec("PRAGMA foreign_keys = ON");
-    if (checkNow || current == 0)
+    if (checked || current == 0)
         recordFullCheck(db, now);
     return Store(std::move(impl));
 }
@@ -731,8 +737,7 @@ Store Store::openReadOnly(const std::string &path) {
         throw StoreError(fmt::format("{}: the store has schema {}, this pkirelay reads {}; the "
                                      "next `pkirelay run` brings it up to date",
                                      path, current, known));
-    if (fullCheckDue(db, current, wallSeconds()))
-        checkIntegrity(db, path); // a view cannot record it: the next run does
+    checkIfDue(db, path, current, wallSeconds()); // a view cannot record it: the next run does
     impl->readOnly = true;
     return Store(std::move(impl));
 }
@@ -1195,10 +1200,7 @@ std::optional<Millis> Store::nextRetry() {
 void Store::checkWholeIfDue() {
     auto &db = impl_->db;
     const std::int64_t now = wallSeconds();
-    if (!fullCheckDue(db, db.queryInt("PRAGMA user_version"), now))
-        return;
-    checkIntegrity(db, impl_->path);
-    if (!impl_->readOnly)
+    if (checkIfDue(db, impl_->path, db.queryInt("PRAGMA user_version"), now) && !impl_->readOnly)
         recordFullCheck(db, now);
 }
 
