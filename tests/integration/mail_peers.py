@@ -324,6 +324,22 @@ class SmtpCapture:
         return out
 
 
+def start_mail_peers(test, folder):
+    """Dovecot and the capturing SMTP server under folder, stopped when the test ends, and the
+    IMAP password in a file only its owner reads (as pkirelay's password_file must be).
+    Returns (dovecot, smtp, password_file)."""
+    dovecot = Dovecot(os.path.join(folder, "dovecot"))
+    dovecot.start()
+    test.addCleanup(dovecot.stop)
+    smtp = SmtpCapture(os.path.join(folder, "smtp"), dovecot)
+    smtp.start()
+    test.addCleanup(smtp.stop)
+    secret = os.path.join(folder, "imap.password")
+    with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(Dovecot.PASSWORD + "\n")
+    return dovecot, smtp, secret
+
+
 def swaks(port, sender, to, *args):
     """Sends a mail the way a user would (swaks, plain SMTP on loopback)."""
     proc = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(port), "--from",

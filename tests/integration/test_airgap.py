@@ -25,7 +25,7 @@ from harness import (PKIRELAY, TESTS_DIR, CmpCredentials, PkirelayTestCase, cmc_
                      cmp_client, openssl, read_responder_log, run, start_cmc_responder,
                      start_cmp_server)
 
-from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
+from mail_peers import Dovecot, missing_mail_tools, start_mail_peers, swaks
 from test_mail import ALICE, ENROLL, attachment, make_mail, the_reply
 
 MISSING_MAIL = missing_mail_tools()
@@ -622,15 +622,7 @@ class AirGapMail(AirGapBase):
 
     def setUp(self):
         super().setUp()
-        self.dovecot = Dovecot(os.path.join(self.tmp, "dovecot"))
-        self.dovecot.start()
-        self.addCleanup(self.dovecot.stop)
-        self.smtp = SmtpCapture(os.path.join(self.tmp, "smtp"), self.dovecot)
-        self.smtp.start()
-        self.addCleanup(self.smtp.stop)
-        secret = os.path.join(self.tmp, "imap.password")
-        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(Dovecot.PASSWORD + "\n")
+        self.dovecot, self.smtp, secret = start_mail_peers(self, self.tmp)
         with open(self.online, "w") as f:
             f.write(f'[store]\npath = "{self.tmp}/online/store.db"\n'
                     f'[source.mail]\ntype = "imap"\n'

@@ -31,7 +31,7 @@ import unittest
 
 from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl, run,
                      start_cmc_responder, start_cmp_server, wait_until)
-from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, swaks
+from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, start_mail_peers, swaks
 
 MISSING = missing_mail_tools()
 ENROLL = "enroll@example.org"
@@ -94,15 +94,7 @@ class MailRoundTrip(PkirelayTestCase):
 
     def setUp(self):
         super().setUp()
-        self.dovecot = Dovecot(os.path.join(self.tmp, "dovecot"))
-        self.dovecot.start()
-        self.addCleanup(self.dovecot.stop)
-        self.smtp = SmtpCapture(os.path.join(self.tmp, "smtp"), self.dovecot)
-        self.smtp.start()
-        self.addCleanup(self.smtp.stop)
-        self.secret = os.path.join(self.tmp, "imap.password")
-        with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(Dovecot.PASSWORD + "\n")
+        self.dovecot, self.smtp, self.secret = start_mail_peers(self, self.tmp)
         self.key = os.path.join(self.tmp, "key.pem")
         openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
                 "-out", self.key)
