@@ -167,6 +167,15 @@ def start_cmc_responder(*extra):
     return peer, int(peer.ready_line.split()[1])
 
 
+def drop_into(folder, name, data):
+    """Puts data into folder under name as a careful client does: written whole under a
+    temporary name (one pkirelay never reads), then renamed into place."""
+    part = os.path.join(folder, "." + name + ".part")
+    with open(part, "wb") as f:
+        f.write(data)
+    os.rename(part, os.path.join(folder, name))
+
+
 def cmc_full_request(folder, name, transaction_id=0x4242, query_pending=None):
     """A CMC Full PKI Request made by the openssl command line: SignedData over a PKIData with
     the transactionId and a new senderNonce (RFC 5272 §3.2.1, §6.6), and, given a pendToken

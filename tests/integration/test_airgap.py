@@ -22,7 +22,7 @@ import sqlite3
 import unittest
 
 from harness import (PKIRELAY, TESTS_DIR, CmpCredentials, PkirelayTestCase, cmc_full_request,
-                     cmp_client, openssl, read_responder_log, run, start_cmc_responder,
+                     cmp_client, drop_into, openssl, read_responder_log, run, start_cmc_responder,
                      start_cmp_server)
 
 from mail_peers import Dovecot, missing_mail_tools, start_mail_peers, swaks
@@ -563,11 +563,7 @@ class AirGap(AirGapBase):
     def drop(self, path, name):
         """Puts a finished request into the online inbox (written whole, then renamed)."""
         with open(path, "rb") as f:
-            data = f.read()
-        part = os.path.join(self.inbox, "." + name + ".part")
-        with open(part, "wb") as f:
-            f.write(data)
-        os.rename(part, os.path.join(self.inbox, name))
+            drop_into(self.inbox, name, f.read())
 
     def test_cmc_pending_then_query_pending_across_two_trips(self):
         # The CA answers the Full PKI Request "pending" with a pendToken (RFC 5272 §6.1.1); the

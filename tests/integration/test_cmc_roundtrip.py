@@ -12,12 +12,11 @@ kept-alive connections, and the responder sees the right Content-Type for each k
 
 import json
 import os
-import secrets
 import unittest
 import urllib.request
 
-from harness import (PkirelayTestCase, openssl, read_responder_log, start_cmc_responder,
-                     wait_until)
+from harness import (PkirelayTestCase, cmc_full_request, drop_into, openssl, read_responder_log,
+                     start_cmc_responder, wait_until)
 
 ID_CCT_PKI_RESPONSE = "1.3.6.1.5.5.7.12.3"
 CMC_REQUEST_TYPE = "application/pkcs7-mime; smime-type=CMC-Request"
@@ -47,41 +46,15 @@ class CmcRoundTrip(PkirelayTestCase):
         return path
 
     def make_full_request(self, name):
-        """A CMC Full PKI Request (SignedData over a PKIData with transactionId and senderNonce,
-        RFC 10002 §3.2), signed by a throw-away self-signed key; returns (path, nonce hex)."""
-        nonce = secrets.token_hex(16)
-        cnf = os.path.join(self.tmp, name + ".cnf")
-        with open(cnf, "w") as f:
-            f.write("\n".join([
-                "asn1 = SEQUENCE:pkidata", "[pkidata]", "controls = SEQUENCE:controls",
-                "reqs = SEQUENCE:empty", "cms = SEQUENCE:empty", "other = SEQUENCE:empty",
-                "[empty]", "[controls]", "c1 = SEQUENCE:txid", "c2 = SEQUENCE:snonce",
-                "[txid]", "bpid = INTEGER:1", "type = OID:1.3.6.1.5.5.7.7.5",
-                "values = SET:txidval", "[txidval]", "v = INTEGER:0x4242",
-                "[snonce]", "bpid = INTEGER:2", "type = OID:1.3.6.1.5.5.7.7.6",
-                "values = SET:snonceval", "[snonceval]", f"v = FORMAT:HEX,OCTETSTRING:{nonce}",
-                ""]))
-        pkidata = os.path.join(self.tmp, name + ".pkidata")
-        openssl("asn1parse", "-genconf", cnf, "-noout", "-out", pkidata)
-        signer = os.path.join(self.tmp, name + ".signer")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", signer + ".key", "-out", signer + ".crt", "-subj", "/CN=cmc-requester",
-                "-days", "2")
-        path = os.path.join(self.tmp, name)
-        openssl("cms", "-sign", "-binary", "-nodetach", "-in", pkidata, "-econtent_type",
-                "1.3.6.1.5.5.7.12.2", "-signer", signer + ".crt", "-inkey", signer + ".key",
-                "-outform", "DER", "-out", path)
-        return path, nonce
+        """A CMC Full PKI Request (harness.cmc_full_request); returns (path, nonce hex)."""
+        return cmc_full_request(self.tmp, name)
 
     def drop(self, path, name):
         """Puts a finished request file into the inbox under name (written whole, then renamed,
         as a careful client would)."""
         with open(path, "rb") as f:
             data = f.read()
-        tmp = os.path.join(self.inbox, "." + name + ".part")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(self.inbox, name))
+        drop_into(self.inbox, name, data)
         return data
 
     # Reading answers.

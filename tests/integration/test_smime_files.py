@@ -14,7 +14,7 @@ import email.policy
 import os
 import unittest
 
-from harness import (TESTS_DIR, CmpCredentials, PkirelayTestCase, cmp_client, openssl, run,
+from harness import (TESTS_DIR, CmpCredentials, PkirelayTestCase, cmp_client, drop_into, openssl, run,
                      start_cmc_responder, start_cmp_server)
 
 UNREACHABLE = "127.0.0.1:9"
@@ -50,10 +50,7 @@ class SmimeFiles(PkirelayTestCase):
 
     def drop(self, name, data):
         """Written whole under a temporary name, then renamed into the inbox."""
-        tmp = os.path.join(self.inbox, "." + name + ".part")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(self.inbox, name))
+        drop_into(self.inbox, name, data)
 
     def attachment(self, path, content_type):
         """The one attachment of a response entity, checked for its type; returns the DER."""
