@@ -29,8 +29,8 @@ import signal
 import subprocess
 import unittest
 
-from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmp_client, openssl, run,
-                     start_cmc_responder, start_cmp_server, wait_until)
+from harness import (PKIRELAY, CmpCredentials, PkirelayTestCase, cmc_full_request, cmp_client,
+                     openssl, run, start_cmc_responder, start_cmp_server, wait_until)
 from mail_peers import Dovecot, SmtpCapture, missing_mail_tools, start_mail_peers, swaks
 
 MISSING = missing_mail_tools()
@@ -196,30 +196,9 @@ class MailRoundTrip(PkirelayTestCase):
                       openssl("x509", "-in", cert, "-noout", "-subject").stdout)
 
     def full_request(self):
-        """A CMC Full PKI Request signed by a throw-away key (as test_cmc_roundtrip makes it)."""
-        nonce = secrets.token_hex(16)
-        cnf = os.path.join(self.tmp, "pkidata.cnf")
-        with open(cnf, "w") as f:
-            f.write("\n".join([
-                "asn1 = SEQUENCE:pkidata", "[pkidata]", "controls = SEQUENCE:controls",
-                "reqs = SEQUENCE:empty", "cms = SEQUENCE:empty", "other = SEQUENCE:empty",
-                "[empty]", "[controls]", "c1 = SEQUENCE:txid", "c2 = SEQUENCE:snonce",
-                "[txid]", "bpid = INTEGER:1", "type = OID:1.3.6.1.5.5.7.7.5",
-                "values = SET:txidval", "[txidval]", "v = INTEGER:0x4242",
-                "[snonce]", "bpid = INTEGER:2", "type = OID:1.3.6.1.5.5.7.7.6",
-                "values = SET:snonceval", "[snonceval]", f"v = FORMAT:HEX,OCTETSTRING:{nonce}",
-                ""]))
-        pkidata = os.path.join(self.tmp, "pkidata.der")
-        openssl("asn1parse", "-genconf", cnf, "-noout", "-out", pkidata)
-        signer = os.path.join(self.tmp, "signer")
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", signer + ".key", "-out", signer + ".crt", "-subj", "/CN=requester",
-                "-days", "2")
-        out = os.path.join(self.tmp, "full.crq")
-        openssl("cms", "-sign", "-binary", "-nodetach", "-in", pkidata, "-econtent_type",
-                "1.3.6.1.5.5.7.12.2", "-signer", signer + ".crt", "-inkey", signer + ".key",
-                "-outform", "DER", "-out", out)
-        with open(out, "rb") as f:
+        """A CMC Full PKI Request signed by a throw-away key (harness.cmc_full_request)."""
+        path, _ = cmc_full_request(self.tmp, "full.crq")
+        with open(path, "rb") as f:
             return f.read()
 
     def test_cmc_full_request_answered_with_cmc_response(self):
