@@ -43,16 +43,33 @@ std::vector<DeliveryResult> MediaResponder::deliver(std::span<const DeliveryTask
 
 bool MediaResponder::writeManifest(const std::string &folder,
                                    const std::vector<std::string> &names) {
+    std::vector<media::ManifestEntry> files;
+    try {
+        // What is on the media, read back: the manifest describes the files as they are there.
+        const Directory dir = Directory::open(folder);
+        for (const auto &name : names) {
+            const auto read = dir.read(name, media::maxManifestSize);
+            files.push_back({name, read.size, sha256Hex(read.bytes)});
+        }
+    } catch (const std::exception &e) {
+        spdlog::error("- source {}: the return manifest for {} response file(s) in {} was not "
+                      "written: {} (written again later)",
+                      config_.writer, names.size(), folder, e.what());
+        return false;
+    }
+    return writeManifest(folder, std::move(files));
+}
+
+bool MediaResponder::writeManifest(const std::string &folder,
+                                   std::vector<media::ManifestEntry> files) {
+    const std::size_t count = files.size();
     try {
         const Directory dir = Directory::open(folder);
         media::Manifest m;
         m.direction = "responses";
         m.createdMs = config_.wallClock();
         m.writer = config_.writer;
-        for (const auto &name : names) {
-            const auto read = dir.read(name, media::maxManifestSize);
-            m.files.push_back({name, read.size, sha256Hex(read.bytes)});
-        }
+        m.files = std::move(files);
         std::int64_t highest = 0;
         for (const auto &[file, old] : media::readManifests(dir).good)
             if (old.direction == "responses")
@@ -73,12 +90,12 @@ bool MediaResponder::writeManifest(const std::string &folder,
             if (!e.empty())
                 throw std::runtime_error(e);
         spdlog::info("- source {}: return manifest {} written to {}: {} response file(s)",
-                     config_.writer, manifest, folder, names.size());
+                     config_.writer, manifest, folder, count);
         return true;
     } catch (const std::exception &e) {
         spdlog::error("- source {}: the return manifest for {} response file(s) in {} was not "
-                      "written: {} (written at the next start)",
-                      config_.writer, names.size(), folder, e.what());
+                      "written: {} (written again later)",
+                      config_.writer, count, folder, e.what());
         return false;
     }
 }
@@ -103,23 +120,32 @@ bool MediaResponder::cover() {
     try {
         const Directory dir = Directory::open(config_.folder);
         const auto manifests = media::readManifests(dir);
-        std::vector<std::string> uncovered;
+        // Each file is read once: its hash asks the store whether it is ours and goes into the
+        // manifest.
+        std::vector<media::ManifestEntry> uncovered;
         for (const auto &e : dir.list()) {
             if (e.type != DirEntry::Type::Regular || looksTemporaryName(e.name) ||
                 media::isManifestName(e.name) || manifests.find(e.name))
                 continue;
-            if (config_.isOurResponse) {
-                try {
-                    const auto read = dir.read(e.name, media::maxManifestSize);
-                    if (!config_.isOurResponse(e.name, sha256Hex(read.bytes)))
-                        continue;
-                } catch (const std::exception &) {
-                    continue; // too large or unreadable: none of ours
+            media::ManifestEntry entry{e.name, 0, {}};
+            try {
+                const auto read = dir.read(e.name, media::maxManifestSize);
+                entry.size = read.size;
+                entry.sha256 = sha256Hex(read.bytes);
+            } catch (const std::exception &err) {
+                if (!config_.isOurResponse) { // ours, and unreadable now: tried again later
+                    spdlog::error("- source {}: the return manifest for {} was not written: {} "
+                                  "(written again later)",
+                                  config_.writer, config_.folder, err.what());
+                    return false;
                 }
+                continue; // too large or unreadable: none of ours
             }
-            uncovered.push_back(e.name);
+            if (config_.isOurResponse && !config_.isOurResponse(entry.name, entry.sha256))
+                continue;
+            uncovered.push_back(std::move(entry));
         }
-        return uncovered.empty() || writeManifest(config_.folder, uncovered);
+        return uncovered.empty() || writeManifest(config_.folder, std::move(uncovered));
     } catch (const IoError &) {
         // Not there (the stick is out), or a file that cannot be read: tried again later.
         return false;

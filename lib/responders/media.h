@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "lib/media/manifest.h"
 #include "lib/responders/response_file.h"
 
 namespace pkirelay {
@@ -42,8 +43,11 @@ public:
     std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) override;
 
 private:
-    // Writes a manifest of these files (all in folder); false when it could not.
+    // Writes a manifest of these files (all in folder), read back for their sizes and hashes;
+    // false when it could not.
     bool writeManifest(const std::string &folder, const std::vector<std::string> &names);
+    // The same, for entries whose size and hash the caller has.
+    bool writeManifest(const std::string &folder, std::vector<media::ManifestEntry> files);
     // Writes a manifest of our response files in the folder that no manifest lists; true when
     // there were none or it was written.
     bool cover();
