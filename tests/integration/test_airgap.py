@@ -26,7 +26,7 @@ from harness import (PKIRELAY, TESTS_DIR, CmpCredentials, PkirelayTestCase, cmc_
                      start_cmp_server)
 
 from mail_peers import Dovecot, missing_mail_tools, start_mail_peers, swaks
-from test_mail import ALICE, ENROLL, attachment, make_mail, the_reply
+from test_mail import ALICE, ENROLL, attachment, check_cmp_reply, make_mail, the_reply
 
 MISSING_MAIL = missing_mail_tools()
 UNREACHABLE = "127.0.0.1:1/pkix/"  # nothing listens on port 1: the client only writes files
@@ -678,16 +678,7 @@ class AirGapMail(AirGapBase):
             mid = self.mail_in([("application/pkixcmp", "ir.der", f.read())])
         self.trip()
         part, der = attachment(self, the_reply(self, self.smtp, mid))
-        self.assertEqual(part.get_content_type(), "application/pkixcmp")
-        self.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
-        ip = os.path.join(self.tmp, "ip.pki")
-        with open(ip, "wb") as f:
-            f.write(der)
-        cert = os.path.join(self.tmp, "cert.pem")
-        cmp_client(self.creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
-                   "-reqin", ir, "-rspin", ip, "-certout", cert)
-        self.assertIn("CN = enrolled-leaf",
-                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        check_cmp_reply(self, self.creds, ir, part, der)
         self.assertEqual(read_responder_log(self.log), [], "CMP went to the CMC responder")
         # Nothing more: another pass mails nothing again.
         self.agent(self.online, expect=0)

@@ -89,6 +89,21 @@ def attachment(case, msg):
     return parts[0], parts[0].get_payload(decode=True)
 
 
+def check_cmp_reply(case, creds, ir, part, der):
+    """The reply's attachment is the CA's ip for the ir (file ir) that was mailed: of its MIME
+    type, named .pki, and taken by OpenSSL's own client (-rspin), which writes the certificate
+    OpenSSL's CMP server issued."""
+    case.assertEqual(part.get_content_type(), "application/pkixcmp")
+    case.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
+    ip = os.path.join(case.tmp, "ip.pki")
+    with open(ip, "wb") as f:
+        f.write(der)
+    cert = os.path.join(case.tmp, "cert.pem")
+    cmp_client(creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
+               "-reqin", ir, "-rspin", ip, "-certout", cert)
+    case.assertIn("CN = enrolled-leaf", openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+
+
 @unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
 class MailRoundTrip(PkirelayTestCase):
 
@@ -184,16 +199,7 @@ class MailRoundTrip(PkirelayTestCase):
         self.send(raw)
         self.run_once(expect=0)
         part, der = self.attachment(self.the_reply(mid))
-        self.assertEqual(part.get_content_type(), "application/pkixcmp")
-        self.assertTrue(part.get_filename().endswith(".pki"), part.get_filename())
-        ip = os.path.join(self.tmp, "ip.pki")
-        with open(ip, "wb") as f:
-            f.write(der)
-        cert = os.path.join(self.tmp, "cert.pem")
-        cmp_client(creds, "-cmd", "ir", "-subject", "/CN=Mailed", "-implicit_confirm",
-                   "-reqin", ir, "-rspin", ip, "-certout", cert)
-        self.assertIn("CN = enrolled-leaf",
-                      openssl("x509", "-in", cert, "-noout", "-subject").stdout)
+        check_cmp_reply(self, creds, ir, part, der)
 
     def full_request(self):
         """A CMC Full PKI Request signed by a throw-away key (harness.cmc_full_request)."""
