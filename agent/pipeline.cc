@@ -817,10 +817,22 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         responses_.erase(task.deliveryId);
     }
     std::vector<DeliveryResult> results;
+    std::vector<bool> recorded; // delivered and recorded already (a responder not repeatable)
     results.reserve(ready.size());
+    recorded.reserve(ready.size());
     byResponder(parts_, ready, [&](Responder &r, std::span<DeliveryTask> group) {
-        for (auto &result : r.deliver(group))
+        if (r.repeatable()) {
+            for (auto &result : r.deliver(group)) {
+                results.push_back(std::move(result));
+                recorded.push_back(false);
+            }
+            return;
+        }
+        for (const auto &task : group) {
+            auto [result, done] = deliverOnce(r, task);
             results.push_back(std::move(result));
+            recorded.push_back(done);
+        }
     });
     crashPoint("written"); // response files durable, their delivery not recorded
     for (std::size_t i = 0; i < ready.size(); ++i) {
@@ -828,8 +840,10 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         const auto &r = results[i];
         if (r.type == DeliveryResult::Type::Delivered) {
             // Recorded lazily: the file is durable, and a crash before the record finds it
-            // there with these very bytes and records it then.
-            pendingDelivered_.push_back(task.deliveryId);
+            // there with these very bytes and records it then. (A reply that cannot be
+            // repeated was recorded by deliverOnce already.)
+            if (!recorded[i])
+                pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
             if (!r.delivered.empty())
@@ -848,6 +862,45 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         responses_.erase(task.deliveryId);
     }
     scheduleFlush();
+}
+
+std::pair<DeliveryResult, bool> Pipeline::deliverOnce(Responder &responder,
+                                                      const DeliveryTask &task) {
+    const std::int64_t id = task.deliveryId;
+    const std::span<const std::int64_t> ids(&id, 1);
+    try {
+        store_.markSending(ids, clock_());
+    } catch (const spool::StoreBusy &e) {
+        // Not sent unless the store knows a send began: a stop during an unrecorded send would
+        // repeat the reply without a trace.
+        return {{DeliveryResult::Type::Retry,
+                 fmt::format("the store cannot be written now ({}): the reply is sent once its "
+                             "sending can be recorded",
+                             e.what())},
+                false};
+    }
+    auto results = responder.deliver(std::span<const DeliveryTask>(&task, 1));
+    DeliveryResult result = std::move(results.at(0));
+    if (result.type == DeliveryResult::Type::Delivered) {
+        crashPoint("mailed"); // the server took the reply, its delivery not recorded
+        try {
+            store_.markDelivered(ids, clock_());
+            return {std::move(result), true};
+        } catch (const spool::StoreBusy &) {
+            // Recorded lazily with the next transaction; until then the mark says a send began,
+            // so a stop before that record makes a resend that is recorded as one.
+            return {std::move(result), false};
+        }
+    }
+    if (result.uncertain)
+        return {std::move(result), false}; // the mark stays: the next attempt is a resend
+    try {
+        store_.clearSending(ids); // refused or not reached: the next attempt is a plain retry
+    } catch (const spool::StoreBusy &) {
+        // The mark stays: the next attempt is recorded as a possible resend, which says more
+        // than happened, never less.
+    }
+    return {std::move(result), false};
 }
 
 void Pipeline::problem(const DeliveryTask &task, const std::string &what) {

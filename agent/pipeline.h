@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "config.h"
@@ -122,6 +123,9 @@ private:
     void armRetryTimer();
     void deliverAll();
     void writeDeliveries(std::vector<DeliveryTask> tasks);
+    // One task of a responder that is not repeatable(): marked as being sent, handed over, and
+    // recorded at once if it was taken. Returns the result and whether it is recorded.
+    std::pair<DeliveryResult, bool> deliverOnce(Responder &responder, const DeliveryTask &task);
     // Records written responses and acknowledgements that were left for a later transaction
     // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction.
     void flushLazy();

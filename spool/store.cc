@@ -1241,6 +1241,50 @@ void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now)
     tx.commit();
 }
 
+void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto id : deliveryIds) {
+        std::int64_t item = 0;
+        std::string replyTo, output;
+        bool begunBefore = false;
+        {
+            auto q = db.query("SELECT item_id, reply_to, output, sent_at IS NOT NULL FROM "
+                              "delivery WHERE id = ?1 AND state <> 'delivered'");
+            q->bind(1, id);
+            if (!q->step())
+                continue;
+            item = q->int64(0);
+            replyTo = q->text(1);
+            output = q->text(2);
+            begunBefore = q->int64(3) != 0;
+        }
+        {
+            auto q = db.query("UPDATE delivery SET sent_at = ?2 WHERE id = ?1");
+            q->bind(1, id).bind(2, now);
+            q->run();
+        }
+        if (begunBefore)
+            impl_->addEvent(item, now, "resend",
+                            fmt::format("{} to {}: an earlier send was interrupted before its "
+                                        "acceptance was recorded, so it may have arrived; sent "
+                                        "again under the same Message-ID",
+                                        output, replyTo));
+    }
+    tx.commit();
+}
+
+void Store::clearSending(std::span<const std::int64_t> deliveryIds) {
+    auto &db = impl_->db;
+    sql::Transaction tx(db);
+    for (const auto id : deliveryIds) {
+        auto q = db.query("UPDATE delivery SET sent_at = NULL WHERE id = ?1");
+        q->bind(1, id);
+        q->run();
+    }
+    tx.commit();
+}
+
 std::int64_t Store::countWaiting() {
     auto q = impl_->db.query(
         "SELECT count(*) FROM item WHERE state IN ('queued', 'relaying', 'deferred')");

@@ -439,6 +439,15 @@ public:
     // as an event, once per distinct reason.
     void noteDeliveryProblem(std::int64_t deliveryId, std::string_view detail, Millis now);
     void markDelivered(std::span<const std::int64_t> deliveryIds, Millis now);
+    // For a responder whose deliveries cannot be repeated harmlessly (a mail sent twice is two
+    // mails): records, before the hand-over, that sending has begun (schema 9, sent_at). A
+    // delivery that already carries that mark was interrupted after an earlier hand-over and
+    // before its record, so this send may be a second one: that is written as a "resend"
+    // event of the item. One transaction.
+    void markSending(std::span<const std::int64_t> deliveryIds, Millis now);
+    // Clears the mark of a send that certainly did not hand the delivery over (the server
+    // refused it, or could not be reached), so that the next attempt is an ordinary retry.
+    void clearSending(std::span<const std::int64_t> deliveryIds);
 
     // --- The air-gap chain (issue 17).
     // Awaiting items whose deadline (next_try) has passed fail, each with its reason and an

@@ -42,6 +42,9 @@ struct DeliveryResult {
     // For Delivered: what the log says happened, when it is not a file written into replyTo
     // ("reply <id> sent to ann@example.org"); empty: "response written to FOLDER/NAME".
     std::string delivered = {};
+    // For Retry: the delivery may have been made all the same (a whole mail went to the server
+    // and its answer never came, RFC 1047). The next attempt is then recorded as a resend.
+    bool uncertain = false;
 };
 
 class Responder {
@@ -62,6 +65,12 @@ public:
     // Delivers planned tasks (all at once: the files of a batch are synced together). One
     // result per task.
     virtual std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) = 0;
+    // Whether delivering a recorded choice again is harmless (a file rewritten with the same
+    // bytes under the same name). A responder that returns false (a mail sent twice is two
+    // mails) gets its tasks one at a time, each marked in the store as being sent before the
+    // hand-over and recorded right after it (Store::markSending), so only a stop inside one
+    // hand-over can repeat it, and the repeat is recorded.
+    virtual bool repeatable() const { return true; }
 };
 
 } // namespace pkirelay

@@ -206,6 +206,9 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
         results[i] = {DeliveryResult::Type::Retry,
                       fmt::format("sending the reply to {} via {}: {}", task.arrival.replyTo,
                                   config_.url, why)};
+        // The whole message went out and no refusal came back (the connection dropped or timed
+        // out waiting for the answer to the final dot): the server may have taken it.
+        results[i].uncertain = up.data.empty() && code < 400;
         if (code == 0) {
             serverDown = true;
             curl_.reset(); // a fresh connection next time

@@ -5,8 +5,10 @@
 // Exactly one reply per arrival (../shared/DESIGN.md, "The store: what is promised"): plan()
 // chooses the reply's Message-ID and the store records it before deliver() sends, so an
 // attempt after a failure sends the same reply (same Message-ID), and once the server took it
-// (250) the store marks it delivered. Only a crash between the server's 250 and that record can
-// send it a second time, under the same Message-ID, which mail clients show as one.
+// (250) the store marks it delivered, at once, reply by reply (repeatable() is false: the
+// pipeline marks each send as begun before the hand-over and records it right after). Only a
+// stop between the server's 250 and that record can send it a second time, under the same
+// Message-ID, which mail clients show as one; the item's history then has a "resend" event.
 //
 // Envelope: MAIL FROM:<> (the null reverse-path RFC 3834 §4 and RFC 5321 §4.5.5 ask of
 // automatic replies, so no bounce of the reply can loop back), RCPT TO the request's Reply-To or
@@ -48,6 +50,7 @@ public:
     explicit SmtpResponder(SmtpResponderConfig config);
     void plan(std::span<DeliveryTask> tasks, const Reserved &reserved) override;
     std::vector<DeliveryResult> deliver(std::span<const DeliveryTask> tasks) override;
+    bool repeatable() const override { return false; }
 
     // The reply for one task, as it goes on the wire (the golden-file and conformance tests
     // read it).
