@@ -828,8 +828,7 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
             }
             return;
         }
-        for (const auto &task : group) {
-            auto [result, done] = deliverOnce(r, task);
+        for (auto &[result, done] : deliverOneByOne(r, group)) {
             results.push_back(std::move(result));
             recorded.push_back(done);
         }
@@ -841,7 +840,7 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
         if (r.type == DeliveryResult::Type::Delivered) {
             // Recorded lazily: the file is durable, and a crash before the record finds it
             // there with these very bytes and records it then. (A reply that cannot be
-            // repeated was recorded by deliverOnce already.)
+            // repeated was recorded by deliverOneByOne already.)
             if (!recorded[i])
                 pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
@@ -864,43 +863,68 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
     scheduleFlush();
 }
 
-std::pair<DeliveryResult, bool> Pipeline::deliverOnce(Responder &responder,
-                                                      const DeliveryTask &task) {
-    const std::int64_t id = task.deliveryId;
-    const std::span<const std::int64_t> ids(&id, 1);
+std::vector<std::pair<DeliveryResult, bool>>
+Pipeline::deliverOneByOne(Responder &responder, std::span<const DeliveryTask> tasks) {
+    std::vector<std::pair<DeliveryResult, bool>> out;
+    out.reserve(tasks.size());
+    // One commit per reply: the one that records reply k (delivered, or its mark cleared) also
+    // marks reply k+1 as being sent, so every mark is exact and a batch of N replies costs N+1
+    // commits, not 2N.
+    const auto idOf = [&](std::size_t k) {
+        return tasks[k].deliveryId;
+    };
+    bool marked = false;
+    std::string busy; // why the store could not be written: the rest is not sent
     try {
-        store_.markSending(ids, clock_());
+        const std::int64_t first = idOf(0);
+        store_.markSending(std::span<const std::int64_t>(&first, 1), clock_());
+        marked = true;
     } catch (const spool::StoreBusy &e) {
-        // Not sent unless the store knows a send began: a stop during an unrecorded send would
-        // repeat the reply without a trace.
-        return {{DeliveryResult::Type::Retry,
-                 fmt::format("the store cannot be written now ({}): the reply is sent once its "
-                             "sending can be recorded",
-                             e.what())},
-                false};
+        busy = e.what();
     }
-    auto results = responder.deliver(std::span<const DeliveryTask>(&task, 1));
-    DeliveryResult result = std::move(results.at(0));
-    if (result.type == DeliveryResult::Type::Delivered) {
-        crashPoint("mailed"); // the server took the reply, its delivery not recorded
+    for (std::size_t k = 0; k < tasks.size(); ++k) {
+        if (!marked) {
+            // Not sent unless the store knows a send began: a stop during an unrecorded send
+            // would repeat the reply without a trace.
+            out.push_back({{DeliveryResult::Type::Retry,
+                            fmt::format("the store cannot be written now ({}): the reply is sent "
+                                        "once its sending can be recorded",
+                                        busy)},
+                           false});
+            continue;
+        }
+        auto results = responder.deliver(tasks.subspan(k, 1));
+        DeliveryResult result = std::move(results.at(0));
+        const bool delivered = result.type == DeliveryResult::Type::Delivered;
+        if (delivered)
+            crashPoint("mailed"); // the server took the reply, its delivery not recorded
+        const std::int64_t id = idOf(k);
+        const std::span<const std::int64_t> ids(&id, 1);
+        marked = false;
         try {
-            store_.markDelivered(ids, clock_());
-            return {std::move(result), true};
-        } catch (const spool::StoreBusy &) {
-            // Recorded lazily with the next transaction; until then the mark says a send began,
-            // so a stop before that record makes a resend that is recorded as one.
-            return {std::move(result), false};
+            auto unit = store_.unit();
+            if (delivered)
+                store_.markDelivered(ids, clock_());
+            else if (!result.uncertain)
+                store_.clearSending(ids); // refused or not reached: the retry is no resend
+            // (uncertain: the whole mail went out unanswered; the mark stays, so the next
+            // attempt is recorded as a possible resend.)
+            if (k + 1 < tasks.size()) {
+                const std::int64_t next = idOf(k + 1);
+                store_.markSending(std::span<const std::int64_t>(&next, 1), clock_());
+            }
+            unit.commit();
+            marked = true;
+            out.push_back({std::move(result), delivered});
+        } catch (const spool::StoreBusy &e) {
+            // Reply k is recorded lazily with the next transaction; until then its mark says a
+            // send began, so a stop before that record makes a resend recorded as one. (A mark
+            // that stays after a failed send says more than happened, never less.)
+            busy = e.what();
+            out.push_back({std::move(result), false});
         }
     }
-    if (result.uncertain)
-        return {std::move(result), false}; // the mark stays: the next attempt is a resend
-    try {
-        store_.clearSending(ids); // refused or not reached: the next attempt is a plain retry
-    } catch (const spool::StoreBusy &) {
-        // The mark stays: the next attempt is recorded as a possible resend, which says more
-        // than happened, never less.
-    }
-    return {std::move(result), false};
+    return out;
 }
 
 void Pipeline::problem(const DeliveryTask &task, const std::string &what) {

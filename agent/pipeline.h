@@ -123,9 +123,11 @@ private:
     void armRetryTimer();
     void deliverAll();
     void writeDeliveries(std::vector<DeliveryTask> tasks);
-    // One task of a responder that is not repeatable(): marked as being sent, handed over, and
-    // recorded at once if it was taken. Returns the result and whether it is recorded.
-    std::pair<DeliveryResult, bool> deliverOnce(Responder &responder, const DeliveryTask &task);
+    // The tasks of a responder that is not repeatable(), one at a time: each marked as being
+    // sent before its hand-over and recorded right after it. Per task: the result and whether
+    // its delivery is recorded already.
+    std::vector<std::pair<DeliveryResult, bool>>
+    deliverOneByOne(Responder &responder, std::span<const DeliveryTask> tasks);
     // Records written responses and acknowledgements that were left for a later transaction
     // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction.
     void flushLazy();
