@@ -300,6 +300,7 @@ struct Store::Impl {
         std::string why;
         std::optional<std::int64_t> claimed;
         bool foreign = false;
+        bool unrecordedSend = false;
         if (m.isRequest() && !(m.cmp && m.cmp->bodyType == 23)) {
             why = "a request, not an answer, on the return leg";
         } else if (auto name = media::parseMediaName(s.arrival.origin); !name) {
@@ -307,7 +308,7 @@ struct Store::Impl {
         } else {
             claimed = name->itemId;
             auto q = db.query("SELECT state, sha256, kind, transaction_id, sender_nonce, "
-                              "response_sha256, der FROM item WHERE id = ?1");
+                              "response_sha256, der, outcome_unknown FROM item WHERE id = ?1");
             q->bind(1, name->itemId);
             if (!q->step() || q->isNull(2) || !q->text(1).starts_with(name->digest)) {
                 why = fmt::format("its name claims item {}, which is no request of this agent "
@@ -322,7 +323,13 @@ struct Store::Impl {
                 const Bytes request = q->blob(6);
                 const ByteView key =
                     requestKind == Kind::CmcSimpleRequest ? requestPublicKey(request) : ByteView{};
-                if (state != State::Awaiting) {
+                // Queued again after a stop that left its hand-over unrecorded (outcome_unknown:
+                // killed after its batch went onto the media, before the record): that batch
+                // may have travelled, and this is then its answer. It is taken like one to an
+                // awaiting item, by the same checks; the queued resend is then not needed.
+                unrecordedSend =
+                    q->int64(7) != 0 && (state == State::Queued || state == State::Deferred);
+                if (state != State::Awaiting && !unrecordedSend) {
                     why = state == State::Answered && answered == sha256
                               ? fmt::format("item {} has this answer already (a replay)",
                                             name->itemId)
@@ -366,8 +373,13 @@ struct Store::Impl {
         const std::int64_t item = *claimed;
         auto q = db.query("UPDATE item SET state = 'answered', response = ?2, response_kind = ?3, "
                           "response_detail = ?4, response_sha256 = ?5, reason = NULL, "
-                          "next_try = NULL, updated_at = ?6 WHERE id = ?1");
-        const std::string detail = fmt::format("came back on the media as {}", from);
+                          "next_try = NULL, lease_until = NULL, outcome_unknown = 0, "
+                          "updated_at = ?6 WHERE id = ?1");
+        const std::string detail =
+            unrecordedSend ? fmt::format("came back on the media as {}, the answer to a "
+                                         "hand-over a stopped run did not record",
+                                         from)
+                           : fmt::format("came back on the media as {}", from);
         q->bind(1, item)
             .bindBlob(2, m.der)
             .bind(3, kindInfo(m.kind).id)
