@@ -869,7 +869,14 @@ std::pair<DeliveryResult, bool> Pipeline::deliverOnce(Responder &responder,
     const std::int64_t id = task.deliveryId;
     const std::span<const std::int64_t> ids(&id, 1);
     try {
-        store_.markSending(ids, clock_());
+        if (store_.markSending(ids, clock_()) == 0) {
+            // Recorded as delivered already: a record that waited (pendingDelivered_) was
+            // written by the transaction that planned this task (flushLazy after
+            // deliveriesFor / deliveriesToWrite). Sending it now would repeat it unrecorded.
+            const std::string what = fmt::format("reply {} to {} was delivered already",
+                                                 task.output, task.arrival.replyTo);
+            return {{DeliveryResult::Type::Delivered, what, what}, true};
+        }
     } catch (const spool::StoreBusy &e) {
         // Not sent unless the store knows a send began: a stop during an unrecorded send would
         // repeat the reply without a trace.

@@ -1241,8 +1241,9 @@ void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now)
     tx.commit();
 }
 
-void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
+std::size_t Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
     auto &db = impl_->db;
+    std::size_t marked = 0;
     sql::Transaction tx(db);
     for (const auto id : deliveryIds) {
         std::int64_t item = 0;
@@ -1264,6 +1265,7 @@ void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
             q->bind(1, id).bind(2, now);
             q->run();
         }
+        ++marked;
         if (begunBefore)
             impl_->addEvent(item, now, "resend",
                             fmt::format("{} to {}: an earlier send was interrupted before its "
@@ -1272,6 +1274,7 @@ void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
                                         output, replyTo));
     }
     tx.commit();
+    return marked;
 }
 
 void Store::clearSending(std::span<const std::int64_t> deliveryIds) {

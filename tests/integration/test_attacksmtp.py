@@ -538,9 +538,9 @@ class AttackSmtp(PkirelayTestCase):
         self.assertEqual(len(self.fault.received), 1)
         self.assertEqual(self.assert_promise(mids), [])
 
-    @unittest.expectedFailure
-    def test_duplicate_while_the_record_of_a_250_waits_is_sent_again_silently(self):
-        # Defect: the server took reply X (250) while another writer held the store, so
+    def test_duplicate_while_the_record_of_a_250_waits_is_not_sent_again(self):
+        # Found here (fixed: markSending says whether it marked, deliverOnce sends nothing it
+        # did not mark). The server took reply X (250) while another writer held the store, so
         # deliverOnce left X's record to pendingDelivered_ (agent/pipeline.cc, the StoreBusy
         # branch after markDelivered). The same request then arrives again by mail. intake()
         # plans the item's open deliveries (store_.deliveriesFor: X is still 'writing') and only
