@@ -940,13 +940,20 @@ void Pipeline::scheduleFlush() {
         flushScheduled_ = false;
         if (pendingDelivered_.empty() && pendingAcks_.empty())
             return;
+        // flushLazy() clears the marks once they are written into the transaction, before
+        // the COMMIT, which can fail too (SQLITE_FULL): then they are put back, or a reply
+        // the server took would stay unrecorded and be mailed again by the next run.
+        const auto delivered = pendingDelivered_;
+        const auto acks = pendingAcks_;
         try {
             auto unit = store_.unit();
             flushLazy();
             unit.commit();
         } catch (const spool::StoreBusy &e) {
-            // The marks are kept (flushLazy clears them only once written) and tried again;
-            // the next transaction that succeeds takes them along anyway.
+            // The marks are kept and tried again; the next transaction that succeeds takes
+            // them along anyway.
+            pendingDelivered_ = delivered;
+            pendingAcks_ = acks;
             spdlog::warn("- the store cannot be written now ({}); tried again in a second",
                          e.what());
             flushScheduled_ = true;

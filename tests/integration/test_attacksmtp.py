@@ -586,9 +586,9 @@ class AttackSmtp(PkirelayTestCase):
         self.assertEqual(len(self.fault.received), 2, "each reply once")
         self.assertEqual(self.assert_promise(mids), [])
 
-    @unittest.expectedFailure
     def test_disk_full_at_mark_delivered_records_it_later(self):
-        # Defect: the server took the reply (250) and the disk is full when it is to be
+        # Found here (fixed: the flush puts the marks back when its COMMIT fails). The server
+        # took the reply (250) and the disk is full when it is to be
         # recorded. deliverOnce leaves the record to pendingDelivered_; the end-of-turn flush
         # (agent/pipeline.cc scheduleFlush) calls flushLazy(), which empties pendingDelivered_
         # before the unit's COMMIT, and that COMMIT fails (SQLITE_FULL): the catch says "tried
