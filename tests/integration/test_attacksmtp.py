@@ -26,7 +26,8 @@ import tempfile
 import threading
 import unittest
 
-from harness import PKIRELAY, PkirelayTestCase, cmc_full_request, openssl, run, start_cmc_responder, wait_until
+from harness import (PKIRELAY, PkirelayTestCase, cmc_full_request, openssl, run,
+                     start_cmc_responder, wait_until)
 from mail_peers import missing_mail_tools, start_mail_peers
 import test_mail
 from test_mail import make_mail
@@ -38,8 +39,8 @@ class FaultSmtp:
     """An SMTP server on a loopback port. plan: what to do after each mail's final dot, in
     order (then `default`): "accept" (250), "drop" (close, no answer: RFC 1047), "250-drop" (250,
     then close), "421" (421 and close), "451", "554", "hang" (no answer until release()), "die"
-    (close the connection and stop listening, no answer), "slow" (250 after slow_seconds). received: (action, bytes) of every mail
-    whose data reached the final dot."""
+    (close the connection and stop listening, no answer), "slow" (250 after slow_seconds).
+    received: (action, bytes) of every mail whose data reached the final dot."""
 
     def __init__(self):
         self.port = None
@@ -255,7 +256,8 @@ class AttackSmtp(PkirelayTestCase):
     # What the requester may end up with, and what the store says about it.
 
     def accepted(self):
-        return [raw for action, raw in self.fault.received if action in ("accept", "250-drop", "slow")]
+        return [raw for action, raw in self.fault.received
+                if action in ("accept", "250-drop", "slow")]
 
     def arrived(self):
         """Every copy that may have reached the requester: taken with a 250, or whole and never
@@ -400,10 +402,10 @@ class AttackSmtp(PkirelayTestCase):
         self.assertEqual(len(resends), 1, resends)
 
     def test_a_run_ends_soon_after_the_smtp_timeout(self):
-        # Found here (fixed: the connection is cut after an uncertain send or a timeout). After
-        # "server response timeout" (no answer to the final dot) SmtpResponder used to
-        # keeps its curl handle (lib/responders/smtp.cc: curl_ is reset only when code == 0,
-        # and here code is 354) and curl keeps that connection; at exit ~SmtpResponder's
+        # Found here, fixed in lib/responders/smtp.cc (the connection is cut after an uncertain
+        # send or a timeout). After "server response timeout" (no answer to the final dot)
+        # SmtpResponder kept its curl handle (curl_ was reset only when code == 0, and here
+        # code is 354) and curl kept that connection; at exit ~SmtpResponder's
         # curl_easy_cleanup sends QUIT on it and waits for the answer (curl's default server
         # response timeout, 120 s), so `run --once` hangs that long after "pass done".
         self.peers_config()
@@ -416,6 +418,8 @@ class AttackSmtp(PkirelayTestCase):
         # 30 s of SMTP timeout, and a margin; not the 120 s of a QUIT nobody answers.
         wait_until(lambda: proc.poll() is not None, "the run to end after the timeout",
                    deadline=60)
+        self.assertEqual(proc.returncode, 75, proc.stderr.read())
+        proc.stderr.close()
 
     def test_a_250_later_than_the_timeout_then_more_replies(self):
         # A slow server: its 250 for the first reply comes after pkirelay's 30 s; the next
@@ -430,8 +434,9 @@ class AttackSmtp(PkirelayTestCase):
         proc.stderr.close()
         self.run_env(None)
         self.run_env(0)
-        # The late 250 was read as the next reply's answer ("DATA failed: 250"), a plain retry;
-        # the first reply is resent, visibly.
+        # Before 1127e6e the late 250 was read as the next reply's answer ("DATA failed:
+        # 250"), a plain retry; the connection is now cut after the timeout. The first reply
+        # is resent, visibly.
         resends = self.assert_promise(mids)
         self.assertEqual(len(resends), 1, resends)
         self.assertEqual(len(self.fault.received), 4)
@@ -539,13 +544,13 @@ class AttackSmtp(PkirelayTestCase):
         self.assertEqual(self.assert_promise(mids), [])
 
     def test_duplicate_while_the_record_of_a_250_waits_is_not_sent_again(self):
-        # Found here (fixed: markSending says whether it marked, deliverOnce sends nothing it
-        # did not mark). The server took reply X (250) while another writer held the store, so
-        # deliverOnce left X's record to pendingDelivered_ (agent/pipeline.cc, the StoreBusy
-        # branch after markDelivered). The same request then arrives again by mail. intake()
-        # plans the item's open deliveries (store_.deliveriesFor: X is still 'writing') and only
-        # then flushLazy() records X as delivered, in the same transaction; writeDeliveries then
-        # hands X to deliverOnce, whose markSending skips a delivered row without a word
+        # Found here, fixed in agent/pipeline.cc deliverOnce (markSending says whether it marked,
+        # and nothing it did not mark is sent). The server took reply X (250) while another writer
+        # held the store, so deliverOnce left X's record to pendingDelivered_ (agent/pipeline.cc,
+        # the StoreBusy branch after markDelivered). The same request then arrives again by mail.
+        # intake() plans the item's open deliveries (store_.deliveriesFor: X is still 'writing') and
+        # only then flushLazy() records X as delivered, in the same transaction; writeDeliveries
+        # then hands X to deliverOnce, whose markSending skips a delivered row without a word
         # (spool/store.cc, "state <> 'delivered'") and the reply goes out a second time: same
         # Message-ID, no resend event.
         self.peers_config(poll=3600)
@@ -587,10 +592,10 @@ class AttackSmtp(PkirelayTestCase):
         self.assertEqual(self.assert_promise(mids), [])
 
     def test_disk_full_at_mark_delivered_records_it_later(self):
-        # Found here (fixed: the flush puts the marks back when its COMMIT fails). The server
-        # took the reply (250) and the disk is full when it is to be
-        # recorded. deliverOnce leaves the record to pendingDelivered_; the end-of-turn flush
-        # (agent/pipeline.cc scheduleFlush) calls flushLazy(), which empties pendingDelivered_
+        # Found here, fixed in agent/pipeline.cc scheduleFlush (the marks are put back when
+        # its COMMIT fails). The server took the reply (250) and the disk is full when it is
+        # to be recorded. deliverOnce leaves the record to pendingDelivered_; the end-of-turn
+        # flush calls flushLazy(), which empties pendingDelivered_
         # before the unit's COMMIT, and that COMMIT fails (SQLITE_FULL): the catch says "tried
         # again in a second", but nothing is left to try. The run ends 0 ("0 waiting") with the
         # delivery unrecorded, and the next run mails the reply a second time (a resend event
@@ -639,10 +644,10 @@ class AttackSmtp(PkirelayTestCase):
     # An upgrade.
 
     def test_upgrade_from_schema_8_with_a_reply_sent_and_not_recorded(self):
-        # Found here (fixed: schema 9 marks what schema 8 left writing as begun). Schema 9
-        # used to add sent_at NULL to every delivery, also to
-        # one that a schema-8 run left 'writing' after the server's 250 (schema 8 recorded
-        # replies lazily): after the upgrade it is mailed again with no resend event.
+        # Found here, fixed in schemas/0009_reply_sending.sql (what schema 8 left 'writing'
+        # counts as begun). Schema 9 added sent_at NULL to every delivery, also to one that
+        # a schema-8 run left 'writing' after the server's 250 (schema 8 recorded replies
+        # lazily): after the upgrade it was mailed again with no resend event.
         # A store of schema 8 (before 1a133c5) as its run left it when it stopped after the
         # server's 250 and before the lazy record (its crash point "written"): the delivery
         # 'writing', its output the reply's Message-ID, the reply at the server. Made here from
