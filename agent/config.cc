@@ -293,6 +293,9 @@ const std::vector<Key<SourceConfig>> &sourceKeys() {
          "imap: the SMTP AUTH login, when the server needs one."},
         {"smtp_password_file", Type::Path, &S::smtpPasswordFile, "none", 0, 0, {},
          "imap: a file (mode 0600) holding smtp_user's password."},
+        {"smtp_timeout_seconds", Type::Int, &S::smtpTimeoutSeconds, "30", 1, 600, {},
+         "imap: how long one reply's SMTP exchange may take; a reply whose whole mail went out "
+         "without an answer in that time is sent again later, recorded as a resend."},
         {"reply_from", Type::String, &S::replyFrom, "(required for imap)", 0, 0, {},
          "imap: the From: address of the replies (usually the enrollment address)."},
         {"allow_senders", Type::String, &S::allowSenders, "anyone", 0, 0, {},

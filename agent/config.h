@@ -57,6 +57,7 @@ struct SourceConfig {
     std::string replyFrom;
     std::string allowSenders; // comma- or space-separated addresses and domains
     std::int64_t rateLimitPerHour = 0;
+    std::int64_t smtpTimeoutSeconds = 30;
 
     bool isMail() const { return type == "imap"; }
     std::vector<std::string> allowList() const;

@@ -90,6 +90,7 @@ SmtpResponderConfig smtpConfig(const SourceConfig &s, Clock clock) {
     c.password = readSecret(s.smtpPasswordFile, {});
     c.caFile = s.caFile;
     c.verifyTls = s.verifyTls;
+    c.timeoutMs = s.smtpTimeoutSeconds * 1000;
     c.wallClock = std::move(clock);
     return c;
 }

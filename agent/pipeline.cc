@@ -330,8 +330,9 @@ void Pipeline::intake() {
             if (!answeredAgain.empty())
                 answers = planDeliveries(store_.deliveriesFor(answeredAgain));
             claimReady();
-            flushLazy();
+            const auto lazy = flushLazy();
             unit->commit();
+            flushed(lazy);
         }
         crashPoint("stored"); // committed, the source not yet acknowledged, nothing sent
         std::vector<std::uint64_t> tokens;
@@ -427,8 +428,9 @@ void Pipeline::relay() {
     if (queueMayHaveItems_) {
         auto unit = store_.unit();
         claimReady();
-        flushLazy();
+        const auto lazy = flushLazy();
         unit.commit();
+        flushed(lazy);
     }
     dispatch();
 }
@@ -605,8 +607,6 @@ void Pipeline::recordOutcomes() {
     std::vector<std::int64_t> answered;
     // What the transaction consumes, to be put back if it cannot commit.
     const auto resent = resent_;
-    const auto delivered = pendingDelivered_;
-    const auto acks = pendingAcks_;
     const std::size_t waitingBefore = waiting_.size();
     try {
         auto unit = store_.unit();
@@ -621,8 +621,9 @@ void Pipeline::recordOutcomes() {
         if (!answered.empty())
             answers = planDeliveries(store_.deliveriesFor(answered));
         claimReady();
-        flushLazy();
+        const auto lazy = flushLazy();
         unit.commit();
+        flushed(lazy);
     } catch (const spool::StoreBusy &e) {
         // Another writer held the store past the busy timeout, or its disk is full: the
         // transaction rolled back, so nothing of it happened. The answers in hand are the only
@@ -635,8 +636,6 @@ void Pipeline::recordOutcomes() {
         for (const auto &task : answers)
             responses_.erase(task.deliveryId);
         resent_ = resent;
-        pendingDelivered_ = delivered;
-        pendingAcks_ = acks;
         if (once_ && recordBackoffMs_ >= 16'000) {
             // A batch run does not wait for ever (cron starts the next one): it says what is
             // lost and defers. The requests stay queued and are sent again (a resend in their
@@ -739,8 +738,9 @@ void Pipeline::deliverAll() {
         {
             auto unit = store_.unit();
             tasks = planDeliveries(std::move(page));
-            flushLazy();
+            const auto lazy = flushLazy();
             unit.commit();
+            flushed(lazy);
         }
         writeDeliveries(std::move(tasks));
     }
@@ -870,20 +870,29 @@ Pipeline::deliverOneByOne(Responder &responder, std::span<const DeliveryTask> ta
     // One commit per reply: the one that records reply k (delivered, or its mark cleared) also
     // marks reply k+1 as being sent, so every mark is exact and a batch of N replies costs N+1
     // commits, not 2N.
-    const auto idOf = [&](std::size_t k) {
-        return tasks[k].deliveryId;
+    enum class Mark {
+        Marked,    // its send is recorded as begun: it may go
+        Delivered, // recorded as delivered already (a record that waited in pendingDelivered_
+                   // was written by the transaction that planned it): sending would repeat it
+        Busy,      // the store could not be written: not sent
     };
-    bool marked = false;
-    std::string busy; // why the store could not be written: the rest is not sent
+    const auto markFor = [&](std::size_t k) {
+        const std::int64_t id = tasks[k].deliveryId;
+        return store_.markSending(std::span<const std::int64_t>(&id, 1), clock_()) == 0
+                   ? Mark::Delivered
+                   : Mark::Marked;
+    };
+    Mark mark = Mark::Busy;
+    std::string busy; // why the store could not be written
     try {
-        const std::int64_t first = idOf(0);
-        store_.markSending(std::span<const std::int64_t>(&first, 1), clock_());
-        marked = true;
+        mark = markFor(0);
     } catch (const spool::StoreBusy &e) {
         busy = e.what();
     }
     for (std::size_t k = 0; k < tasks.size(); ++k) {
-        if (!marked) {
+        const auto &task = tasks[k];
+        const bool last = k + 1 == tasks.size();
+        if (mark == Mark::Busy) {
             // Not sent unless the store knows a send began: a stop during an unrecorded send
             // would repeat the reply without a trace.
             out.push_back({{DeliveryResult::Type::Retry,
@@ -893,14 +902,26 @@ Pipeline::deliverOneByOne(Responder &responder, std::span<const DeliveryTask> ta
                            false});
             continue;
         }
+        if (mark == Mark::Delivered) {
+            const std::string what = fmt::format("reply {} to {} was delivered already",
+                                                 task.output, task.arrival.replyTo);
+            out.push_back({{DeliveryResult::Type::Delivered, what, what}, true});
+            try {
+                mark = last ? Mark::Busy : markFor(k + 1);
+            } catch (const spool::StoreBusy &e) {
+                mark = Mark::Busy;
+                busy = e.what();
+            }
+            continue;
+        }
         auto results = responder.deliver(tasks.subspan(k, 1));
         DeliveryResult result = std::move(results.at(0));
         const bool delivered = result.type == DeliveryResult::Type::Delivered;
         if (delivered)
             crashPoint("mailed"); // the server took the reply, its delivery not recorded
-        const std::int64_t id = idOf(k);
+        const std::int64_t id = task.deliveryId;
         const std::span<const std::int64_t> ids(&id, 1);
-        marked = false;
+        mark = Mark::Busy;
         try {
             auto unit = store_.unit();
             if (delivered)
@@ -909,12 +930,9 @@ Pipeline::deliverOneByOne(Responder &responder, std::span<const DeliveryTask> ta
                 store_.clearSending(ids); // refused or not reached: the retry is no resend
             // (uncertain: the whole mail went out unanswered; the mark stays, so the next
             // attempt is recorded as a possible resend.)
-            if (k + 1 < tasks.size()) {
-                const std::int64_t next = idOf(k + 1);
-                store_.markSending(std::span<const std::int64_t>(&next, 1), clock_());
-            }
+            const Mark next = last ? Mark::Busy : markFor(k + 1);
             unit.commit();
-            marked = true;
+            mark = next;
             out.push_back({std::move(result), delivered});
         } catch (const spool::StoreBusy &e) {
             // Reply k is recorded lazily with the next transaction; until then its mark says a
@@ -939,13 +957,22 @@ void Pipeline::problem(const DeliveryTask &task, const std::string &what) {
     store_.noteDeliveryProblem(task.deliveryId, what, clock_());
 }
 
-void Pipeline::flushLazy() {
+Pipeline::LazyMarks Pipeline::flushLazy() {
     if (!pendingDelivered_.empty())
         store_.markDelivered(pendingDelivered_, clock_());
     if (!pendingAcks_.empty())
         store_.markAcknowledged(pendingAcks_, clock_());
-    pendingDelivered_.clear();
-    pendingAcks_.clear();
+    return {pendingDelivered_.size(), pendingAcks_.size()};
+}
+
+void Pipeline::flushed(LazyMarks written) {
+    // Only what the committed transaction wrote: marks added after flushLazy() inside it (an
+    // acknowledgement recorded later in the same turn) wait for the next one.
+    pendingDelivered_.erase(pendingDelivered_.begin(),
+                            pendingDelivered_.begin() +
+                                static_cast<std::ptrdiff_t>(written.delivered));
+    pendingAcks_.erase(pendingAcks_.begin(),
+                       pendingAcks_.begin() + static_cast<std::ptrdiff_t>(written.acks));
 }
 
 void Pipeline::scheduleFlush() {
@@ -959,11 +986,13 @@ void Pipeline::scheduleFlush() {
             return;
         try {
             auto unit = store_.unit();
-            flushLazy();
+            const auto lazy = flushLazy();
             unit.commit();
+            flushed(lazy);
         } catch (const spool::StoreBusy &e) {
-            // The marks are kept (flushLazy clears them only once written) and tried again;
-            // the next transaction that succeeds takes them along anyway.
+            // The marks are kept (flushed() forgets them only after a COMMIT, which can fail
+            // too: SQLITE_FULL) and tried again; the next transaction that succeeds takes them
+            // along anyway.
             spdlog::warn("- the store cannot be written now ({}); tried again in a second",
                          e.what());
             flushScheduled_ = true;
@@ -984,8 +1013,9 @@ void Pipeline::stop(std::string_view why) {
     recordOutcomes();
     {
         auto unit = store_.unit();
-        flushLazy();
+        const auto lazy = flushLazy();
         unit.commit();
+        flushed(lazy);
     }
     std::vector<std::int64_t> abandoned;
     for (auto &[name, t] : parts_.transports)

@@ -129,8 +129,14 @@ private:
     std::vector<std::pair<DeliveryResult, bool>>
     deliverOneByOne(Responder &responder, std::span<const DeliveryTask> tasks);
     // Records written responses and acknowledgements that were left for a later transaction
-    // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction.
-    void flushLazy();
+    // (losing them in a crash is harmless: see writeDeliveries), in the caller's transaction,
+    // and says how many it wrote; flushed() forgets those once that transaction committed (a
+    // COMMIT that fails, SQLITE_FULL, leaves them to be written again).
+    struct LazyMarks {
+        std::size_t delivered = 0, acks = 0;
+    };
+    LazyMarks flushLazy();
+    void flushed(LazyMarks written);
     void problem(const DeliveryTask &task, const std::string &what);
     void scheduleFlush();
     void sweep();

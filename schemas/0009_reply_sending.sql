@@ -9,3 +9,8 @@
 -- out. It is sent again under the same Message-ID (SMTP cannot be asked whether it took a
 -- message), and that resend is an event of the item (Store::markSending), never silent.
 ALTER TABLE delivery ADD COLUMN sent_at INTEGER;  -- ms since the epoch; NULL: no send under way
+-- A delivery that schema 8 left 'writing' had its name (for a reply: its Message-ID) reserved and
+-- may have been handed over already: schema 8 recorded replies lazily, after the 250. It counts
+-- as begun, so that its next send is recorded as a resend (for a response file the mark is
+-- never read).
+UPDATE delivery SET sent_at = updated_at WHERE state = 'writing';

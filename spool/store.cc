@@ -1253,8 +1253,9 @@ void Store::markDelivered(std::span<const std::int64_t> deliveryIds, Millis now)
     tx.commit();
 }
 
-void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
+std::size_t Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
     auto &db = impl_->db;
+    std::size_t marked = 0;
     sql::Transaction tx(db);
     for (const auto id : deliveryIds) {
         std::int64_t item = 0;
@@ -1276,6 +1277,7 @@ void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
             q->bind(1, id).bind(2, now);
             q->run();
         }
+        ++marked;
         if (begunBefore)
             impl_->addEvent(item, now, "resend",
                             fmt::format("{} to {}: an earlier send was interrupted before its "
@@ -1284,6 +1286,7 @@ void Store::markSending(std::span<const std::int64_t> deliveryIds, Millis now) {
                                         output, replyTo));
     }
     tx.commit();
+    return marked;
 }
 
 void Store::clearSending(std::span<const std::int64_t> deliveryIds) {

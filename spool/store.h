@@ -443,8 +443,9 @@ public:
     // mails): records, before the hand-over, that sending has begun (schema 9, sent_at). A
     // delivery that already carries that mark was interrupted after an earlier hand-over and
     // before its record, so this send may be a second one: that is written as a "resend"
-    // event of the item. One transaction.
-    void markSending(std::span<const std::int64_t> deliveryIds, Millis now);
+    // event of the item. One transaction. Returns how many of them it marked: a delivery
+    // already recorded as delivered (or unknown) is not marked, and must not be sent again.
+    std::size_t markSending(std::span<const std::int64_t> deliveryIds, Millis now);
     // Clears the mark of a send that certainly did not hand the delivery over (the server
     // refused it, or could not be reached), so that the next attempt is an ordinary retry.
     void clearSending(std::span<const std::int64_t> deliveryIds);

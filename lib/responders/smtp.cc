@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <sys/socket.h>
+
 #include <curl/curl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -142,12 +144,10 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
                                                           config_.url)};
         return results;
     }
-    // One handle for the responder's life: curl keeps the SMTP connection open between
-    // replies and batches (RFC 5321 allows many transactions per session).
-    if (!curl_)
-        curl_.reset(curl_easy_init());
+    // One handle kept between replies and batches: curl keeps the SMTP connection open (RFC
+    // 5321 allows many transactions per session), until a send leaves the session's state
+    // unknown (below).
     char errbuf[CURL_ERROR_SIZE] = {};
-    CURL *c = curl_.get();
     bool serverDown = false;
     for (std::size_t i = 0; i < tasks.size(); ++i) {
         const auto &task = tasks[i];
@@ -155,6 +155,9 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
             results[i] = {DeliveryResult::Type::Retry, "the SMTP server is not reachable"};
             continue;
         }
+        if (!curl_)
+            curl_.reset(curl_easy_init());
+        CURL *c = curl_.get();
         const std::string message = compose(task);
         Upload up{message};
         curl_slist *rcpt = curl_slist_append(nullptr, task.arrival.replyTo.c_str());
@@ -209,6 +212,17 @@ std::vector<DeliveryResult> SmtpResponder::deliver(std::span<const DeliveryTask>
         // The whole message went out and no refusal came back (the connection dropped or timed
         // out waiting for the answer to the final dot): the server may have taken it.
         results[i].uncertain = up.data.empty() && code < 400;
+        if (results[i].uncertain || rc == CURLE_OPERATION_TIMEDOUT) {
+            // Where the server is in this session is unknown (its late answer would be read as
+            // the next command's), and curl keeps the connection: at the handle's cleanup it
+            // would send QUIT and wait for it (120 s of a server that does not answer). The
+            // connection is cut first, so the QUIT fails at once; the next reply connects anew.
+            curl_socket_t sock = CURL_SOCKET_BAD;
+            if (curl_easy_getinfo(c, CURLINFO_ACTIVESOCKET, &sock) == CURLE_OK &&
+                sock != CURL_SOCKET_BAD)
+                ::shutdown(sock, SHUT_RDWR);
+            curl_.reset();
+        }
         if (code == 0) {
             serverDown = true;
             curl_.reset(); // a fresh connection next time
