@@ -27,9 +27,8 @@ import tempfile
 import threading
 import unittest
 
-from harness import (PKIRELAY, PkirelayTestCase, cmc_full_request, openssl, run,
-                     start_cmc_responder, wait_until)
-from mail_peers import missing_mail_tools, start_mail_peers
+from harness import PKIRELAY, cmc_full_request, run, wait_until
+from mail_peers import missing_mail_tools
 import test_mail
 from test_mail import make_mail
 
@@ -176,22 +175,14 @@ def in_reply_to(raw):
 
 
 @unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
-class AttackSmtp(PkirelayTestCase):
+class AttackSmtp(test_mail.MailCase):
 
     def setUp(self):
         super().setUp()
-        self.dovecot, self.smtp, self.secret = start_mail_peers(self, self.tmp)
-        self.key = os.path.join(self.tmp, "key.pem")
-        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-out", self.key)
         self.requests = []
 
-    p10 = test_mail.MailRoundTrip.p10
-    mailbox_counts = test_mail.MailRoundTrip.mailbox_counts
-    daemon_log_text = test_mail.MailRoundTrip.daemon_log_text
-
     def peers_config(self, poll=1, ca_extra=()):
-        test_mail.MailRoundTrip.mail_config(self, self.start_cmc_ca(*ca_extra), poll=poll)
+        self.mail_config(self.start_cmc_ca(*ca_extra), poll=poll)
         self.fault = FaultSmtp()
         self.addCleanup(self.fault.stop)
         with open(self.config) as f:
@@ -241,12 +232,6 @@ class AttackSmtp(PkirelayTestCase):
             os.close(fd)
         return path
 
-    def start_cmc_ca(self, *extra):
-        self.log = os.path.join(self.tmp, "responder.log")
-        peer, port = start_cmc_responder("--log", self.log, *extra)
-        self.peers.append(peer)
-        return f"http://127.0.0.1:{port}/"
-
     def mail_requests(self, n, cn="req"):
         """n request mails (one PKCS#10 each, distinct keys' subjects) put into the INBOX;
         returns their Message-IDs."""
@@ -270,10 +255,6 @@ class AttackSmtp(PkirelayTestCase):
         answered (the server may have queued it)."""
         return [raw for action, raw in self.fault.received
                 if action in ("accept", "250-drop", "slow", "drop", "hang", "die")]
-
-    def resends(self):
-        return [e for item in self.items() for e in self.show(item["id"])["events"]
-                if e["what"] == "resend"]
 
     def assert_promise(self, request_mids):
         """Each request got its reply (a 250), every copy beyond the first is a resend event

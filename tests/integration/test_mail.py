@@ -104,8 +104,9 @@ def check_cmp_reply(case, creds, ir, part, der):
     case.assertIn("CN = enrolled-leaf", openssl("x509", "-in", cert, "-noout", "-subject").stdout)
 
 
-@unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
-class MailRoundTrip(PkirelayTestCase):
+class MailCase(PkirelayTestCase):
+    """Dovecot, the SMTP capture and a CA on loopback, and what the mail tests ask of them
+    (test_mail's round trips, test_attacksmtp's attacks)."""
 
     def setUp(self):
         super().setUp()
@@ -129,9 +130,9 @@ class MailRoundTrip(PkirelayTestCase):
                     f'reply_from = "{ENROLL}"\n{extra_source}\n'
                     f'[endpoint.ca]\nurl = "{ca_url}"\n{extra_endpoint}\n')
 
-    def start_cmc_ca(self):
+    def start_cmc_ca(self, *extra):
         self.log = os.path.join(self.tmp, "responder.log")
-        peer, port = start_cmc_responder("--log", self.log)
+        peer, port = start_cmc_responder("--log", self.log, *extra)
         self.peers.append(peer)
         return f"http://127.0.0.1:{port}/"
 
@@ -162,6 +163,18 @@ class MailRoundTrip(PkirelayTestCase):
         return {box: self.dovecot.count(box) for box in ("INBOX", "processed", "rejected")}
 
     # Round trips.
+
+    def resends(self):
+        return [e for item in self.items() for e in self.show(item["id"])["events"]
+                if e["what"] == "resend"]
+
+    def daemon_log_text(self):
+        with open(self.daemon_log, errors="replace") as f:
+            return f.read()
+
+
+@unittest.skipIf(MISSING, f"mail tests skipped: {MISSING}")
+class MailRoundTrip(MailCase):
 
     def test_pkcs10_answered_with_certs_only(self):
         self.mail_config(self.start_cmc_ca())
@@ -395,10 +408,6 @@ class MailRoundTrip(PkirelayTestCase):
         events = [e["what"] for e in self.show(self.items()[0]["id"])["events"]]
         self.assertNotIn("resend", events)
 
-    def resends(self):
-        return [e for item in self.items() for e in self.show(item["id"])["events"]
-                if e["what"] == "resend"]
-
     def test_crash_between_smtp_250_and_its_record_resends_visibly(self):
         # The one window SMTP leaves: the server said 250 and the process died before the
         # record (crash point "mailed"). SMTP cannot be asked whether it took a message, so
@@ -532,10 +541,6 @@ class MailRoundTrip(PkirelayTestCase):
             daemon.kill()
             self.skipTest("not a -Dcrash_points=true build (the daemon did not stop)")
         return daemon
-
-    def daemon_log_text(self):
-        with open(self.daemon_log, errors="replace") as f:
-            return f.read()
 
     def stop_daemon(self, daemon):
         daemon.send_signal(signal.SIGTERM)
