@@ -121,7 +121,7 @@ constexpr std::string_view temporarySuffix = ".pkirelay-tmp";
 constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";
 
 // Writes a batch durably: each file to ".<name>.<tempTag>.pkirelay-tmp", fsync each (the syncs
-// issued together, after every file is written), rename each over its name, then fsync each
+// issued together from a few threads, after every file is written), rename each over its name, then fsync each
 // distinct folder once. A crash leaves either the old state or the
 // new file, never a partial one under the final name. Temporary names start with '.', which every
 // scan skips. A file never replaces one that is there already (RENAME_NOREPLACE): what is there
