@@ -23,6 +23,9 @@ namespace {
 // Most bytes of messages a stage holds at once (on top of limits.batch_size).
 constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 
+// Longest a stored file waits for its acknowledgement while its request is out (intake()).
+constexpr EventLoop::Millis lateAckMs = 20;
+
 // What happens to each item is logged at info in the daemon; a batch run logs per batch (and
 // per item at debug), so that 100,000 files are not 300,000 lines and as many writes.
 spdlog::level::level_enum perItem(bool once) {
@@ -172,7 +175,7 @@ Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, C
 Pipeline::~Pipeline() {
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_, recordDueTimer_})
+    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_, recordDueTimer_, lateAckTimer_})
         if (id != 0)
             loop_.cancel(id);
 }
@@ -236,8 +239,8 @@ void Pipeline::start() {
 
 bool Pipeline::finished() const {
     return !intakeScheduled_ && !relayScheduled_ && !recordScheduled_ && !flushScheduled_ &&
-           inFlight_.empty() && waiting_.empty() && outcomes_.empty() && !queueMayHaveItems_ &&
-           pendingDelivered_.empty() && pendingAcks_.empty();
+           acksLater_.empty() && inFlight_.empty() && waiting_.empty() && outcomes_.empty() &&
+           !queueMayHaveItems_ && pendingDelivered_.empty() && pendingAcks_.empty();
 }
 
 void Pipeline::sweep() {
@@ -286,12 +289,40 @@ void Pipeline::scheduleIntake(bool full) {
     loop_.defer([this] { intake(); });
 }
 
+void Pipeline::acknowledge(const LateAck &ack) {
+    if (storeCheck_)
+        storeCheck_(); // what was committed must still be reachable before a file goes
+    const auto acks = ack.source->acknowledge(ack.tokens);
+    crashPoint("acknowledged"); // acknowledged, the acknowledgement not yet recorded
+    for (std::size_t i = 0; i < acks.size(); ++i) {
+        if (acks[i] == Source::Ack::Failed)
+            ++report_.sourceErrors;
+        else if (!ack.recordedAck[i])
+            pendingAcks_.emplace_back(ack.deliveries[i], acks[i]);
+    }
+}
+
+void Pipeline::acknowledgeLate() {
+    if (lateAckTimer_ != 0) {
+        loop_.cancel(lateAckTimer_);
+        lateAckTimer_ = 0;
+    }
+    if (acksLater_.empty())
+        return;
+    auto work = std::move(acksLater_);
+    acksLater_.clear();
+    for (const auto &ack : work)
+        acknowledge(ack);
+    scheduleFlush();
+}
+
 void Pipeline::intake() {
     intakeScheduled_ = false;
     const bool full = intakeFull_;
     intakeFull_ = false;
     if (stopped_)
         return;
+    acknowledgeLate(); // a source never looks again at files it has not acknowledged yet
     bool more = false;
     const auto batch = static_cast<std::size_t>(config_.settings.batchSize);
     wasAvailable_.resize(parts_.sources.size(), true);
@@ -392,15 +423,21 @@ void Pipeline::intake() {
         }
         dispatch();            // the CA sees the new requests before the files are acknowledged
         crashPoint("claimed"); // claimed and handed to the transport, the source not acknowledged
-        if (storeCheck_)
-            storeCheck_(); // what was committed must still be reachable before a file goes
-        const auto acks = source->acknowledge(tokens);
-        crashPoint("acknowledged"); // acknowledged, the acknowledgement not yet recorded
-        for (std::size_t i = 0; i < acks.size(); ++i) {
-            if (acks[i] == Source::Ack::Failed)
-                ++report_.sourceErrors;
-            else if (!recordedAck[i])
-                pendingAcks_.emplace_back(deliveries[i], acks[i]);
+        LateAck ack{source.get(), std::move(tokens), std::move(deliveries), std::move(recordedAck)};
+        if (inFlight_.empty()) {
+            acknowledge(ack);
+        } else {
+            // The requests just sent are answered while their files wait: an acknowledgement
+            // ends with a sync of the folder, which would otherwise delay the answers (on disk
+            // a few ms of a lone file's drop-to-response time). Committed already, the files are
+            // acknowledged after the answers are recorded and written, before the source is
+            // looked at again, or within lateAckMs.
+            acksLater_.push_back(std::move(ack));
+            if (lateAckTimer_ == 0)
+                lateAckTimer_ = loop_.after(lateAckMs, [this] {
+                    lateAckTimer_ = 0;
+                    acknowledgeLate();
+                });
         }
         writeDeliveries(std::move(answers));
     }
@@ -748,6 +785,7 @@ void Pipeline::recordOutcomes() {
     // The new claims go out first: the CA answers them while the response files are synced.
     dispatch();
     writeDeliveries(std::move(answers));
+    acknowledgeLate(); // the files of the requests answered now, and of the others sent with them
     std::erase_if(retired_, [](const auto &t) { return t->inFlight() == 0; });
     if (deferred)
         armRetryTimer();
@@ -1033,6 +1071,7 @@ void Pipeline::stop(std::string_view why) {
     // responses written: an answer in hand is never thrown away.
     stopped_ = true;
     recordOutcomes();
+    acknowledgeLate();
     {
         auto unit = store_.unit();
         flushLazy();
@@ -1061,7 +1100,8 @@ void Pipeline::stop(std::string_view why) {
     waiting_.clear();
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto *id : {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_})
+    for (auto *id :
+         {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_, &lateAckTimer_})
         if (*id != 0) {
             loop_.cancel(*id);
             *id = 0;
@@ -1069,6 +1109,7 @@ void Pipeline::stop(std::string_view why) {
 }
 
 void Pipeline::reconfigure(const Config &config) {
+    acknowledgeLate(); // by the sources that took them, which build() replaces
     for (auto &s : parts_.sources)
         s->detach();
     for (auto &[name, t] : parts_.transports)

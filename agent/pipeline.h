@@ -112,7 +112,17 @@ private:
         EventLoop::Millis sentAt = 0; // monotonic, for the latency metric
     };
 
+    // What a source took and the store committed, to be acknowledged (intake()).
+    struct LateAck {
+        Source *source = nullptr;
+        std::vector<std::uint64_t> tokens;
+        std::vector<std::int64_t> deliveries;
+        std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
+    };
+
     void build();
+    void acknowledge(const LateAck &ack);
+    void acknowledgeLate(); // the acknowledgements left for later, now
     void scheduleIntake(bool full);
     void intake();
     void scheduleRelay();
@@ -175,6 +185,8 @@ private:
     EventLoop::TimerId retryTimer_ = 0;
     EventLoop::TimerId recordRetryTimer_ = 0; // outcomes the store could not take yet
     EventLoop::TimerId recordDueTimer_ = 0;   // outcomes waiting for a slow exchange: the bound
+    std::vector<LateAck> acksLater_;          // committed, acknowledged once the answers are in
+    EventLoop::TimerId lateAckTimer_ = 0;
     EventLoop::Millis recordBackoffMs_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;
