@@ -243,6 +243,25 @@ class RunSemantics(PkirelayTestCase):
         self.pkirelay("show", str(item["id"]), "-c", self.config, check=True)
         self.assertTrue(os.path.exists(os.path.join(self.inbox, "inflight.p7c")))
 
+    def test_a_lost_store_is_refused_when_an_answer_lies_beside_its_request(self):
+        # run.cc's answerInFolders: requests (kept in place) with pkirelay's answers beside them
+        # say an earlier store relayed them; a run without that store must not relay them again.
+        self.configure()
+        self.csr("lost.p10")
+        self.csr("other.p10")
+        self.run_once(expect=0)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "lost.p7c")))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(os.path.join(self.tmp, "store.db" + suffix)):
+                os.unlink(os.path.join(self.tmp, "store.db" + suffix))
+        proc = self.run_once(expect=66)
+        self.assertIn("is an answer beside its request", proc.stderr)
+        self.assertEqual(self.requests_seen(), 2, "nothing may be relayed again")
+        # Only the answers gone: requests alone are a first start.
+        for name in ("lost.p7c", "other.p7c"):
+            os.unlink(os.path.join(self.inbox, name))
+        self.run_once(expect=0)
+
     def test_symlink_not_followed_and_response_kept_unmatched(self):
         self.configure()
         outside = self.csr("outside.p10", folder=self.tmp)
