@@ -393,9 +393,10 @@ void Pipeline::intake() {
                 }
             } else if (res.duplicate) {
                 ++report_.duplicates;
-                spdlog::log(perItem(once_), "{}: {}/{} is another arrival of this item ({})",
-                            res.itemId, sub.arrival.source, printable(sub.arrival.origin),
-                            spool::stateName(res.state));
+                if (spdlog::should_log(perItem(once_))) // its text is built only when logged
+                    spdlog::log(perItem(once_), "{}: {}/{} is another arrival of this item ({})",
+                                res.itemId, sub.arrival.source, printable(sub.arrival.origin),
+                                spool::stateName(res.state));
             } else {
                 if (!sub.message)
                     ++report_.quarantined;
@@ -403,10 +404,10 @@ void Pipeline::intake() {
                     ++report_.unmatched;
                 else
                     ++report_.received;
-                if (sub.message)
-                    spdlog::log(perItem(once_), "{}: {}", res.itemId, describeIngest(sub));
-                else
+                if (!sub.message)
                     spdlog::warn("{}: {}", res.itemId, describeIngest(sub));
+                else if (spdlog::should_log(perItem(once_))) // its text built only when logged
+                    spdlog::log(perItem(once_), "{}: {}", res.itemId, describeIngest(sub));
             }
             tokens.push_back(taken.tokens[i]);
             deliveries.push_back(res.deliveryId);
@@ -930,11 +931,13 @@ void Pipeline::writeDeliveries(std::vector<DeliveryTask> tasks) {
                 pendingDelivered_.push_back(task.deliveryId);
             lastProblem_.erase(task.deliveryId);
             ++report_.delivered;
-            if (!r.delivered.empty())
-                spdlog::log(perItem(once_), "{}: {}", task.itemId, printable(r.delivered));
-            else
-                spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
-                            task.arrival.replyTo, printable(task.output));
+            if (spdlog::should_log(perItem(once_))) { // no text built for a line nobody sees
+                if (!r.delivered.empty())
+                    spdlog::log(perItem(once_), "{}: {}", task.itemId, printable(r.delivered));
+                else
+                    spdlog::log(perItem(once_), "{}: response written to {}/{}", task.itemId,
+                                task.arrival.replyTo, printable(task.output));
+            }
         } else {
             ++report_.deliveryErrors;
             deliveriesWaiting_ = true;
