@@ -33,7 +33,7 @@ import sys
 import time
 import unittest
 
-from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, run
+from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, run, wait_until
 
 
 class RunSemantics(PkirelayTestCase):
@@ -242,6 +242,29 @@ class RunSemantics(PkirelayTestCase):
         self.assertLess(item["updated_at_ms"], (time.time() + 3600) * 1000)
         self.pkirelay("show", str(item["id"]), "-c", self.config, check=True)
         self.assertTrue(os.path.exists(os.path.join(self.inbox, "inflight.p7c")))
+
+    def test_a_file_is_acknowledged_while_its_request_is_out(self):
+        # Pipeline::intake leaves the acknowledgement of a batch whose requests are in flight
+        # until their answers are written, but bounded: a CA that does not answer does not keep
+        # the committed file in the folder.
+        silent = socket.socket()  # accepts and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        self.addCleanup(silent.close)
+        self.write_config(f"http://127.0.0.1:{silent.getsockname()[1]}/cmc",
+                          extra_source='after = "delete"')
+        self.csr("slow.p10")
+        proc = subprocess.Popen([PKIRELAY, "run", "--once", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # the request is out
+        self.addCleanup(conn.close)
+        wait_until(lambda: not os.path.exists(os.path.join(self.inbox, "slow.p10")),
+                   "the stored file acknowledged while its request is unanswered")
+        self.assertEqual([i["state"] for i in self.items()], ["relaying"])
+        self.assertIsNone(proc.poll(), "the run waits for the answer")
 
     def test_a_lost_store_is_refused_when_an_answer_lies_beside_its_request(self):
         # run.cc's answerInFolders: requests (kept in place) with pkirelay's answers beside them
