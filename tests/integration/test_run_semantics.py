@@ -266,6 +266,44 @@ class RunSemantics(PkirelayTestCase):
         self.assertEqual([i["state"] for i in self.items()], ["relaying"])
         self.assertIsNone(proc.poll(), "the run waits for the answer")
 
+    def test_claims_waiting_for_a_place_are_given_back_unsent_at_a_stop(self):
+        # Pipeline::claimReady claims up to limits.batch_size, more than the endpoint's places:
+        # at SIGTERM the one in flight is abandoned (a possible resend, recorded), the ones that
+        # waited for a place are given back unsent, and the next run sends each once more only
+        # where the CA may have seen it.
+        silent = socket.socket()  # accepts and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        self.addCleanup(silent.close)
+        self.write_config(f"http://127.0.0.1:{silent.getsockname()[1]}/cmc",
+                          extra_endpoint="max_connections = 1")
+        for name in ("w1.p10", "w2.p10", "w3.p10"):
+            self.csr(name)
+        proc = subprocess.Popen([PKIRELAY, "run", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # one request out, two claims waiting for its place
+        self.addCleanup(conn.close)
+        wait_until(lambda: [i["state"] for i in self.items()] == ["relaying"] * 3,
+                   "three items claimed")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=30), 0)
+        whats = {i["origin"]: [e["what"] for e in self.show(i["id"])["events"]]
+                 for i in self.items()}
+        self.assertEqual(sorted(w[-1] for w in whats.values()),
+                         ["abandoned", "unclaimed", "unclaimed"], whats)
+        self.assertTrue(all(i["state"] == "queued" for i in self.items()))
+
+        self.configure()
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 3)
+        self.assertTrue(all(i["state"] == "answered" for i in self.items()))
+        resends = [e["detail"] for i in self.items() for e in self.show(i["id"])["events"]
+                   if "resend" in e["detail"]]
+        self.assertEqual(len(resends), 1, resends)  # only the abandoned one
+
     def test_a_lost_store_is_refused_when_an_answer_lies_beside_its_request(self):
         # run.cc's answerInFolders: requests (kept in place) with pkirelay's answers beside them
         # say an earlier store relayed them; a run without that store must not relay them again.
