@@ -1,9 +1,11 @@
 // The pipeline of `pkirelay run`: sources -> classify -> store -> transports -> store ->
 // responders, every stage driven by one event loop and handing over only through the store
 // (../shared/DESIGN.md, "Data flow"). Nothing waits for a timer or a pass: a file closed in a
-// watched folder is read, stored, claimed and sent in the same turn of the loop; each answer is
-// recorded and its response written as soon as it arrives. A batch is whatever became ready
-// together (one transaction, one fsync), bounded by limits.batch_size and bytes.
+// watched folder is read, stored, claimed and sent in the same turn of the loop; an answer is
+// recorded and its response written at once when nothing else is in flight, and otherwise
+// together with the answers that follow it within a few milliseconds. A batch is whatever
+// became ready together (one transaction, one round of syncs), bounded by limits.batch_size
+// and bytes.
 //
 // The guarantees (also in docs/architecture.md):
 // - a source is acknowledged only after the store committed what it handed over;
@@ -16,6 +18,7 @@
 // Batch mode (`run --once`) runs the same stages and stops when nothing is left to do now.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -109,7 +112,17 @@ private:
         EventLoop::Millis sentAt = 0; // monotonic, for the latency metric
     };
 
+    // What a source took and the store committed, to be acknowledged (intake()).
+    struct LateAck {
+        Source *source = nullptr;
+        std::vector<std::uint64_t> tokens;
+        std::vector<std::int64_t> deliveries;
+        std::vector<bool> recordedAck; // the ack is already in the store (kept in place)
+    };
+
     void build();
+    void acknowledge(const LateAck &ack);
+    void acknowledgeLate(); // the acknowledgements left for later, now
     void scheduleIntake(bool full);
     void intake();
     void scheduleRelay();
@@ -119,6 +132,10 @@ private:
     std::vector<DeliveryTask> planDeliveries(std::vector<spool::Delivery> deliveries);
     void dispatch();
     void onReply(Reply reply, const std::string &endpoint, Kind kind);
+    // Records the outcomes in hand now, or leaves them for the answers still in flight
+    // (see its definition for when which).
+    void scheduleRecord();
+    void recordWhenDue();
     void recordOutcomes();
     void armRetryTimer();
     void deliverAll();
@@ -162,7 +179,7 @@ private:
     bool stopped_ = false;
     bool deliveriesWaiting_ = false;           // a delivery could not be written: tried again later
     std::vector<bool> wasAvailable_;           // per source, as the last intake saw it
-    std::vector<Claimed> waiting_;             // claimed, not yet sent (their transport was full)
+    std::deque<Claimed> waiting_;              // claimed, not yet sent (their transport was full)
     std::map<std::int64_t, Claimed> inFlight_; // by item id
     std::vector<spool::Outcome> outcomes_;     // arrived, not yet recorded
     std::vector<std::pair<std::int64_t, int>> resent_; // sent again by a transport, by item
@@ -173,6 +190,9 @@ private:
     std::map<std::int64_t, std::string> lastProblem_; // by delivery: what was last reported
     EventLoop::TimerId retryTimer_ = 0;
     EventLoop::TimerId recordRetryTimer_ = 0; // outcomes the store could not take yet
+    EventLoop::TimerId recordDueTimer_ = 0;   // outcomes waiting for a slow exchange: the bound
+    std::vector<LateAck> acksLater_;          // committed, acknowledged once the answers are in
+    EventLoop::TimerId lateAckTimer_ = 0;
     EventLoop::Millis recordBackoffMs_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstring>
 #include <map>
+#include <set>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -127,19 +128,34 @@ std::optional<std::string> answerInFolders(const Config &config) {
     };
     for (const auto &source : config.sources) {
         try {
+            // Only a stem that two files share can be a request with its answer beside it:
+            // those files are read and classified, no other (a first start with a backlog of
+            // 10,000 requests read and classified each of them once more, for nothing).
+            std::map<std::string, std::set<std::pair<std::string, std::string>>> byStem;
+            for (const auto &folder : {source.path, source.responses}) {
+                const Directory dir = Directory::open(folder);
+                for (const auto &entry : dir.list())
+                    if (entry.type == DirEntry::Type::Regular && !looksTemporary(entry.name))
+                        byStem[stem(entry.name)].emplace(folder, entry.name);
+            }
             std::map<std::string, bool> requests, answers; // by stem
             for (const auto &[folder, isRequests] :
                  {std::pair{source.path, true}, std::pair{source.responses, false}}) {
                 const Directory dir = Directory::open(folder);
-                for (const auto &entry : dir.list()) {
-                    if (entry.type != DirEntry::Type::Regular || looksTemporary(entry.name))
+                for (const auto &[name, files] : byStem) {
+                    if (files.size() < 2)
                         continue;
-                    const FileRead file = dir.read(entry.name, limits.maxSize);
-                    if (file.tooLarge)
-                        continue;
-                    const auto c = classify(file.bytes, limits);
-                    if (const auto *m = std::get_if<Message>(&c); m && m->isRequest() == isRequests)
-                        (isRequests ? requests : answers)[stem(entry.name)] = true;
+                    for (const auto &[where, file] : files) {
+                        if (where != folder)
+                            continue;
+                        const FileRead read = dir.read(file, limits.maxSize);
+                        if (read.tooLarge)
+                            continue;
+                        const auto c = classify(read.bytes, limits);
+                        if (const auto *m = std::get_if<Message>(&c);
+                            m && m->isRequest() == isRequests)
+                            (isRequests ? requests : answers)[name] = true;
+                    }
                 }
             }
             for (const auto &[name, present] : answers)

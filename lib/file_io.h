@@ -121,13 +121,12 @@ constexpr std::string_view temporarySuffix = ".pkirelay-tmp";
 constexpr std::string_view nameTakenError = "a file of that name appeared meanwhile";
 
 // Writes a batch durably: each file to ".<name>.<tempTag>.pkirelay-tmp", fsync each (the syncs
-// issued together, after every file is written), rename each over its name, then fsync each
-// distinct folder once. A crash leaves either the old state or the
-// new file, never a partial one under the final name. Temporary names start with '.', which every
-// scan skips. A file never replaces one that is there already (RENAME_NOREPLACE): what is there
-// may be someone's request. Files succeed or fail one by one: the result has, per file, an empty
-// string or the error (nameTakenError for a taken name); a failed file leaves no temporary file
-// behind.
+// issued together from a few threads, after every file is written), rename each over its name, then
+// fsync each distinct folder once. A crash leaves either the old state or the new file, never a
+// partial one under the final name. Temporary names start with '.', which every scan skips. A file
+// never replaces one that is there already (RENAME_NOREPLACE): what is there may be someone's
+// request. Files succeed or fail one by one: the result has, per file, an empty string or the error
+// (nameTakenError for a taken name); a failed file leaves no temporary file behind.
 std::vector<std::string> writeFilesDurably(std::span<const FileToWrite> files, mode_t mode);
 
 // Longest file name pkirelay writes, leaving room for the temporary affixes within NAME_MAX.

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include <sqlite3.h>
 
@@ -112,7 +113,10 @@ private:
     std::string switchToWal(int busyTimeoutMs);
     DatabaseHandle db_;
     // Declared after db_, so statements are finalised before the connection is closed.
-    std::map<std::string, std::unique_ptr<Statement>, std::less<>> cache_;
+    using Cache = std::map<std::string, std::unique_ptr<Statement>, std::less<>>;
+    Cache cache_;
+    // The same entries by the address their text was last given at (query()).
+    std::unordered_map<const char *, const Cache::value_type *> byAddress_;
 };
 
 // BEGIN IMMEDIATE now, ROLLBACK on destruction unless commit() was called. IMMEDIATE takes the

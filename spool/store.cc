@@ -1032,7 +1032,9 @@ Delivery readDelivery(sql::Statement &q) {
 std::vector<Delivery> Store::deliveriesToWrite(std::size_t limit, std::int64_t afterId,
                                                std::size_t maxBytes) {
     std::vector<Delivery> out;
-    auto q = impl_->db.query(std::string(deliveryColumns) + "AND d.id > ?2 ORDER BY d.id LIMIT ?1");
+    static const std::string sql =
+        std::string(deliveryColumns) + "AND d.id > ?2 ORDER BY d.id LIMIT ?1"; // built once
+    auto q = impl_->db.query(sql);
     q->bind(1, static_cast<std::int64_t>(limit)).bind(2, afterId);
     std::size_t bytes = 0;
     while (bytes < maxBytes && q->step()) {
@@ -1048,8 +1050,9 @@ std::vector<Delivery> Store::deliveriesFor(std::span<const std::int64_t> itemIds
     const std::set<std::int64_t> unique(itemIds.begin(), itemIds.end());
     for (const auto id : unique) {
         // One item's open deliveries, in id order straight from delivery_open (item_id, id).
-        auto q = impl_->db.query(std::string(deliveryColumns) +
-                                 "AND d.item_id = ?1 ORDER BY d.item_id, d.id");
+        static const std::string sql =
+            std::string(deliveryColumns) + "AND d.item_id = ?1 ORDER BY d.item_id, d.id";
+        auto q = impl_->db.query(sql);
         q->bind(1, id);
         while (q->step())
             out.push_back(readDelivery(*q));

@@ -194,8 +194,7 @@ std::vector<DeliveryResult> ResponseFileResponder::deliver(std::span<const Deliv
     for (std::size_t f = 0; f < files.size(); ++f) {
         auto &r = results[index[f]];
         if (errors[f].empty())
-            r = {DeliveryResult::Type::Delivered,
-                 fmt::format("wrote {}/{}", files[f].dir->path(), printable(files[f].name))};
+            r = {DeliveryResult::Type::Delivered, {}}; // the pipeline says where, when it logs
         else
             r = {DeliveryResult::Type::Retry, errors[f]};
     }

@@ -33,7 +33,7 @@ import sys
 import time
 import unittest
 
-from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, run
+from harness import PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, run, wait_until
 
 
 class RunSemantics(PkirelayTestCase):
@@ -242,6 +242,86 @@ class RunSemantics(PkirelayTestCase):
         self.assertLess(item["updated_at_ms"], (time.time() + 3600) * 1000)
         self.pkirelay("show", str(item["id"]), "-c", self.config, check=True)
         self.assertTrue(os.path.exists(os.path.join(self.inbox, "inflight.p7c")))
+
+    def test_a_file_is_acknowledged_while_its_request_is_out(self):
+        # Pipeline::intake leaves the acknowledgement of a batch whose requests are in flight
+        # until their answers are written, but bounded: a CA that does not answer does not keep
+        # the committed file in the folder.
+        silent = socket.socket()  # accepts and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        self.addCleanup(silent.close)
+        self.write_config(f"http://127.0.0.1:{silent.getsockname()[1]}/cmc",
+                          extra_source='after = "delete"')
+        self.csr("slow.p10")
+        proc = subprocess.Popen([PKIRELAY, "run", "--once", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # the request is out
+        self.addCleanup(conn.close)
+        wait_until(lambda: not os.path.exists(os.path.join(self.inbox, "slow.p10")),
+                   "the stored file acknowledged while its request is unanswered")
+        self.assertEqual([i["state"] for i in self.items()], ["relaying"])
+        self.assertIsNone(proc.poll(), "the run waits for the answer")
+
+    def test_claims_waiting_for_a_place_are_given_back_unsent_at_a_stop(self):
+        # Pipeline::claimReady claims up to limits.batch_size, more than the endpoint's places:
+        # at SIGTERM the one in flight is abandoned (a possible resend, recorded), the ones that
+        # waited for a place are given back unsent, and the next run sends each once more only
+        # where the CA may have seen it.
+        silent = socket.socket()  # accepts and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        self.addCleanup(silent.close)
+        self.write_config(f"http://127.0.0.1:{silent.getsockname()[1]}/cmc",
+                          extra_endpoint="max_connections = 1")
+        for name in ("w1.p10", "w2.p10", "w3.p10"):
+            self.csr(name)
+        proc = subprocess.Popen([PKIRELAY, "run", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        silent.settimeout(30)
+        conn, _ = silent.accept()  # one request out, two claims waiting for its place
+        self.addCleanup(conn.close)
+        wait_until(lambda: [i["state"] for i in self.items()] == ["relaying"] * 3,
+                   "three items claimed")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=30), 0)
+        whats = {i["origin"]: [e["what"] for e in self.show(i["id"])["events"]]
+                 for i in self.items()}
+        self.assertEqual(sorted(w[-1] for w in whats.values()),
+                         ["abandoned", "unclaimed", "unclaimed"], whats)
+        self.assertTrue(all(i["state"] == "queued" for i in self.items()))
+
+        self.configure()
+        self.run_once(expect=0)
+        self.assertEqual(self.requests_seen(), 3)
+        self.assertTrue(all(i["state"] == "answered" for i in self.items()))
+        resends = [e["detail"] for i in self.items() for e in self.show(i["id"])["events"]
+                   if "resend" in e["detail"]]
+        self.assertEqual(len(resends), 1, resends)  # only the abandoned one
+
+    def test_a_lost_store_is_refused_when_an_answer_lies_beside_its_request(self):
+        # run.cc's answerInFolders: requests (kept in place) with pkirelay's answers beside them
+        # say an earlier store relayed them; a run without that store must not relay them again.
+        self.configure()
+        self.csr("lost.p10")
+        self.csr("other.p10")
+        self.run_once(expect=0)
+        self.assertTrue(os.path.exists(os.path.join(self.inbox, "lost.p7c")))
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(os.path.join(self.tmp, "store.db" + suffix)):
+                os.unlink(os.path.join(self.tmp, "store.db" + suffix))
+        proc = self.run_once(expect=66)
+        self.assertIn("is an answer beside its request", proc.stderr)
+        self.assertEqual(self.requests_seen(), 2, "nothing may be relayed again")
+        # Only the answers gone: requests alone are a first start.
+        for name in ("lost.p7c", "other.p7c"):
+            os.unlink(os.path.join(self.inbox, name))
+        self.run_once(expect=0)
 
     def test_symlink_not_followed_and_response_kept_unmatched(self):
         self.configure()
