@@ -293,5 +293,224 @@ class AttackPerf(PkirelayTestCase):
         self.assertTrue(marked, "the response was not recorded as delivered while a request was out")
 
 
+    # ---- stops, reloads and slow peers mid-burst --------------------------------------------
+
+    def last_events(self):
+        with self.db() as con:
+            return [row[0] for row in con.execute(
+                "SELECT (SELECT what FROM event e WHERE e.item_id = i.id ORDER BY e.id DESC "
+                "LIMIT 1) FROM item i")]
+
+    def test_sigterm_mid_burst_gives_back_the_claims_held_ahead(self):
+        # 40 requests, a CA that takes 300 ms an answer, 2 places: most claims wait in memory
+        # when SIGTERM comes. The ones out are abandoned (possible resends), the waiting ones
+        # given back unsent; the next run sends each once more only where the CA may have it.
+        port = self.start_ca("--delay-ms", "300")
+        self.configure(port, extra_endpoint="max_connections = 2")
+        names = [f"t{i:02d}.p10" for i in range(40)]
+        self.drop(names)
+        daemon = self.start_daemon()
+        wait_until(lambda: len(self.responses()) >= 4, "a few answers")
+        daemon.peer.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(daemon.peer.proc.wait(timeout=30), 0, daemon.output())
+        whats = self.last_events()
+        abandoned, unclaimed = whats.count("abandoned"), whats.count("unclaimed")
+        self.assertLessEqual(abandoned, 2, whats)
+        self.assertGreater(unclaimed, 0, whats)
+        with self.db() as con:
+            self.assertEqual(con.execute("SELECT count(*) FROM item WHERE state = 'relaying'"
+                                         ).fetchone()[0], 0)
+        first = self.sent()
+        log2 = os.path.join(self.tmp, "ca2.log")
+        self.configure(self.start_ca(log=log2))
+        self.run_once(expect=0)
+        sent, resent = self.check_promises(names, logs=[self.log, log2])
+        self.assertEqual(resent, abandoned, "only the abandoned exchanges are resends")
+        self.assertEqual(self.sent(log2), 40 - (first - abandoned))
+
+    def test_answers_dripping_in_across_the_record_timer(self):
+        # tests/fault_endpoint.py --mode drip: every answer trickles in a byte a millisecond,
+        # so answers complete at scattered moments, before, at and after the 10 ms bound.
+        peer = Peer([sys.executable, os.path.join(TESTS_DIR, "fault_endpoint.py"),
+                     "--mode", "drip", "--drip-ms", "1", "--log", self.log], "LISTENING")
+        self.peers.append(peer)
+        port = int(peer.ready_line.split()[1])
+        self.configure(port, extra_endpoint="max_connections = 5")
+        names = [f"d{i:02d}.p10" for i in range(15)]
+        self.drop(names)
+        self.run_once(expect=0)
+        self.assertEqual(len(self.responses()), 15)
+        with self.db() as con:
+            self.assertEqual(dict(con.execute("SELECT state, count(*) FROM item GROUP BY state")),
+                             {"answered": 15})
+            self.assertEqual(dict(con.execute(
+                "SELECT state, count(*) FROM delivery GROUP BY state")), {"delivered": 15})
+        with open(self.log) as f:
+            self.assertEqual(sum(1 for _ in f), 15)
+        self.assertEqual(self.resends(), 0)
+
+    def test_sighup_mid_burst_moves_the_waiting_claims_to_the_new_endpoint(self):
+        port = self.start_ca("--delay-ms", "200")
+        self.configure(port, extra_endpoint="max_connections = 2")
+        names = [f"h{i:02d}.p10" for i in range(20)]
+        self.drop(names)
+        daemon = self.start_daemon()
+        wait_until(lambda: self.sent() >= 4, "the burst under way")
+        log2 = os.path.join(self.tmp, "ca2.log")
+        self.configure(self.start_ca(log=log2), extra_endpoint="max_connections = 8")
+        daemon.peer.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(self.responses()) == 20, "20 responses")
+        wait_until(lambda: not os.listdir(self.inbox) or
+                   all(n.endswith(".p7c") for n in os.listdir(self.inbox)), "all acknowledged")
+        daemon.peer.stop()
+        self.assertEqual(daemon.peer.proc.returncode, 0, daemon.output())
+        sent, resent = self.check_promises(names, logs=[self.log, log2])
+        self.assertEqual((sent, resent), (20, 0))
+        self.assertGreater(self.sent(log2), 0, "the new endpoint took the waiting claims")
+
+    def test_file_replaced_while_its_acknowledgement_waits(self):
+        # The run stops (PKIRELAY_PAUSE_AT=claimed) after the request was stored and handed to
+        # the transport, before its file is acknowledged; a client then replaces the file with
+        # another request under the same name. Neither may be lost.
+        port = self.start_ca("--delay-ms", "200")
+        self.configure(port)
+        self.drop(["same.p10"])
+        proc = subprocess.Popen([PKIRELAY, "run", "--once", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PKIRELAY_PAUSE_AT="claimed"))
+        self.addCleanup(proc.kill)
+
+        def stopped():
+            with open(f"/proc/{proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        wait_until(stopped, "the run paused at 'claimed'", interval=0.01)
+        part = os.path.join(self.inbox, ".new.part")
+        with open(part, "wb") as f:
+            f.write(csr_der("replacement"))
+        os.rename(part, os.path.join(self.inbox, "same.p10"))
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 75:  # the changed file was a source error of this pass
+            self.run_once(expect=0)
+        else:
+            self.assertEqual(proc.returncode, 0, err)
+        self.assertEqual([n for n in os.listdir(self.inbox) if not n.endswith(".p7c")], [])
+        self.assertEqual(len(self.responses()), 2, os.listdir(self.inbox))
+        with self.db() as con:
+            self.assertEqual(dict(con.execute("SELECT state, count(*) FROM item GROUP BY state")),
+                             {"answered": 2})
+        self.assertEqual(self.sent(), 2)
+
+    # ---- the store locked, the disk full ----------------------------------------------------
+
+    def test_store_locked_by_another_writer_while_answers_wait(self):
+        # Another process holds the store's write lock (BEGIN IMMEDIATE) while six answers come
+        # back: they are kept in memory, recorded once the lock goes, and none is asked again.
+        port = self.start_ca("--delay-ms", "400")
+        self.configure(port, extra_endpoint="max_connections = 8")
+        daemon = self.start_daemon()
+        names = [f"l{i}.p10" for i in range(6)]
+        self.drop(names)
+        wait_until(lambda: self.sent() == 6, "six requests out")
+        locker = sqlite3.connect(f"{self.tmp}/store.db", timeout=10, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            wait_until(lambda: daemon.saw("kept in memory"), "the answers kept in memory")
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        wait_until(lambda: len(self.responses()) == 6, "six responses once the lock is gone")
+        wait_until(lambda: not [n for n in os.listdir(self.inbox) if n.endswith(".p10")],
+                   "the requests acknowledged")
+        daemon.peer.stop()
+        sent, resent = self.check_promises(names)
+        self.assertEqual((sent, resent), (6, 0))
+
+    def test_response_folder_full_while_the_syncs_run(self):
+        # The response folder is a small tmpfs with room for a few responses only: the rest
+        # fail with ENOSPC among the batch's threaded syncs; nothing half-written stays, and
+        # once there is room the next run writes them without asking the CA again.
+        out = os.path.join(self.tmp, "out")
+        os.mkdir(out)
+        if run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=256", "tmpfs", out],
+               check=False).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here")
+        self.addCleanup(run, ["umount", "-l", out], check=False)
+        filler = os.path.join(out, "filler")
+        with open(filler, "wb") as f:
+            try:
+                f.write(bytes(256 * 1024 - 4096 * 4))
+                f.flush()
+            except OSError:
+                pass
+        port = self.start_ca()
+        self.configure(port, extra_source=f'after = "delete"\nresponses = "{out}"')
+        names = [f"f{i:02d}.p10" for i in range(24)]
+        self.drop(names)
+        proc = self.run_once(expect=75)
+        self.assertEqual([n for n in os.listdir(out) if n.startswith(".")], [],
+                         "temporary files left")
+        written = len(self.responses(out))
+        self.assertLess(written, 24, "the folder was not full")
+        os.unlink(filler)
+        self.run_once(expect=0)
+        os.rmdir(self.inbox)  # nothing left there: the requests were acknowledged
+        os.mkdir(self.inbox)
+        sent, resent = self.check_promises(names, folder=out)
+        self.assertEqual((sent, resent), (24, 0), proc.stderr)
+
+    # ---- extremes of the limits, many endpoints ---------------------------------------------
+
+    def test_batch_size_and_max_in_flight_of_one(self):
+        port = self.start_ca()
+        self.configure(port, extra="[limits]\nbatch_size = 1\nmax_in_flight = 1")
+        names = [f"o{i:02d}.p10" for i in range(30)]
+        self.drop(names)
+        self.run_once(expect=0)
+        self.assertEqual(self.check_promises(names), (30, 0))
+
+    def test_largest_batch_size_and_max_in_flight(self):
+        # All 400 claimed at once and held ahead of the places. (Not 64 places: 64 connections
+        # at once overflow the Python test CA's listen backlog of 5, and the resets defer.)
+        port = self.start_ca()
+        self.configure(port, extra="[limits]\nbatch_size = 10000\nmax_in_flight = 1024",
+                       extra_endpoint="max_connections = 8")
+        names = [f"g{i:03d}.p10" for i in range(400)]
+        self.drop(names)
+        daemon = self.start_daemon()
+        wait_until(lambda: len(self.responses()) == 400, "400 responses", deadline=30)
+        wait_until(lambda: not [n for n in os.listdir(self.inbox) if n.endswith(".p10")],
+                   "the requests acknowledged")
+        daemon.peer.stop()
+        self.assertEqual(daemon.peer.proc.returncode, 0, daemon.output())
+        self.assertEqual(self.check_promises(names), (400, 0))
+
+    def test_many_endpoints_and_sources(self):
+        # Twelve sources, each routed to its own endpoint of one place (all on one CA), and a
+        # burst into every one of them.
+        port = self.start_ca("--delay-ms", "20")
+        text = f'[store]\npath = "{self.tmp}/store.db"\n[limits]\nbatch_size = 64\n'
+        folders = []
+        for n in range(12):
+            folder = os.path.join(self.tmp, f"in{n}")
+            os.mkdir(folder)
+            folders.append(folder)
+            text += (f'[source.s{n}]\npath = "{folder}"\nafter = "delete"\nendpoint = "e{n}"\n'
+                     f'[endpoint.e{n}]\nurl = "http://127.0.0.1:{port}/cmc"\n'
+                     f'max_connections = 1\n')
+        with open(self.config, "w") as f:
+            f.write(text)
+        for n, folder in enumerate(folders):
+            self.drop([f"m{n}-{i}.p10" for i in range(10)], folder=folder)
+        self.run_once(expect=0)
+        for n, folder in enumerate(folders):
+            self.assertEqual(sorted(os.listdir(folder)),
+                             sorted(f"m{n}-{i}.p7c" for i in range(10)), folder)
+        with self.db() as con:
+            self.assertEqual(dict(con.execute("SELECT state, count(*) FROM item GROUP BY state")),
+                             {"answered": 120})
+        self.assertEqual((self.sent(), self.resends()), (120, 0))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
