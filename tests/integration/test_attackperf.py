@@ -490,6 +490,65 @@ class AttackPerf(PkirelayTestCase):
         sent, resent = self.check_promises(names, folder=out)
         self.assertEqual((sent, resent), (24, 0), proc.stderr)
 
+    def test_store_disk_full_while_answers_come_back(self):
+        # The store's file system fills up while 30 requests are out or held ahead: every
+        # record fails (SQLITE_FULL, at a page write or at COMMIT) and the answers stay in
+        # memory while the claims held ahead are sent; once there is room they are recorded,
+        # and none is asked again.
+        dbdir = os.path.join(self.tmp, "db")
+        os.mkdir(dbdir)
+        if run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dbdir],
+               check=False).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here")
+        self.addCleanup(run, ["umount", "-l", dbdir], check=False)
+        port = self.start_ca("--delay-ms", "300")
+        self.configure(port, extra_endpoint="max_connections = 4")
+        with open(self.config) as f:
+            text = f.read().replace(f"{self.tmp}/store.db", f"{dbdir}/store.db")
+        with open(self.config, "w") as f:
+            f.write(text)
+        daemon = self.start_daemon()
+        names = [f"s{i:02d}.p10" for i in range(30)]
+        self.drop(names)
+        wait_until(lambda: self.sent() >= 2, "the burst under way")
+        filler = os.path.join(dbdir, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, bytes(4096)) > 0:
+                pass
+        except OSError:
+            pass  # ENOSPC: full to the last page
+        finally:
+            os.close(fd)
+        try:
+            wait_until(lambda: daemon.saw("kept in memory"), "a record refused for want of room")
+        finally:
+            os.unlink(filler)
+        wait_until(lambda: len(self.responses()) == 30, "30 responses once there is room")
+        wait_until(lambda: not [n for n in os.listdir(self.inbox) if n.endswith(".p10")],
+                   "the requests acknowledged")
+        daemon.peer.stop()
+        self.assertEqual(daemon.peer.proc.returncode, 0, daemon.output())
+        os.symlink(f"{dbdir}/store.db", f"{self.tmp}/store.db")  # for check_promises' reads
+        self.assertEqual(self.check_promises(names), (30, 0), daemon.output()[-2000:])
+
+    def test_a_lost_store_is_refused_when_the_answers_are_in_another_folder(self):
+        # run.cc's answerInFolders reads only the files whose stem two files share (6953a20):
+        # a request kept in the watched folder and its answer in the responses folder share one.
+        out = os.path.join(self.tmp, "out")
+        port = self.start_ca()
+        self.configure(port, extra_source=f'responses = "{out}"')
+        self.drop(["x.y.p10", "other.p10"])
+        self.run_once(expect=0)
+        self.assertEqual(self.responses(out), ["other.p7c", "x.y.p7c"])
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{self.tmp}/store.db{suffix}"):
+                os.unlink(f"{self.tmp}/store.db{suffix}")
+        os.unlink(os.path.join(out, "other.p7c"))
+        proc = self.run_once(expect=66)
+        self.assertIn("is an answer beside its request", proc.stderr)
+        self.assertEqual(self.sent(), 2, "nothing may be relayed again")
+
     # ---- extremes of the limits, many endpoints ---------------------------------------------
 
     def test_batch_size_and_max_in_flight_of_one(self):
