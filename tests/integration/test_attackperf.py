@@ -326,6 +326,32 @@ class AttackPerf(PkirelayTestCase):
         self.assertEqual(resent, abandoned, "only the abandoned exchanges are resends")
         self.assertEqual(self.sent(log2), 40 - (first - abandoned))
 
+    def test_sigterm_to_a_batch_run_mid_burst(self):
+        # The same for cron's `run --once`.
+        port = self.start_ca("--delay-ms", "300")
+        self.configure(port, extra_endpoint="max_connections = 2")
+        names = [f"c{i:02d}.p10" for i in range(30)]
+        self.drop(names)
+        proc = subprocess.Popen([PKIRELAY, "run", "--once", "-c", self.config],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        wait_until(lambda: len(self.responses()) >= 2, "a few answers")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        self.assertIn(proc.returncode, (0, 75), err)
+        whats = self.last_events()
+        self.assertGreater(whats.count("unclaimed"), 0, whats)
+        with self.db() as con:
+            self.assertEqual(con.execute("SELECT count(*) FROM item WHERE state = 'relaying'"
+                                         ).fetchone()[0], 0)
+        abandoned, first = whats.count("abandoned"), self.sent()
+        log2 = os.path.join(self.tmp, "ca2.log")
+        self.configure(self.start_ca(log=log2))
+        self.run_once(expect=0)
+        sent, resent = self.check_promises(names, logs=[self.log, log2])
+        self.assertEqual(resent, abandoned)
+        self.assertEqual(self.sent(log2), 30 - (first - abandoned))
+
     def test_answers_dripping_in_across_the_record_timer(self):
         # tests/fault_endpoint.py --mode drip: every answer trickles in a byte a millisecond,
         # so answers complete at scattered moments, before, at and after the 10 ms bound.
