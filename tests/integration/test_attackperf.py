@@ -61,11 +61,21 @@ class AttackPerf(PkirelayTestCase):
         super().setUp()
         self.log = os.path.join(self.tmp, "ca.log")
         self.daemons = []
+        self.mounts = []
 
     def tearDown(self):
         for d in self.daemons:
             d.peer.stop()
+        for folder in self.mounts:  # before the temporary folder is removed
+            run(["umount", "-l", folder], check=False)
         super().tearDown()
+
+    def mount_tmpfs(self, folder, options):
+        os.mkdir(folder)
+        if run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
+               check=False).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here")
+        self.mounts.append(folder)
 
     # ---- peers and configuration ------------------------------------------------------------
 
@@ -488,11 +498,7 @@ class AttackPerf(PkirelayTestCase):
         # fail with ENOSPC among the batch's threaded syncs; nothing half-written stays, and
         # once there is room the next run writes them without asking the CA again.
         out = os.path.join(self.tmp, "out")
-        os.mkdir(out)
-        if run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=256", "tmpfs", out],
-               check=False).returncode != 0:
-            self.skipTest("cannot mount a tmpfs here")
-        self.addCleanup(run, ["umount", "-l", out], check=False)
+        self.mount_tmpfs(out, "size=256k,nr_inodes=256")
         filler = os.path.join(out, "filler")
         with open(filler, "wb") as f:
             try:
@@ -522,11 +528,7 @@ class AttackPerf(PkirelayTestCase):
         # memory while the claims held ahead are sent; once there is room they are recorded,
         # and none is asked again.
         dbdir = os.path.join(self.tmp, "db")
-        os.mkdir(dbdir)
-        if run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dbdir],
-               check=False).returncode != 0:
-            self.skipTest("cannot mount a tmpfs here")
-        self.addCleanup(run, ["umount", "-l", dbdir], check=False)
+        self.mount_tmpfs(dbdir, "size=4m")
         port = self.start_ca("--delay-ms", "300")
         self.configure(port, extra_endpoint="max_connections = 4")
         with open(self.config) as f:
