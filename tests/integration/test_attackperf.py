@@ -202,6 +202,35 @@ class AttackPerf(PkirelayTestCase):
                 sys.stderr.write(f"[seed {seed}: CA saw {sent}, {resent} recorded resend(s)] ")
 
 
+    def test_daemon_killed_at_random_moments_while_files_keep_coming(self):
+        # The daemon (inotify, late acknowledgements, lazy marks riding along) killed three
+        # times per seed at a random number of responses written, with files dropped meanwhile.
+        port = self.start_ca("--delay-ms", "5")
+        names = [f"q{i:03d}.p10" for i in range(200)]
+        for seed in (7, 8):
+            with self.subTest(seed=seed):
+                rng = random.Random(seed)
+                for f in ("store.db", "store.db-wal", "store.db-shm"):
+                    if os.path.exists(os.path.join(self.tmp, f)):
+                        os.unlink(os.path.join(self.tmp, f))
+                open(self.log, "w").close()
+                for n in os.listdir(self.inbox):
+                    os.unlink(os.path.join(self.inbox, n))
+                self.configure(port, extra_endpoint="max_connections = 4")
+                for rnd in range(3):
+                    proc = subprocess.Popen([PKIRELAY, "run", "-c", self.config],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    if rnd < 2:
+                        self.drop(names[rnd * 100:(rnd + 1) * 100])
+                    k = min(len(self.responses()) + rng.randint(0, 80), 200)
+                    wait_until(lambda: len(self.responses()) >= k, "the moment to kill",
+                               deadline=60, interval=0.002)
+                    proc.kill()
+                    proc.wait()
+                self.run_once(expect=0)
+                sent, resent = self.check_promises(names)
+                sys.stderr.write(f"[seed {seed}: CA saw {sent}, {resent} recorded resend(s)] ")
+
     # ---- lazy marks while an exchange is out ------------------------------------------------
 
     def ack_marks(self):
