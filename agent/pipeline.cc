@@ -26,6 +26,10 @@ constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 // Longest a stored file waits for its acknowledgement while its request is out (intake()).
 constexpr EventLoop::Millis lateAckMs = 20;
 
+// Longest a lazy 'delivered' or 'removed' mark waits for a record to take it along while
+// exchanges are out (scheduleFlush()).
+constexpr EventLoop::Millis lazyMarksMs = 20;
+
 // What happens to each item is logged at info in the daemon; a batch run logs per batch (and
 // per item at debug), so that 100,000 files are not 300,000 lines and as many writes.
 spdlog::level::level_enum perItem(bool once) {
@@ -175,7 +179,8 @@ Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, C
 Pipeline::~Pipeline() {
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_, recordDueTimer_, lateAckTimer_})
+    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_, recordDueTimer_, lateAckTimer_,
+                    lazyMarksTimer_})
         if (id != 0)
             loop_.cancel(id);
 }
@@ -1074,26 +1079,43 @@ void Pipeline::scheduleFlush() {
         flushScheduled_ = false;
         if (pendingDelivered_.empty() && pendingAcks_.empty())
             return;
-        if (!inFlight_.empty() || !outcomes_.empty())
-            return; // recordOutcomes() takes them along, and schedules this again after it
-        try {
-            auto unit = store_.unit();
-            const auto lazy = flushLazy();
-            unit.commit();
-            flushed(lazy);
-        } catch (const spool::StoreBusy &e) {
-            // The marks are kept (flushed() forgets them only after a COMMIT, which can fail
-            // too: SQLITE_FULL) and tried again; the next transaction that succeeds takes them
-            // along anyway.
-            spdlog::warn("- the store cannot be written now ({}); tried again in a second",
-                         e.what());
-            flushScheduled_ = true;
-            loop_.after(1000, [this] {
-                flushScheduled_ = false;
-                scheduleFlush();
-            });
+        if (!inFlight_.empty() || !outcomes_.empty()) {
+            // recordOutcomes() takes them along if an answer comes within lazyMarksMs; if none
+            // does (a CA that thinks for a minute), they are committed on their own then. Not
+            // later: a file deleted whose 'removed' mark a killed run never wrote is taken, when
+            // the same request is dropped again, for that run's own unacknowledged file (deleted,
+            // and never answered), and a response written whose 'delivered' mark is missing is
+            // written a second time.
+            if (lazyMarksTimer_ == 0)
+                lazyMarksTimer_ = loop_.after(lazyMarksMs, [this] {
+                    lazyMarksTimer_ = 0;
+                    commitLazyMarks();
+                });
+            return;
         }
+        commitLazyMarks();
     });
+}
+
+void Pipeline::commitLazyMarks() {
+    if (pendingDelivered_.empty() && pendingAcks_.empty())
+        return; // a record took them along
+    try {
+        auto unit = store_.unit();
+        const auto lazy = flushLazy();
+        unit.commit();
+        flushed(lazy);
+    } catch (const spool::StoreBusy &e) {
+        // The marks are kept (flushed() forgets them only after a COMMIT, which can fail
+        // too: SQLITE_FULL) and tried again; the next transaction that succeeds takes them
+        // along anyway.
+        spdlog::warn("- the store cannot be written now ({}); tried again in a second", e.what());
+        flushScheduled_ = true;
+        loop_.after(1000, [this] {
+            flushScheduled_ = false;
+            scheduleFlush();
+        });
+    }
 }
 
 void Pipeline::stop(std::string_view why) {
@@ -1133,8 +1155,8 @@ void Pipeline::stop(std::string_view why) {
     waiting_.clear();
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto *id :
-         {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_, &lateAckTimer_})
+    for (auto *id : {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_,
+                     &lateAckTimer_, &lazyMarksTimer_})
         if (*id != 0) {
             loop_.cancel(*id);
             *id = 0;

@@ -156,6 +156,7 @@ private:
     void flushed(LazyMarks written);
     void problem(const DeliveryTask &task, const std::string &what);
     void scheduleFlush();
+    void commitLazyMarks(); // the lazy marks in a transaction of their own
     void sweep();
     void expireAwaiting(); // the air-gap chain: awaiting items past their deadline fail
 
@@ -193,6 +194,7 @@ private:
     EventLoop::TimerId recordDueTimer_ = 0;   // outcomes waiting for a slow exchange: the bound
     std::vector<LateAck> acksLater_;          // committed, acknowledged once the answers are in
     EventLoop::TimerId lateAckTimer_ = 0;
+    EventLoop::TimerId lazyMarksTimer_ = 0; // lazy marks waiting for a record: the bound
     EventLoop::Millis recordBackoffMs_ = 0;
     EventLoop::TimerId sweepTimer_ = 0;
     RunReport report_;
