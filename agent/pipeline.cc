@@ -26,6 +26,10 @@ constexpr std::size_t maxBatchBytes = 64 * 1024 * 1024;
 // Longest a stored file waits for its acknowledgement while its request is out (intake()).
 constexpr EventLoop::Millis lateAckMs = 20;
 
+// Longest a stop waits for a store another writer holds, to record the answers in hand (the
+// unit's TimeoutStopSec leaves room for it).
+constexpr EventLoop::Millis stopWaitMs = 12'000;
+
 // Longest a lazy 'delivered' or 'removed' mark waits for a record to take it along while
 // exchanges are out (scheduleFlush()).
 constexpr EventLoop::Millis lazyMarksMs = 20;
@@ -737,9 +741,14 @@ void Pipeline::recordOutcomes() {
         }
         recordBackoffMs_ =
             std::min<EventLoop::Millis>(recordBackoffMs_ == 0 ? 500 : recordBackoffMs_ * 2, 30'000);
-        spdlog::error("- the store cannot be written now ({}): {} outcome(s) kept in memory, "
-                      "recorded again in {} ms",
-                      e.what(), outcomes_.size(), recordBackoffMs_);
+        if (stopped_)
+            spdlog::error("- the store cannot be written now ({}): {} outcome(s) kept in memory "
+                          "while stopping",
+                          e.what(), outcomes_.size());
+        else
+            spdlog::error("- the store cannot be written now ({}): {} outcome(s) kept in memory, "
+                          "recorded again in {} ms",
+                          e.what(), outcomes_.size(), recordBackoffMs_);
         if (recordRetryTimer_ == 0 && !stopped_)
             recordRetryTimer_ = loop_.after(recordBackoffMs_, [this] {
                 recordRetryTimer_ = 0;
@@ -1124,14 +1133,38 @@ void Pipeline::stop(std::string_view why) {
     // Nothing new is claimed or sent from here on; what arrived is still recorded, and its
     // responses written: an answer in hand is never thrown away.
     stopped_ = true;
+    // Another writer may hold the store (an operator's sqlite3, a command that writes). The
+    // answers in hand are the only copy of what the CA said, so the stop waits for the store,
+    // each attempt for the busy timeout, until stopWaitMs have passed; only then does it give
+    // up on them (the requests are sent again by the next run, recorded as resends) and on the
+    // steps below (the store then has those items as in flight, which a start puts right).
+    const auto giveUpAt = EventLoop::monotonicNow() + stopWaitMs;
+    const auto persevere = [&](const auto &step) {
+        for (;;) {
+            try {
+                step();
+                return;
+            } catch (const spool::StoreBusy &e) {
+                if (EventLoop::monotonicNow() >= giveUpAt)
+                    throw;
+                spdlog::warn("- stopping: the store cannot be written now ({}); waiting for it",
+                             e.what());
+            }
+        }
+    };
     recordOutcomes();
+    while (!outcomes_.empty() && EventLoop::monotonicNow() < giveUpAt) {
+        spdlog::warn("- stopping: {} answer(s) from the CA wait for the store to be writable",
+                     outcomes_.size());
+        recordOutcomes();
+    }
     acknowledgeLate();
-    {
+    persevere([&] {
         auto unit = store_.unit();
         const auto lazy = flushLazy();
         unit.commit();
         flushed(lazy);
-    }
+    });
     std::vector<std::int64_t> abandoned;
     for (auto &[name, t] : parts_.transports)
         for (auto id : t->abandon())
@@ -1142,12 +1175,12 @@ void Pipeline::stop(std::string_view why) {
     std::vector<std::int64_t> unsent; // claimed, never handed to a transport
     for (const auto &w : waiting_)
         unsent.push_back(w.claim.itemId);
-    {
+    persevere([&] {
         auto unit = store_.unit();
         store_.abandon(abandoned, clock_(), why);
         store_.unclaim(unsent, clock_());
         unit.commit();
-    }
+    });
     if (!abandoned.empty())
         spdlog::warn("- {} exchange(s) abandoned ({}): queued again, resent by the next run",
                      abandoned.size(), why);
