@@ -579,7 +579,9 @@ class AttackPerf(PkirelayTestCase):
             refused = False
         finally:
             os.unlink(filler)
-        wait_until(lambda: len(self.responses()) == 30, "30 responses once there is room")
+        # The record is retried with a backoff of up to 30 s (Pipeline::recordOutcomes).
+        wait_until(lambda: len(self.responses()) == 30, "30 responses once there is room",
+                   deadline=120)
         wait_until(lambda: not [n for n in os.listdir(self.inbox) if n.endswith(".p10")],
                    "the requests acknowledged")
         daemon.peer.stop()
