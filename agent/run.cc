@@ -7,7 +7,8 @@
 #include <csignal>
 #include <cstring>
 #include <map>
-#include <set>
+#include <optional>
+#include <vector>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -129,38 +130,40 @@ std::optional<std::string> answerInFolders(const Config &config) {
     for (const auto &source : config.sources) {
         try {
             // Only a stem that two files share can be a request with its answer beside it:
-            // those files are read and classified, no other (a first start with a backlog of
-            // 10,000 requests read and classified each of them once more, for nothing).
-            std::map<std::string, std::set<std::pair<std::string, std::string>>> byStem;
-            for (const auto &folder : {source.path, source.responses}) {
-                const Directory dir = Directory::open(folder);
-                for (const auto &entry : dir.list())
+            // those files are read and classified, each once, no other (a first start with a
+            // backlog of 10,000 requests read and classified each of them once more, for
+            // nothing). The responses folder may be the request folder itself.
+            const Directory requestDir = Directory::open(source.path);
+            std::optional<Directory> responseDir;
+            if (source.responses != source.path)
+                responseDir.emplace(Directory::open(source.responses));
+            const Directory *answersIn = responseDir ? &*responseDir : &requestDir;
+            std::vector<const Directory *> dirs{&requestDir};
+            if (responseDir)
+                dirs.push_back(&*responseDir);
+            std::map<std::string, std::vector<std::pair<const Directory *, std::string>>> byStem;
+            for (const Directory *dir : dirs)
+                for (const auto &entry : dir->list())
                     if (entry.type == DirEntry::Type::Regular && !looksTemporary(entry.name))
-                        byStem[stem(entry.name)].emplace(folder, entry.name);
-            }
-            std::map<std::string, bool> requests, answers; // by stem
-            for (const auto &[folder, isRequests] :
-                 {std::pair{source.path, true}, std::pair{source.responses, false}}) {
-                const Directory dir = Directory::open(folder);
-                for (const auto &[name, files] : byStem) {
-                    if (files.size() < 2)
+                        byStem[stem(entry.name)].emplace_back(dir, entry.name);
+            for (const auto &[name, files] : byStem) {
+                if (files.size() < 2)
+                    continue;
+                bool request = false, answer = false;
+                for (const auto &[dir, file] : files) {
+                    const FileRead read = dir->read(file, limits.maxSize);
+                    if (read.tooLarge)
                         continue;
-                    for (const auto &[where, file] : files) {
-                        if (where != folder)
-                            continue;
-                        const FileRead read = dir.read(file, limits.maxSize);
-                        if (read.tooLarge)
-                            continue;
-                        const auto c = classify(read.bytes, limits);
-                        if (const auto *m = std::get_if<Message>(&c);
-                            m && m->isRequest() == isRequests)
-                            (isRequests ? requests : answers)[name] = true;
-                    }
+                    const auto c = classify(read.bytes, limits);
+                    const auto *m = std::get_if<Message>(&c);
+                    if (m && m->isRequest())
+                        request = request || dir == &requestDir;
+                    else if (m)
+                        answer = answer || dir == answersIn;
                 }
-            }
-            for (const auto &[name, present] : answers)
-                if (requests.contains(name))
+                if (request && answer)
                     return source.responses + "/" + name + ".*";
+            }
         } catch (const IoError &) {
             // A folder that is not there (yet) holds no answers.
         }
