@@ -183,10 +183,19 @@ Pipeline::Pipeline(const Config &config, spool::Store &store, EventLoop &loop, C
 Pipeline::~Pipeline() {
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto id : {retryTimer_, sweepTimer_, recordRetryTimer_, recordDueTimer_, lateAckTimer_,
-                    lazyMarksTimer_})
-        if (id != 0)
-            loop_.cancel(id);
+    cancelTimers();
+}
+
+void Pipeline::cancelTimer(EventLoop::TimerId &id) {
+    if (id != 0)
+        loop_.cancel(id);
+    id = 0;
+}
+
+void Pipeline::cancelTimers() {
+    for (auto *id : {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_,
+                     &lateAckTimer_, &lazyMarksTimer_})
+        cancelTimer(*id);
 }
 
 void Pipeline::build() {
@@ -312,10 +321,7 @@ void Pipeline::acknowledge(const LateAck &ack) {
 }
 
 void Pipeline::acknowledgeLate() {
-    if (lateAckTimer_ != 0) {
-        loop_.cancel(lateAckTimer_);
-        lateAckTimer_ = 0;
-    }
+    cancelTimer(lateAckTimer_);
     if (acksLater_.empty())
         return;
     auto work = std::move(acksLater_);
@@ -685,10 +691,7 @@ void Pipeline::recordWhenDue() {
 }
 
 void Pipeline::recordOutcomes() {
-    if (recordDueTimer_ != 0) {
-        loop_.cancel(recordDueTimer_);
-        recordDueTimer_ = 0;
-    }
+    cancelTimer(recordDueTimer_);
     if (outcomes_.empty())
         return;
     auto outcomes = std::move(outcomes_);
@@ -809,9 +812,7 @@ void Pipeline::recordOutcomes() {
 }
 
 void Pipeline::armRetryTimer() {
-    if (retryTimer_ != 0)
-        loop_.cancel(retryTimer_);
-    retryTimer_ = 0;
+    cancelTimer(retryTimer_);
     if (stopped_)
         return;
     const auto next = store_.nextRetry();
@@ -1188,12 +1189,7 @@ void Pipeline::stop(std::string_view why) {
     waiting_.clear();
     for (auto &s : parts_.sources)
         s->detach();
-    for (auto *id : {&retryTimer_, &sweepTimer_, &recordRetryTimer_, &recordDueTimer_,
-                     &lateAckTimer_, &lazyMarksTimer_})
-        if (*id != 0) {
-            loop_.cancel(*id);
-            *id = 0;
-        }
+    cancelTimers();
 }
 
 void Pipeline::reconfigure(const Config &config) {

@@ -156,7 +156,9 @@ private:
     void flushed(LazyMarks written);
     void problem(const DeliveryTask &task, const std::string &what);
     void scheduleFlush();
-    void commitLazyMarks(); // the lazy marks in a transaction of their own
+    void cancelTimer(EventLoop::TimerId &id); // if set; then 0
+    void cancelTimers();                      // every timer of the pipeline's
+    void commitLazyMarks();                   // the lazy marks in a transaction of their own
     void sweep();
     void expireAwaiting(); // the air-gap chain: awaiting items past their deadline fail
 
